@@ -1,0 +1,248 @@
+//! Types shared by the tcptrace eBPF program and its loader.
+//!
+//! Everything here is `#[repr(C)]` plain data: the kernel writes [`Event`]s into a ring
+//! buffer and the loader reads them back byte for byte, and the loader hands [`Config`]
+//! to the kernel program as a read-only global before loading it.
+#![no_std]
+
+/// Length of a task's `comm`, as in the kernel.
+pub const COMM_LEN: usize = 16;
+/// Most `--port` values the kernel filter holds.
+pub const MAX_PORTS: usize = 8;
+
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+pub const IPPROTO_TCP: u16 = 6;
+
+/// Kernel TCP state numbers (`include/net/tcp_states.h`).
+pub mod tcp_state {
+    pub const ESTABLISHED: u8 = 1;
+    pub const SYN_SENT: u8 = 2;
+    pub const SYN_RECV: u8 = 3;
+    pub const FIN_WAIT1: u8 = 4;
+    pub const FIN_WAIT2: u8 = 5;
+    pub const TIME_WAIT: u8 = 6;
+    pub const CLOSE: u8 = 7;
+    pub const CLOSE_WAIT: u8 = 8;
+    pub const LAST_ACK: u8 = 9;
+    pub const LISTEN: u8 = 10;
+    pub const CLOSING: u8 = 11;
+    pub const NEW_SYN_RECV: u8 = 12;
+}
+
+/// What an [`Event`] reports.
+pub mod kind {
+    /// `sock:inet_sock_set_state`: a socket changed state. When a socket hands over to a
+    /// time-wait socket (FIN_WAIT2/CLOSING → CLOSE), `timer` holds that socket's timer.
+    pub const TRANSITION: u8 = 1;
+    /// A live time-wait timer was started again (a FIN or retransmission arrived in TIME-WAIT).
+    pub const TW_REARM: u8 = 2;
+    /// A live time-wait timer was taken off the wheel: either it is about to run
+    /// (`TW_EXPIRE` follows at once), it is re-armed (`TW_REARM` follows), or the time-wait
+    /// socket was killed early (nothing follows).
+    pub const TW_CANCEL: u8 = 3;
+    /// A time-wait timer ran out: the time-wait socket ends naturally.
+    pub const TW_EXPIRE: u8 = 4;
+    /// `tcp:tcp_send_reset`: this host sent a RST.
+    pub const RESET_SENT: u8 = 5;
+    /// `tcp:tcp_receive_reset`: a socket received a RST.
+    pub const RESET_RECEIVED: u8 = 6;
+}
+
+/// One record in the ring buffer. 96 bytes, no padding the kernel leaves uninitialised.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC.
+    pub ts_ns: u64,
+    /// Kernel address of the socket (0 when the event has none).
+    pub sk: u64,
+    /// Kernel address of the time-wait timer (0 when the event has none).
+    pub timer: u64,
+    /// Thread group id (the user-visible pid) of the current task.
+    pub pid: u32,
+    /// Thread id of the current task.
+    pub tid: u32,
+    /// For `TW_REARM`: the new timeout in jiffies. Otherwise 0.
+    pub timeout_jiffies: u32,
+    /// Host byte order.
+    pub sport: u16,
+    pub dport: u16,
+    pub comm: [u8; COMM_LEN],
+    /// IPv4 addresses use the first 4 bytes.
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    /// One of [`kind`].
+    pub kind: u8,
+    /// 2 (`AF_INET`) or 10 (`AF_INET6`); 0 when the event has no address.
+    pub family: u8,
+    pub old_state: u8,
+    pub new_state: u8,
+    /// 1 when the event fired in process context (the current task is the socket's user),
+    /// 0 in softirq, hardirq or NMI, or when the context could not be told.
+    pub process_context: u8,
+    pub cpu: u8,
+    pub _pad: [u8; 2],
+}
+
+impl Event {
+    pub const ZERO: Event = Event {
+        ts_ns: 0,
+        sk: 0,
+        timer: 0,
+        pid: 0,
+        tid: 0,
+        timeout_jiffies: 0,
+        sport: 0,
+        dport: 0,
+        comm: [0; COMM_LEN],
+        saddr: [0; 16],
+        daddr: [0; 16],
+        kind: 0,
+        family: 0,
+        old_state: 0,
+        new_state: 0,
+        process_context: 0,
+        cpu: 0,
+        _pad: [0; 2],
+    };
+
+    /// Whether the event fired in process context, where pid and comm are the socket's user.
+    pub fn in_process_context(&self) -> bool {
+        self.process_context != 0
+    }
+}
+
+/// Byte offsets of the tracepoint fields the program reads, taken from each tracepoint's
+/// `format` file in tracefs at start-up (they differ between kernels).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SetStateOffsets {
+    pub skaddr: u16,
+    pub oldstate: u16,
+    pub newstate: u16,
+    pub sport: u16,
+    pub dport: u16,
+    pub family: u16,
+    pub protocol: u16,
+    pub saddr: u16,
+    pub daddr: u16,
+    pub saddr_v6: u16,
+    pub daddr_v6: u16,
+    pub _pad: u16,
+}
+
+/// `tcp:tcp_receive_reset` has the same address fields as `inet_sock_set_state`;
+/// `tcp:tcp_send_reset` carries its addresses as `struct sockaddr_in6`-sized blobs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ResetOffsets {
+    pub skaddr: u16,
+    /// Offsets of `saddr`/`daddr` sockaddr blobs (send) …
+    pub saddr_sockaddr: u16,
+    pub daddr_sockaddr: u16,
+    /// … and of the plain fields (receive).
+    pub sport: u16,
+    pub dport: u16,
+    pub family: u16,
+    pub saddr: u16,
+    pub daddr: u16,
+    pub saddr_v6: u16,
+    pub daddr_v6: u16,
+    pub _pad: [u16; 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TimerOffsets {
+    /// `timer` in timer_start, timer_cancel and timer_expire_entry (same offset in all three
+    /// on every kernel we know, but read from each format file all the same).
+    pub start_timer: u16,
+    pub start_function: u16,
+    pub start_expires: u16,
+    pub start_now: u16,
+    pub cancel_timer: u16,
+    pub expire_timer: u16,
+    pub expire_function: u16,
+    pub _pad: u16,
+}
+
+/// Read-only configuration of the kernel program, set by the loader before load.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    pub set_state: SetStateOffsets,
+    pub send_reset: ResetOffsets,
+    pub receive_reset: ResetOffsets,
+    pub timer: TimerOffsets,
+    /// Address of `tw_timer_handler` (from /proc/kallsyms); 0 turns time-wait tracking off.
+    pub tw_timer_handler: u64,
+    /// Ring-buffer fill level, in bytes, from which a submit wakes the reader at once.
+    /// Below it the reader is not woken and picks events up on its next poll tick.
+    pub wakeup_bytes: u64,
+    /// Ports to keep (local or remote); `port_count == 0` keeps every port.
+    pub ports: [u16; MAX_PORTS],
+    pub port_count: u32,
+    /// Thread group id to keep; 0 keeps every process.
+    pub pid: u32,
+    /// Families to keep: [`FAMILY_IPV4`] | [`FAMILY_IPV6`].
+    pub families: u32,
+    pub _pad: u32,
+}
+
+pub const FAMILY_IPV4: u32 = 1;
+pub const FAMILY_IPV6: u32 = 2;
+
+impl Config {
+    /// Whether any filter needs the per-socket "already matched" memory.
+    pub fn filters_sockets(&self) -> bool {
+        self.port_count != 0 || self.pid != 0
+    }
+}
+
+/// A per-CPU note about a time-wait timer, kept for the event that follows it on the same
+/// CPU: a CLOSE event after `timer_start` (a new time-wait socket), or `timer_expire_entry`
+/// / `timer_start` after `timer_cancel` (a natural end / a re-arm).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TimerSlot {
+    pub timer: u64,
+    /// The owning socket, where known (after a cancel).
+    pub sk: u64,
+    pub ts_ns: u64,
+}
+
+/// How long a [`TimerSlot`] stays valid. The events it links run back to back in one kernel
+/// function, microseconds apart; anything older is stale.
+pub const TIMER_SLOT_TTL_NS: u64 = 1_000_000;
+
+/// Index of counters in the per-CPU `COUNTERS` array.
+pub mod counter {
+    /// Events dropped because the ring buffer was full.
+    pub const LOST: u32 = 0;
+    /// Time-wait timers that could not be tracked because the live-timer table was full.
+    pub const TW_TABLE_FULL: u32 = 1;
+    pub const COUNT: u32 = 2;
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain `#[repr(C)]` data without padding holes, valid for any bit pattern.
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::Event {}
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(core::mem::size_of::<Event>(), 96);
+        assert_eq!(core::mem::size_of::<SetStateOffsets>(), 24);
+        assert_eq!(core::mem::size_of::<ResetOffsets>(), 24);
+        assert_eq!(core::mem::size_of::<TimerOffsets>(), 16);
+        assert_eq!(core::mem::size_of::<Config>(), 24 + 48 + 16 + 16 + 16 + 16);
+    }
+}

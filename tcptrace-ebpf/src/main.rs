@@ -1,0 +1,451 @@
+//! Kernel side of tcptrace.
+//!
+//! Tracepoint programs only (no kprobes, no fentry): they read the fields they need at
+//! offsets the loader took from tracefs, drop what the filters exclude as early as possible,
+//! and push fixed-size [`Event`]s into one ring buffer. Everything else happens in userspace.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+        bpf_probe_read_kernel_buf,
+    },
+    macros::{map, tracepoint},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::TracePointContext,
+};
+use tcptrace_common::{
+    AF_INET, AF_INET6, Config, Event, FAMILY_IPV4, FAMILY_IPV6, IPPROTO_TCP, MAX_PORTS,
+    TIMER_SLOT_TTL_NS, TimerSlot, counter, kind, tcp_state,
+};
+
+/// Set by the loader before load (field offsets, filters, `tw_timer_handler`).
+#[unsafe(no_mangle)]
+static CONFIG: Config = unsafe { core::mem::zeroed() };
+
+/// Every event for userspace. The loader sets the size (`--ring-size`).
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+
+/// Per-CPU counters (see `tcptrace_common::counter`).
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// Sockets that passed `--port`/`--pid` once: all their later events pass too, even those
+/// that no longer carry the port (or fire in softirq, where the pid is someone else's).
+#[map]
+static KEPT_SOCKETS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
+
+/// Live time-wait timers of kept sockets: timer address → socket address.
+#[map]
+static TIME_WAIT_TIMERS: HashMap<u64, u64> = HashMap::with_max_entries(65536, 0);
+
+/// The time-wait timer just started on this CPU, for the CLOSE event that follows it.
+#[map]
+static STARTED_TIMER: PerCpuArray<TimerSlot> = PerCpuArray::with_max_entries(1, 0);
+
+/// The live time-wait timer just cancelled on this CPU, for the expiry or re-arm that may follow.
+#[map]
+static CANCELLED_TIMER: PerCpuArray<TimerSlot> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per CPU, the `pt_regs` pointer perf hands to programs run in process context.
+#[map]
+static PROCESS_CONTEXT_REGS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
+
+#[inline(always)]
+fn config() -> &'static Config {
+    // A volatile read hides the value from the optimiser: the loader rewrites it at load time.
+    unsafe { &*core::ptr::read_volatile(&&raw const CONFIG) }
+}
+
+#[inline(always)]
+fn field<T>(ctx: &TracePointContext, offset: u16) -> Result<T, i32> {
+    unsafe { ctx.read_at::<T>(offset as usize) }
+}
+
+#[inline(always)]
+fn count(index: u32) {
+    if let Some(value) = COUNTERS.get_ptr_mut(index) {
+        unsafe { *value += 1 };
+    }
+}
+
+#[inline(always)]
+fn family_kept(config: &Config, family: u16) -> bool {
+    match family {
+        AF_INET => config.families & FAMILY_IPV4 != 0,
+        AF_INET6 => config.families & FAMILY_IPV6 != 0,
+        _ => false,
+    }
+}
+
+#[inline(always)]
+fn ports_match(config: &Config, sport: u16, dport: u16) -> bool {
+    if config.port_count == 0 {
+        return true;
+    }
+    for i in 0..MAX_PORTS {
+        if i as u32 >= config.port_count {
+            break;
+        }
+        let port = config.ports[i];
+        if port == sport || port == dport {
+            return true;
+        }
+    }
+    false
+}
+
+/// The `--port`/`--pid` filter for a socket's state change. A socket is kept once both
+/// filters match, and from then on until it closes.
+#[inline(always)]
+fn keep_socket(
+    config: &Config,
+    sk: u64,
+    sport: u16,
+    dport: u16,
+    pid: Option<u32>,
+    new: u8,
+) -> bool {
+    let closing = new == tcp_state::CLOSE;
+    if unsafe { KEPT_SOCKETS.get(&sk) }.is_some() {
+        if closing {
+            let _ = KEPT_SOCKETS.remove(&sk);
+        }
+        return true;
+    }
+    let pid_matches = config.pid == 0 || pid == Some(config.pid);
+    if !(pid_matches && ports_match(config, sport, dport)) {
+        return false;
+    }
+    if !closing {
+        let _ = KEPT_SOCKETS.insert(&sk, &1, 0);
+    }
+    true
+}
+
+/// Sends `event` to userspace, or counts it lost when the ring buffer is full.
+#[inline(always)]
+fn emit(config: &Config, event: &Event) {
+    match EVENTS.reserve::<Event>(0) {
+        Some(mut entry) => {
+            entry.write(*event);
+            // Wake the reader only once a batch has piled up; it also polls on a short tick.
+            let flags = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= config.wakeup_bytes {
+                BPF_RB_FORCE_WAKEUP
+            } else {
+                BPF_RB_NO_WAKEUP
+            };
+            entry.submit(flags as u64);
+        }
+        None => count(counter::LOST),
+    }
+}
+
+/// Whether this tracepoint fired in process context.
+///
+/// The record's `common_flags` can't tell: before running a BPF program the kernel
+/// overwrites the record's first 8 bytes (`common_type`, `common_flags`, `common_pid`)
+/// with a pointer to perf's per-CPU `pt_regs` for the current context level (task,
+/// softirq, hardirq, NMI; `perf_trace_run_bpf_submit`). So the pointer itself says the
+/// level: it equals the one seen, on this CPU, by events that only happen in process
+/// context. `learn` marks such an event (a socket entering LISTEN or SYN_SENT: `listen()`
+/// and `connect()`); the loader makes one on every CPU at start-up.
+#[inline(always)]
+fn in_process_context(ctx: &TracePointContext, learn: bool) -> bool {
+    let Ok(regs) = field::<u64>(ctx, 0) else {
+        return false;
+    };
+    let Some(known) = PROCESS_CONTEXT_REGS.get_ptr_mut(0) else {
+        return false;
+    };
+    unsafe {
+        if learn {
+            *known = regs;
+        }
+        regs != 0 && *known == regs
+    }
+}
+
+/// Fills in what every event carries: time, CPU, current task, and execution context.
+#[inline(always)]
+fn new_event(event_kind: u8, sk: u64, process_context: bool) -> Event {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let mut event = Event::ZERO;
+    event.ts_ns = unsafe { bpf_ktime_get_ns() };
+    event.cpu = unsafe { bpf_get_smp_processor_id() } as u8;
+    event.kind = event_kind;
+    event.sk = sk;
+    event.pid = (pid_tgid >> 32) as u32;
+    event.tid = pid_tgid as u32;
+    event.process_context = process_context as u8;
+    event.comm = bpf_get_current_comm().unwrap_or_default();
+    event
+}
+
+/// Copies the 4- or 16-byte addresses of an `inet_sock_set_state`-style record.
+#[inline(always)]
+fn read_addresses(ctx: &TracePointContext, event: &mut Event, v4: (u16, u16), v6: (u16, u16)) {
+    let base = ctx.as_ptr() as *const u8;
+    let ((src, dst), len) = if event.family as u16 == AF_INET { (v4, 4) } else { (v6, 16) };
+    unsafe {
+        let _ = bpf_probe_read_kernel_buf(base.add(src as usize), &mut event.saddr[..len]);
+        let _ = bpf_probe_read_kernel_buf(base.add(dst as usize), &mut event.daddr[..len]);
+    }
+}
+
+/// Takes this CPU's just-started time-wait timer, if it is fresh.
+#[inline(always)]
+fn take_slot(slot_map: &PerCpuArray<TimerSlot>, now: u64, timer: Option<u64>) -> Option<TimerSlot> {
+    let slot = unsafe { &mut *slot_map.get_ptr_mut(0)? };
+    let fresh = slot.timer != 0
+        && now.wrapping_sub(slot.ts_ns) < TIMER_SLOT_TTL_NS
+        && timer.is_none_or(|t| t == slot.timer);
+    if !fresh {
+        return None;
+    }
+    let taken = *slot;
+    slot.timer = 0;
+    Some(taken)
+}
+
+#[inline(always)]
+fn put_slot(slot_map: &PerCpuArray<TimerSlot>, slot: TimerSlot) {
+    if let Some(ptr) = slot_map.get_ptr_mut(0) {
+        unsafe { *ptr = slot };
+    }
+}
+
+#[tracepoint]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    let _ = try_inet_sock_set_state(&ctx);
+    0
+}
+
+fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
+    let config = config();
+    let offsets = &config.set_state;
+    if field::<u16>(ctx, offsets.protocol)? != IPPROTO_TCP {
+        return Ok(());
+    }
+    let family: u16 = field(ctx, offsets.family)?;
+    let old = field::<i32>(ctx, offsets.oldstate)? as u8;
+    let new = field::<i32>(ctx, offsets.newstate)? as u8;
+    // A hand-over to a time-wait socket takes the timer started just before, kept or not,
+    // so that a later hand-over on this CPU never takes a stale one.
+    let time_wait_timer = if new == tcp_state::CLOSE
+        && (old == tcp_state::FIN_WAIT2 || old == tcp_state::CLOSING)
+        && config.tw_timer_handler != 0
+    {
+        take_slot(&STARTED_TIMER, unsafe { bpf_ktime_get_ns() }, None).map_or(0, |s| s.timer)
+    } else {
+        0
+    };
+    // Learn from every socket (the loader's calibration sockets are filtered out below).
+    let known_process_context =
+        new == tcp_state::LISTEN || (old == tcp_state::CLOSE && new == tcp_state::SYN_SENT);
+    let process_context = in_process_context(ctx, known_process_context);
+    if !family_kept(config, family) {
+        return Ok(());
+    }
+    let sk: u64 = field(ctx, offsets.skaddr)?;
+    let sport: u16 = field(ctx, offsets.sport)?;
+    let dport: u16 = field(ctx, offsets.dport)?;
+    if config.filters_sockets() {
+        let pid = process_context.then(|| (bpf_get_current_pid_tgid() >> 32) as u32);
+        if !keep_socket(config, sk, sport, dport, pid, new) {
+            return Ok(());
+        }
+    }
+    if time_wait_timer != 0 && TIME_WAIT_TIMERS.insert(&time_wait_timer, &sk, 0).is_err() {
+        count(counter::TW_TABLE_FULL);
+    }
+
+    let mut event = new_event(kind::TRANSITION, sk, process_context);
+    event.family = family as u8;
+    event.old_state = old;
+    event.new_state = new;
+    event.sport = sport;
+    event.dport = dport;
+    event.timer = time_wait_timer;
+    read_addresses(
+        ctx,
+        &mut event,
+        (offsets.saddr, offsets.daddr),
+        (offsets.saddr_v6, offsets.daddr_v6),
+    );
+    emit(config, &event);
+    Ok(())
+}
+
+#[tracepoint]
+pub fn timer_start(ctx: TracePointContext) -> u32 {
+    let _ = try_timer_start(&ctx);
+    0
+}
+
+fn try_timer_start(ctx: &TracePointContext) -> Result<(), i32> {
+    let config = config();
+    let offsets = &config.timer;
+    if config.tw_timer_handler == 0
+        || field::<u64>(ctx, offsets.start_function)? != config.tw_timer_handler
+    {
+        return Ok(());
+    }
+    let timer: u64 = field(ctx, offsets.start_timer)?;
+    let now = unsafe { bpf_ktime_get_ns() };
+    // mod_timer() on a pending timer shows as cancel + start: a re-arm of a live time-wait.
+    let Some(cancelled) = take_slot(&CANCELLED_TIMER, now, Some(timer)) else {
+        put_slot(&STARTED_TIMER, TimerSlot { timer, sk: 0, ts_ns: now });
+        return Ok(());
+    };
+    if TIME_WAIT_TIMERS.insert(&timer, &cancelled.sk, 0).is_err() {
+        count(counter::TW_TABLE_FULL);
+    }
+    let expires: u64 = field(ctx, offsets.start_expires)?;
+    let jiffies_now: u64 = field(ctx, offsets.start_now)?;
+    let mut event = new_event(kind::TW_REARM, cancelled.sk, in_process_context(ctx, false));
+    event.timer = timer;
+    event.timeout_jiffies = expires.wrapping_sub(jiffies_now) as u32;
+    emit(config, &event);
+    Ok(())
+}
+
+#[tracepoint]
+pub fn timer_cancel(ctx: TracePointContext) -> u32 {
+    let _ = try_timer_cancel(&ctx);
+    0
+}
+
+fn try_timer_cancel(ctx: &TracePointContext) -> Result<(), i32> {
+    let config = config();
+    if config.tw_timer_handler == 0 {
+        return Ok(());
+    }
+    let timer: u64 = field(ctx, config.timer.cancel_timer)?;
+    let Some(&sk) = (unsafe { TIME_WAIT_TIMERS.get(&timer) }) else {
+        return Ok(());
+    };
+    let _ = TIME_WAIT_TIMERS.remove(&timer);
+    let event = new_event(kind::TW_CANCEL, sk, in_process_context(ctx, false));
+    put_slot(&CANCELLED_TIMER, TimerSlot { timer, sk, ts_ns: event.ts_ns });
+    emit(config, &Event { timer, ..event });
+    Ok(())
+}
+
+#[tracepoint]
+pub fn timer_expire_entry(ctx: TracePointContext) -> u32 {
+    let _ = try_timer_expire_entry(&ctx);
+    0
+}
+
+fn try_timer_expire_entry(ctx: &TracePointContext) -> Result<(), i32> {
+    let config = config();
+    let offsets = &config.timer;
+    if config.tw_timer_handler == 0
+        || field::<u64>(ctx, offsets.expire_function)? != config.tw_timer_handler
+    {
+        return Ok(());
+    }
+    let timer: u64 = field(ctx, offsets.expire_timer)?;
+    let Some(cancelled) = take_slot(&CANCELLED_TIMER, unsafe { bpf_ktime_get_ns() }, Some(timer))
+    else {
+        return Ok(());
+    };
+    let mut event = new_event(kind::TW_EXPIRE, cancelled.sk, false);
+    event.timer = timer;
+    emit(config, &event);
+    Ok(())
+}
+
+/// Resets pass the filter when their socket was kept, or (without `--pid`) by port, so that
+/// a RST for a socket-less port is seen too.
+#[inline(always)]
+fn keep_reset(config: &Config, sk: u64, sport: u16, dport: u16) -> bool {
+    !config.filters_sockets()
+        || unsafe { KEPT_SOCKETS.get(&sk) }.is_some()
+        || (config.pid == 0 && ports_match(config, sport, dport))
+}
+
+#[tracepoint]
+pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
+    let _ = try_tcp_send_reset(&ctx);
+    0
+}
+
+/// `tcp_send_reset` stores its addresses as `struct sockaddr_in`/`sockaddr_in6`, already
+/// oriented from the sender's side: family at +0, port (network order) at +2, address at
+/// +4 (IPv4) or +8 (IPv6).
+fn try_tcp_send_reset(ctx: &TracePointContext) -> Result<(), i32> {
+    let config = config();
+    let offsets = &config.send_reset;
+    let family: u16 = field(ctx, offsets.saddr_sockaddr)?;
+    if !family_kept(config, family) {
+        return Ok(());
+    }
+    let sk: u64 = field(ctx, offsets.skaddr)?;
+    let sport = u16::from_be(field(ctx, offsets.saddr_sockaddr + 2)?);
+    let dport = u16::from_be(field(ctx, offsets.daddr_sockaddr + 2)?);
+    if !keep_reset(config, sk, sport, dport) {
+        return Ok(());
+    }
+    let mut event = new_event(kind::RESET_SENT, sk, in_process_context(ctx, false));
+    event.family = family as u8;
+    event.sport = sport;
+    event.dport = dport;
+    let address_at = if family == AF_INET { 4 } else { 8 };
+    read_addresses(
+        ctx,
+        &mut event,
+        (offsets.saddr_sockaddr + address_at, offsets.daddr_sockaddr + address_at),
+        (offsets.saddr_sockaddr + address_at, offsets.daddr_sockaddr + address_at),
+    );
+    emit(config, &event);
+    Ok(())
+}
+
+#[tracepoint]
+pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
+    let _ = try_tcp_receive_reset(&ctx);
+    0
+}
+
+fn try_tcp_receive_reset(ctx: &TracePointContext) -> Result<(), i32> {
+    let config = config();
+    let offsets = &config.receive_reset;
+    let family: u16 = field(ctx, offsets.family)?;
+    if !family_kept(config, family) {
+        return Ok(());
+    }
+    let sk: u64 = field(ctx, offsets.skaddr)?;
+    let sport: u16 = field(ctx, offsets.sport)?;
+    let dport: u16 = field(ctx, offsets.dport)?;
+    if !keep_reset(config, sk, sport, dport) {
+        return Ok(());
+    }
+    let mut event = new_event(kind::RESET_RECEIVED, sk, in_process_context(ctx, false));
+    event.family = family as u8;
+    event.sport = sport;
+    event.dport = dport;
+    read_addresses(
+        ctx,
+        &mut event,
+        (offsets.saddr, offsets.daddr),
+        (offsets.saddr_v6, offsets.daddr_v6),
+    );
+    emit(config, &event);
+    Ok(())
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

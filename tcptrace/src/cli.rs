@@ -1,0 +1,154 @@
+//! Command-line interface.
+
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::loader::Filters;
+
+const ABOUT: &str = "Trace TCP state transitions with eBPF: every state each socket passes \
+through, who owns it, and how long it stayed.";
+
+const LONG_ABOUT: &str = "\
+Trace TCP state transitions with eBPF.
+
+tcptrace attaches to the kernel's sock:inet_sock_set_state tracepoint and prints one line \
+per state change of every TCP socket: its local and remote address, the old and new state, \
+how long the socket spent in the old state, and the process that owns it.
+
+Filters (--port, --pid, -4, -6) run inside the kernel, so traffic you filter out costs \
+nothing. Needs root (or CAP_BPF and CAP_PERFMON).";
+
+const EXAMPLES: &str = "\
+Examples:
+  sudo tcptrace --port 8080            watch connections to or from port 8080
+  sudo tcptrace --port 8080 --json     the same as JSON Lines, for jq or scripts
+  sudo tcptrace -4 --duration 10       IPv4 only, stop after 10 seconds
+
+Reading the output:
+  PID/COMM is the socket's owner. Transitions that happen in softirq (for example, when a \
+packet arrives) run on whatever task the CPU was busy with, so tcptrace shows the owner it \
+learned earlier in process context (connect, close), or '-' when it has not seen one yet.
+  MS is the time spent in the old state ('-' when the socket was first seen mid-way).
+  A socket that enters TIME-WAIT shows FIN_WAIT2 -> CLOSED (or CLOSING -> CLOSED): the \
+kernel hands the connection to a small time-wait socket, which ss shows as TIME-WAIT.";
+
+#[derive(Parser, Debug)]
+#[command(name = "tcptrace", version, about = ABOUT, long_about = LONG_ABOUT, after_help = EXAMPLES)]
+pub struct Cli {
+    /// Keep only sockets with this local or remote port (repeatable, up to 8).
+    #[arg(short, long = "port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub ports: Vec<u16>,
+
+    /// Keep only sockets used by this process (matched when it touches the socket).
+    #[arg(long, value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
+    pub pid: Option<u32>,
+
+    /// IPv4 only.
+    #[arg(short = '4', long = "ipv4", conflicts_with = "ipv6")]
+    pub ipv4: bool,
+
+    /// IPv6 only.
+    #[arg(short = '6', long = "ipv6")]
+    pub ipv6: bool,
+
+    /// Print one JSON object per line instead of text (schema: docs/json.md).
+    #[arg(long)]
+    pub json: bool,
+
+    /// Stop after this many seconds (default: run until Ctrl-C or SIGTERM).
+    #[arg(short, long, value_name = "SECS", value_parser = parse_seconds)]
+    pub duration: Option<Duration>,
+
+    /// Ring-buffer size in bytes (a power of two, at least 4096). Each event takes 104
+    /// bytes in it; the default 4 MiB holds about 40 000 events.
+    #[arg(long, value_name = "BYTES", default_value_t = 4 << 20, value_parser = parse_ring_size)]
+    pub ring_size: u32,
+
+    /// Print diagnostics to stderr.
+    #[arg(short, long)]
+    pub verbose: bool,
+}
+
+impl Cli {
+    pub fn filters(&self) -> Filters {
+        Filters { ports: self.ports.clone(), pid: self.pid, ipv4: self.ipv4, ipv6: self.ipv6 }
+    }
+
+    /// Checks what clap cannot express.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.ports.len() > tcptrace_common::MAX_PORTS {
+            return Err(format!(
+                "at most {} --port values are supported (got {})",
+                tcptrace_common::MAX_PORTS,
+                self.ports.len()
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text.parse().map_err(|_| format!("'{text}' is not a number of seconds"))?;
+    if !(seconds.is_finite() && seconds > 0.0) {
+        return Err(format!("the duration must be more than 0 seconds (got '{text}')"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+fn parse_ring_size(text: &str) -> Result<u32, String> {
+    let size: u32 = text.parse().map_err(|_| format!("'{text}' is not a size in bytes"))?;
+    if size < 4096 || !size.is_power_of_two() {
+        return Err(format!("the ring size must be a power of two of at least 4096 (got {size})"));
+    }
+    Ok(size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("tcptrace").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn repeated_ports_and_filters() {
+        let cli = parse(&["--port", "8080", "-p", "443", "-4", "--pid", "12", "--json"]).unwrap();
+        assert_eq!(cli.ports, vec![8080, 443]);
+        assert_eq!(cli.pid, Some(12));
+        assert!(cli.ipv4 && !cli.ipv6 && cli.json);
+        assert_eq!(cli.filters().ports, vec![8080, 443]);
+        assert!(cli.validate().is_ok());
+    }
+
+    #[test]
+    fn bad_port_values_are_refused_with_a_reason() {
+        for bad in ["0", "65536", "http", "-1"] {
+            let error = parse(&[&format!("--port={bad}")]).unwrap_err().to_string();
+            assert!(error.contains("--port"), "{bad}: {error}");
+        }
+        let nine: Vec<String> = (1..=9).flat_map(|p| ["--port".into(), p.to_string()]).collect();
+        let nine: Vec<&str> = nine.iter().map(String::as_str).collect();
+        assert!(parse(&nine).unwrap().validate().unwrap_err().contains("at most 8"));
+    }
+
+    #[test]
+    fn durations_and_ring_sizes() {
+        assert_eq!(
+            parse(&["--duration", "2.5"]).unwrap().duration,
+            Some(Duration::from_millis(2500))
+        );
+        assert!(parse(&["--duration", "0"]).is_err());
+        assert!(parse(&["--duration", "soon"]).is_err());
+        assert_eq!(parse(&[]).unwrap().ring_size, 4 << 20);
+        assert!(parse(&["--ring-size", "5000"]).is_err());
+        assert!(parse(&["--ring-size", "1024"]).is_err());
+        assert_eq!(parse(&["--ring-size", "8192"]).unwrap().ring_size, 8192);
+    }
+
+    #[test]
+    fn ipv4_and_ipv6_only_conflict() {
+        assert!(parse(&["-4", "-6"]).is_err());
+    }
+}

@@ -1,0 +1,399 @@
+//! Decoded events: the kernel's raw [`tcptrace_common::Event`] turned into typed values.
+
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
+
+use tcptrace_common::{AF_INET, AF_INET6, COMM_LEN, Event, kind, tcp_state};
+
+/// A TCP state, named as in RFC 9293 (with underscores); `NEW_SYN_RECV` is Linux's
+/// request-socket state, which the RFC does not have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TcpState {
+    Established,
+    SynSent,
+    SynReceived,
+    FinWait1,
+    FinWait2,
+    TimeWait,
+    Closed,
+    CloseWait,
+    LastAck,
+    Listen,
+    Closing,
+    NewSynRecv,
+}
+
+impl TcpState {
+    pub const ALL: [TcpState; 12] = [
+        TcpState::Established,
+        TcpState::SynSent,
+        TcpState::SynReceived,
+        TcpState::FinWait1,
+        TcpState::FinWait2,
+        TcpState::TimeWait,
+        TcpState::Closed,
+        TcpState::CloseWait,
+        TcpState::LastAck,
+        TcpState::Listen,
+        TcpState::Closing,
+        TcpState::NewSynRecv,
+    ];
+
+    /// From the kernel's state number (`include/net/tcp_states.h`).
+    pub fn from_kernel(number: u8) -> Option<TcpState> {
+        Some(match number {
+            tcp_state::ESTABLISHED => TcpState::Established,
+            tcp_state::SYN_SENT => TcpState::SynSent,
+            tcp_state::SYN_RECV => TcpState::SynReceived,
+            tcp_state::FIN_WAIT1 => TcpState::FinWait1,
+            tcp_state::FIN_WAIT2 => TcpState::FinWait2,
+            tcp_state::TIME_WAIT => TcpState::TimeWait,
+            tcp_state::CLOSE => TcpState::Closed,
+            tcp_state::CLOSE_WAIT => TcpState::CloseWait,
+            tcp_state::LAST_ACK => TcpState::LastAck,
+            tcp_state::LISTEN => TcpState::Listen,
+            tcp_state::CLOSING => TcpState::Closing,
+            tcp_state::NEW_SYN_RECV => TcpState::NewSynRecv,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TcpState::Established => "ESTABLISHED",
+            TcpState::SynSent => "SYN_SENT",
+            TcpState::SynReceived => "SYN_RECEIVED",
+            TcpState::FinWait1 => "FIN_WAIT1",
+            TcpState::FinWait2 => "FIN_WAIT2",
+            TcpState::TimeWait => "TIME_WAIT",
+            TcpState::Closed => "CLOSED",
+            TcpState::CloseWait => "CLOSE_WAIT",
+            TcpState::LastAck => "LAST_ACK",
+            TcpState::Listen => "LISTEN",
+            TcpState::Closing => "CLOSING",
+            TcpState::NewSynRecv => "NEW_SYN_RECV",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<TcpState> {
+        TcpState::ALL.into_iter().find(|state| state.name() == name)
+    }
+}
+
+impl fmt::Display for TcpState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.name())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Family {
+    Ipv4,
+    Ipv6,
+}
+
+impl Family {
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Ipv4 => "ipv4",
+            Family::Ipv6 => "ipv6",
+        }
+    }
+}
+
+/// A task's `comm`: up to 16 bytes, not always UTF-8, stored inline (no allocation).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Comm([u8; COMM_LEN]);
+
+impl Comm {
+    pub fn new(name: &str) -> Comm {
+        let mut bytes = [0; COMM_LEN];
+        let len = name.len().min(COMM_LEN - 1);
+        bytes[..len].copy_from_slice(&name.as_bytes()[..len]);
+        Comm(bytes)
+    }
+
+    pub fn from_kernel(bytes: [u8; COMM_LEN]) -> Comm {
+        Comm(bytes)
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        let len = self.0.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
+        &self.0[..len]
+    }
+}
+
+impl fmt::Display for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(&String::from_utf8_lossy(self.as_bytes()))
+    }
+}
+
+impl fmt::Debug for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", String::from_utf8_lossy(self.as_bytes()))
+    }
+}
+
+/// The process a socket belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub pid: u32,
+    pub comm: Comm,
+}
+
+/// The current task when an event fired. Only meaningful in process context: in softirq it
+/// is whatever task the interrupt happened to land on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Task {
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: Comm,
+    pub process_context: bool,
+}
+
+impl Task {
+    /// The task as the socket's owner, when it can be trusted to be one: process context,
+    /// and not the idle task (pid 0, `swapper`).
+    pub fn as_owner(&self) -> Option<Owner> {
+        (self.process_context && self.pid != 0).then_some(Owner { pid: self.pid, comm: self.comm })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A socket changed state. `time_wait_timer` is set when the socket handed over to a
+    /// kernel time-wait socket with that timer.
+    Transition {
+        old: TcpState,
+        new: TcpState,
+        time_wait_timer: Option<u64>,
+    },
+    /// A live time-wait timer was re-armed with a new timeout.
+    TimeWaitRearm {
+        timer: u64,
+        timeout_jiffies: u32,
+    },
+    /// A live time-wait timer was taken off the timer wheel.
+    TimeWaitCancel {
+        timer: u64,
+    },
+    /// A time-wait timer ran out.
+    TimeWaitExpire {
+        timer: u64,
+    },
+    ResetSent,
+    ResetReceived,
+}
+
+/// One decoded kernel event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpEvent {
+    /// CLOCK_MONOTONIC nanoseconds.
+    pub ts_ns: u64,
+    /// Kernel address of the socket; 0 when unknown.
+    pub sk: u64,
+    pub kind: EventKind,
+    /// Local and remote endpoint, from this socket's point of view. `None` for timer
+    /// events, which carry no address.
+    pub addresses: Option<(SocketAddr, SocketAddr)>,
+    pub task: Task,
+    pub cpu: u8,
+}
+
+impl TcpEvent {
+    pub fn family(&self) -> Option<Family> {
+        self.addresses.map(|(local, _)| if local.is_ipv4() { Family::Ipv4 } else { Family::Ipv6 })
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    TooShort(usize),
+    UnknownKind(u8),
+    UnknownState(u8),
+    UnknownFamily(u8),
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecodeError::TooShort(len) => write!(f, "event of {len} bytes is too short"),
+            DecodeError::UnknownKind(kind) => write!(f, "unknown event kind {kind}"),
+            DecodeError::UnknownState(state) => write!(f, "unknown TCP state {state}"),
+            DecodeError::UnknownFamily(family) => write!(f, "unknown address family {family}"),
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+fn address(family: u8, bytes: [u8; 16], port: u16) -> Result<SocketAddr, DecodeError> {
+    let ip = match u16::from(family) {
+        AF_INET => IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3])),
+        AF_INET6 => IpAddr::V6(Ipv6Addr::from(bytes)),
+        _ => return Err(DecodeError::UnknownFamily(family)),
+    };
+    Ok(SocketAddr::new(ip, port))
+}
+
+fn state(number: u8) -> Result<TcpState, DecodeError> {
+    TcpState::from_kernel(number).ok_or(DecodeError::UnknownState(number))
+}
+
+/// Decodes one ring-buffer record.
+pub fn decode(bytes: &[u8]) -> Result<TcpEvent, DecodeError> {
+    if bytes.len() < size_of::<Event>() {
+        return Err(DecodeError::TooShort(bytes.len()));
+    }
+    // SAFETY: `Event` is plain `#[repr(C)]` data valid for any bit pattern, and the slice
+    // is long enough; `read_unaligned` makes no alignment assumption.
+    let raw: Event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    decode_event(&raw)
+}
+
+pub fn decode_event(raw: &Event) -> Result<TcpEvent, DecodeError> {
+    let nonzero = |timer: u64| (timer != 0).then_some(timer);
+    let kind = match raw.kind {
+        kind::TRANSITION => EventKind::Transition {
+            old: state(raw.old_state)?,
+            new: state(raw.new_state)?,
+            time_wait_timer: nonzero(raw.timer),
+        },
+        kind::TW_REARM => {
+            EventKind::TimeWaitRearm { timer: raw.timer, timeout_jiffies: raw.timeout_jiffies }
+        }
+        kind::TW_CANCEL => EventKind::TimeWaitCancel { timer: raw.timer },
+        kind::TW_EXPIRE => EventKind::TimeWaitExpire { timer: raw.timer },
+        kind::RESET_SENT => EventKind::ResetSent,
+        kind::RESET_RECEIVED => EventKind::ResetReceived,
+        other => return Err(DecodeError::UnknownKind(other)),
+    };
+    let addresses = match raw.family {
+        0 => None,
+        family => {
+            Some((address(family, raw.saddr, raw.sport)?, address(family, raw.daddr, raw.dport)?))
+        }
+    };
+    Ok(TcpEvent {
+        ts_ns: raw.ts_ns,
+        sk: raw.sk,
+        kind,
+        addresses,
+        task: Task {
+            pid: raw.pid,
+            tid: raw.tid,
+            comm: Comm::from_kernel(raw.comm),
+            process_context: raw.in_process_context(),
+        },
+        cpu: raw.cpu,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw_transition() -> Event {
+        let mut raw = Event::ZERO;
+        raw.kind = kind::TRANSITION;
+        raw.ts_ns = 1_293_602_893_000;
+        raw.sk = 0xffff_8880_0a1b_2e40;
+        raw.family = AF_INET as u8;
+        raw.old_state = tcp_state::ESTABLISHED;
+        raw.new_state = tcp_state::FIN_WAIT1;
+        raw.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        raw.daddr[..4].copy_from_slice(&[127, 0, 0, 2]);
+        raw.sport = 8080;
+        raw.dport = 42020;
+        raw.pid = 1743;
+        raw.tid = 1744;
+        raw.comm[..7].copy_from_slice(b"python3");
+        raw.process_context = 1;
+        raw
+    }
+
+    fn bytes_of(raw: &Event) -> &[u8] {
+        // SAFETY: reading the bytes of a plain-data struct without padding.
+        unsafe { std::slice::from_raw_parts((raw as *const Event).cast(), size_of::<Event>()) }
+    }
+
+    #[test]
+    fn decodes_an_ipv4_transition_from_ring_bytes() {
+        let raw = raw_transition();
+        let event = decode(bytes_of(&raw)).unwrap();
+        assert_eq!(
+            event.kind,
+            EventKind::Transition {
+                old: TcpState::Established,
+                new: TcpState::FinWait1,
+                time_wait_timer: None
+            }
+        );
+        let (local, remote) = event.addresses.unwrap();
+        assert_eq!(local.to_string(), "127.0.0.1:8080");
+        assert_eq!(remote.to_string(), "127.0.0.2:42020");
+        assert_eq!(event.family(), Some(Family::Ipv4));
+        assert_eq!(event.task.pid, 1743);
+        assert_eq!(event.task.comm.to_string(), "python3");
+        assert!(event.task.process_context);
+        assert_eq!(event.task.as_owner().unwrap().pid, 1743);
+    }
+
+    #[test]
+    fn decodes_ipv6_and_softirq_context() {
+        let mut raw = raw_transition();
+        raw.family = AF_INET6 as u8;
+        raw.saddr = Ipv6Addr::LOCALHOST.octets();
+        raw.daddr = "fe80::1".parse::<Ipv6Addr>().unwrap().octets();
+        raw.process_context = 0;
+        raw.timer = 0xffff_0000_2222;
+        raw.old_state = tcp_state::FIN_WAIT2;
+        raw.new_state = tcp_state::CLOSE;
+        let event = decode_event(&raw).unwrap();
+        let (local, remote) = event.addresses.unwrap();
+        assert_eq!(local.to_string(), "[::1]:8080");
+        assert_eq!(remote.to_string(), "[fe80::1]:42020");
+        assert!(!event.task.process_context);
+        assert_eq!(event.task.as_owner(), None, "softirq tasks are not owners");
+        assert_eq!(
+            event.kind,
+            EventKind::Transition {
+                old: TcpState::FinWait2,
+                new: TcpState::Closed,
+                time_wait_timer: Some(0xffff_0000_2222)
+            }
+        );
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        assert_eq!(decode(&[0; 10]), Err(DecodeError::TooShort(10)));
+        let mut raw = raw_transition();
+        raw.kind = 99;
+        assert_eq!(decode_event(&raw), Err(DecodeError::UnknownKind(99)));
+        let mut raw = raw_transition();
+        raw.new_state = 42;
+        assert_eq!(decode_event(&raw), Err(DecodeError::UnknownState(42)));
+        let mut raw = raw_transition();
+        raw.family = 7;
+        assert_eq!(decode_event(&raw), Err(DecodeError::UnknownFamily(7)));
+    }
+
+    #[test]
+    fn idle_task_is_never_an_owner() {
+        let task = Task { pid: 0, tid: 0, comm: Comm::new("swapper/0"), process_context: true };
+        assert_eq!(task.as_owner(), None);
+    }
+
+    #[test]
+    fn state_names_round_trip() {
+        for state in TcpState::ALL {
+            assert_eq!(TcpState::from_name(state.name()), Some(state));
+        }
+        assert_eq!(TcpState::from_kernel(tcp_state::CLOSE), Some(TcpState::Closed));
+        assert_eq!(TcpState::from_kernel(0), None);
+    }
+}

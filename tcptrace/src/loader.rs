@@ -1,0 +1,333 @@
+//! Loading the embedded eBPF object, attaching its tracepoints, and reading its ring buffer.
+
+use std::io;
+
+use anyhow::{Context, Result, anyhow};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::{ProgramError, TracePoint},
+};
+use tcptrace_common::{
+    Config, FAMILY_IPV4, FAMILY_IPV6, MAX_PORTS, ResetOffsets, SetStateOffsets, TimerOffsets,
+    counter,
+};
+
+use crate::tracefs::{self, Format};
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("TCPTRACE_EBPF_OBJECT"));
+
+/// Which events the kernel keeps. Everything else is dropped before it costs ring space.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Filters {
+    /// Local or remote ports; empty keeps all.
+    pub ports: Vec<u16>,
+    pub pid: Option<u32>,
+    pub ipv4: bool,
+    pub ipv6: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct TraceOptions {
+    pub filters: Filters,
+    /// Ring-buffer size in bytes: a power of two, at least one page.
+    pub ring_size: u32,
+}
+
+fn set_state_offsets(format: &Format) -> Result<SetStateOffsets> {
+    Ok(SetStateOffsets {
+        skaddr: format.offset("skaddr")?,
+        oldstate: format.offset("oldstate")?,
+        newstate: format.offset("newstate")?,
+        sport: format.offset("sport")?,
+        dport: format.offset("dport")?,
+        family: format.offset("family")?,
+        protocol: format.offset("protocol")?,
+        saddr: format.offset("saddr")?,
+        daddr: format.offset("daddr")?,
+        saddr_v6: format.offset("saddr_v6")?,
+        daddr_v6: format.offset("daddr_v6")?,
+        _pad: 0,
+    })
+}
+
+fn send_reset_offsets(format: &Format) -> Result<ResetOffsets> {
+    Ok(ResetOffsets {
+        skaddr: format.offset("skaddr")?,
+        saddr_sockaddr: format.offset("saddr")?,
+        daddr_sockaddr: format.offset("daddr")?,
+        ..ResetOffsets::default()
+    })
+}
+
+fn receive_reset_offsets(format: &Format) -> Result<ResetOffsets> {
+    Ok(ResetOffsets {
+        skaddr: format.offset("skaddr")?,
+        sport: format.offset("sport")?,
+        dport: format.offset("dport")?,
+        family: format.offset("family")?,
+        saddr: format.offset("saddr")?,
+        daddr: format.offset("daddr")?,
+        saddr_v6: format.offset("saddr_v6")?,
+        daddr_v6: format.offset("daddr_v6")?,
+        ..ResetOffsets::default()
+    })
+}
+
+fn timer_offsets(start: &Format, cancel: &Format, expire: &Format) -> Result<TimerOffsets> {
+    Ok(TimerOffsets {
+        start_timer: start.offset("timer")?,
+        start_function: start.offset("function")?,
+        start_expires: start.offset("expires")?,
+        start_now: start.offset("now")?,
+        cancel_timer: cancel.offset("timer")?,
+        expire_timer: expire.offset("timer")?,
+        expire_function: expire.offset("function")?,
+        _pad: 0,
+    })
+}
+
+/// An optional tracepoint group that could not be used, and why.
+#[derive(Debug)]
+pub struct Degraded {
+    pub what: &'static str,
+    pub why: String,
+}
+
+/// The attached programs. Dropping it detaches them all.
+pub struct Tracer {
+    // Owns the programs and their links: dropping it detaches everything.
+    _ebpf: Ebpf,
+    counters: PerCpuArray<MapData, u64>,
+    /// Optional parts that are off on this kernel (reset or time-wait tracking).
+    pub degraded: Vec<Degraded>,
+}
+
+const PROGRAMS: [(&str, &str); 6] = [
+    ("sock", "inet_sock_set_state"),
+    ("tcp", "tcp_send_reset"),
+    ("tcp", "tcp_receive_reset"),
+    ("timer", "timer_start"),
+    ("timer", "timer_cancel"),
+    ("timer", "timer_expire_entry"),
+];
+
+impl Tracer {
+    /// Loads and attaches everything; returns the tracer and its ring buffer of events.
+    pub fn attach(options: &TraceOptions) -> Result<(Tracer, RingBuf<MapData>)> {
+        raise_memlock_limit();
+        let tracefs = tracefs::ensure_mounted()?;
+        let mut degraded = Vec::new();
+        let mut config = Config {
+            set_state: set_state_offsets(&Format::read(&tracefs, "sock", "inet_sock_set_state")?)?,
+            wakeup_bytes: u64::from(options.ring_size / 8),
+            ..Config::default()
+        };
+        apply_filters(&mut config, &options.filters);
+
+        let resets = (|| -> Result<_> {
+            Ok((
+                send_reset_offsets(&Format::read(&tracefs, "tcp", "tcp_send_reset")?)?,
+                receive_reset_offsets(&Format::read(&tracefs, "tcp", "tcp_receive_reset")?)?,
+            ))
+        })();
+        let resets_on = match resets {
+            Ok((send, receive)) => {
+                config.send_reset = send;
+                config.receive_reset = receive;
+                true
+            }
+            Err(error) => {
+                degraded.push(Degraded { what: "reset tracking", why: format!("{error:#}") });
+                false
+            }
+        };
+        let timers = (|| -> Result<_> {
+            let kallsyms =
+                std::fs::read_to_string("/proc/kallsyms").context("cannot read /proc/kallsyms")?;
+            let handler =
+                tracefs::kernel_symbol(&kallsyms, "tw_timer_handler").ok_or_else(|| {
+                    anyhow!("tw_timer_handler is not in /proc/kallsyms (or addresses are hidden)")
+                })?;
+            let offsets = timer_offsets(
+                &Format::read(&tracefs, "timer", "timer_start")?,
+                &Format::read(&tracefs, "timer", "timer_cancel")?,
+                &Format::read(&tracefs, "timer", "timer_expire_entry")?,
+            )?;
+            Ok((handler, offsets))
+        })();
+        let timers_on = match timers {
+            Ok((handler, offsets)) => {
+                config.tw_timer_handler = handler;
+                config.timer = offsets;
+                true
+            }
+            Err(error) => {
+                degraded.push(Degraded { what: "TIME-WAIT tracking", why: format!("{error:#}") });
+                false
+            }
+        };
+
+        let mut ebpf = EbpfLoader::new()
+            .override_global("CONFIG", &config, true)
+            .map_max_entries("EVENTS", options.ring_size)
+            .load(OBJECT)
+            .map_err(|error| explain_permission(anyhow::Error::new(error)))
+            .context("loading the eBPF program failed")?;
+
+        for (category, name) in PROGRAMS {
+            let wanted = match category {
+                "tcp" => resets_on,
+                "timer" => timers_on,
+                _ => true,
+            };
+            if wanted {
+                attach(&mut ebpf, category, name)?;
+            }
+        }
+        calibrate_process_context();
+        let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
+        let counters =
+            PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("COUNTERS map missing")?)?;
+        Ok((Tracer { _ebpf: ebpf, counters, degraded }, ring))
+    }
+
+    /// Events the kernel could not queue because the ring buffer was full, since start.
+    pub fn lost_events(&self) -> Result<u64> {
+        self.counter(counter::LOST)
+    }
+
+    /// Time-wait timers not tracked because the kernel's timer table was full.
+    pub fn untracked_time_waits(&self) -> Result<u64> {
+        self.counter(counter::TW_TABLE_FULL)
+    }
+
+    fn counter(&self, index: u32) -> Result<u64> {
+        let values = self.counters.get(&index, 0).context("reading the COUNTERS map")?;
+        Ok(values.iter().sum())
+    }
+}
+
+/// Calls `on_record` with each record waiting in the ring buffer; returns how many.
+pub fn drain(ring: &mut RingBuf<MapData>, mut on_record: impl FnMut(&[u8])) -> usize {
+    let mut count = 0;
+    while let Some(item) = ring.next() {
+        on_record(&item);
+        count += 1;
+    }
+    count
+}
+
+/// Shows the kernel program one process-context event on every CPU: a `listen()` and
+/// `close()` on 127.0.0.1, from a thread pinned to each CPU in turn. (See
+/// `in_process_context` in the eBPF program.) Their events carry tcptrace's own pid, so the
+/// output drops them with [`is_own_event`].
+fn calibrate_process_context() {
+    let result = std::thread::spawn(|| {
+        // SAFETY: sysconf has no preconditions.
+        let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) }.max(1) as usize;
+        for cpu in 0..cpus.min(libc::CPU_SETSIZE as usize) {
+            // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET stays within it.
+            let pinned = unsafe {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(cpu, &mut set);
+                libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) == 0
+            };
+            if pinned {
+                drop(std::net::TcpListener::bind(("127.0.0.1", 0)));
+            }
+        }
+    })
+    .join();
+    if result.is_err() {
+        crate::debug(format_args!("process-context calibration failed"));
+    }
+}
+
+/// Whether `event` is one of tcptrace's own calibration sockets.
+pub fn is_own_event(event: &crate::event::TcpEvent) -> bool {
+    event.task.process_context && event.task.pid == std::process::id()
+}
+
+fn apply_filters(config: &mut Config, filters: &Filters) {
+    for (slot, port) in config.ports.iter_mut().zip(&filters.ports) {
+        *slot = *port;
+    }
+    config.port_count = filters.ports.len().min(MAX_PORTS) as u32;
+    config.pid = filters.pid.unwrap_or(0);
+    // Neither -4 nor -6 means both.
+    config.families = match (filters.ipv4, filters.ipv6) {
+        (true, false) => FAMILY_IPV4,
+        (false, true) => FAMILY_IPV6,
+        _ => FAMILY_IPV4 | FAMILY_IPV6,
+    };
+}
+
+fn attach(ebpf: &mut Ebpf, category: &str, name: &str) -> Result<()> {
+    let program: &mut TracePoint = ebpf
+        .program_mut(name)
+        .with_context(|| format!("program {name} missing from the eBPF object"))?
+        .try_into()?;
+    program.load().map_err(|error| match error {
+        ProgramError::LoadError { io_error, verifier_log } => anyhow!(
+            "the kernel's verifier rejected the {name} program ({io_error}):\n{verifier_log}"
+        ),
+        other => explain_permission(other.into()),
+    })?;
+    program
+        .attach(category, name)
+        .map_err(|error| explain_permission(error.into()))
+        .with_context(|| format!("attaching to tracepoint {category}:{name} failed"))?;
+    Ok(())
+}
+
+/// Turns a permission error anywhere in the chain into advice a person can act on.
+fn explain_permission(error: anyhow::Error) -> anyhow::Error {
+    let denied = error.chain().any(|cause| {
+        cause
+            .downcast_ref::<io::Error>()
+            .is_some_and(|io| matches!(io.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES)))
+    });
+    if denied {
+        error.context(
+            "permission denied: tracing needs root, or CAP_BPF and CAP_PERFMON; run with sudo",
+        )
+    } else {
+        error
+    }
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; newer ones don't, and some
+/// containers may not raise it. Failing here is fine: a real shortage shows at load time.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: plain syscall with a valid pointer.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        crate::debug(format_args!(
+            "could not raise RLIMIT_MEMLOCK ({}); not needed on Linux 5.11+",
+            io::Error::last_os_error()
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_become_kernel_config() {
+        let mut config = Config::default();
+        let filters = Filters { ports: vec![8080, 443], pid: Some(42), ipv4: true, ipv6: false };
+        apply_filters(&mut config, &filters);
+        assert_eq!(config.port_count, 2);
+        assert_eq!(&config.ports[..2], &[8080, 443]);
+        assert_eq!(config.pid, 42);
+        assert_eq!(config.families, FAMILY_IPV4);
+        assert!(config.filters_sockets());
+
+        let mut config = Config::default();
+        apply_filters(&mut config, &Filters::default());
+        assert_eq!(config.families, FAMILY_IPV4 | FAMILY_IPV6);
+        assert!(!config.filters_sockets());
+    }
+}

@@ -1,0 +1,24 @@
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, error::ErrorKind};
+use tcptrace::cli::Cli;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(message) = cli.validate() {
+        Cli::command().error(ErrorKind::ValueValidation, message).exit();
+    }
+    tcptrace::set_verbose(cli.verbose);
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(tcptrace::live::run(&cli)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("tcptrace: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

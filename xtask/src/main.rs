@@ -1,0 +1,126 @@
+//! Project tasks: `cargo xtask build-ebpf | build | run | test | install-tools`.
+//!
+//! The eBPF program needs a nightly toolchain with `rust-src` (for `-Z build-std=core`) and
+//! `bpf-linker` built against that toolchain's own LLVM. Neither is on a fresh machine, so
+//! this installs them into the project-local `.tools/` folder before building.
+
+mod tools;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "tcptrace project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install rust-src and bpf-linker into .tools/ if missing, then build the eBPF object.
+    BuildEbpf,
+    /// Build the eBPF object, then the `tcptrace` binary (release) that embeds it.
+    Build,
+    /// Build, then run `tcptrace` with the given arguments (needs root).
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Build the eBPF object, then run every test (the kernel tests need root).
+    Test {
+        /// Extra arguments for `cargo test`, e.g. a test name filter.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Install rust-src and bpf-linker into .tools/ if missing.
+    InstallTools,
+}
+
+fn main() {
+    if let Err(error) = run(Cli::parse().task) {
+        eprintln!("xtask: error: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(task: Task) -> Result<()> {
+    let root = workspace_root();
+    match task {
+        Task::InstallTools => tools::ensure(&root).map(drop),
+        Task::BuildEbpf => build_ebpf(&root).map(drop),
+        Task::Build => build(&root).map(drop),
+        Task::Run { args } => {
+            let binary = build(&root)?;
+            run_command(Command::new(binary).args(args))
+        }
+        Task::Test { args } => {
+            build_ebpf(&root)?;
+            run_command(
+                cargo().current_dir(&root).args(["test", "--release", "--all-targets"]).args(&args),
+            )
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives inside the workspace")
+        .to_path_buf()
+}
+
+/// Where `build-ebpf` leaves the object; `tcptrace/build.rs` embeds it from there.
+pub fn ebpf_object(root: &Path) -> PathBuf {
+    root.join("target/ebpf/bpfel-unknown-none/release/tcptrace")
+}
+
+fn build_ebpf(root: &Path) -> Result<PathBuf> {
+    let tools = tools::ensure(root)?;
+    eprintln!("xtask: building the eBPF program with the {} toolchain", tools::NIGHTLY);
+    let path = std::env::join_paths(
+        std::iter::once(tools.bin_dir.clone())
+            .chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())),
+    )?;
+    let mut build = Command::new("rustup");
+    build
+        .current_dir(root)
+        .args(["run", tools::NIGHTLY, "cargo", "build", "--release"])
+        .args(["--package", "tcptrace-ebpf", "--target", "bpfel-unknown-none"])
+        .args(["-Z", "build-std=core", "--target-dir", "target/ebpf"])
+        .env("PATH", path);
+    // Variables set by the outer (stable) cargo would leak into the nightly build.
+    for var in ["RUSTC", "RUSTC_WRAPPER", "RUSTC_WORKSPACE_WRAPPER", "RUSTUP_TOOLCHAIN", "CARGO"] {
+        build.env_remove(var);
+    }
+    run_command(&mut build)?;
+    let object = ebpf_object(root);
+    if !object.exists() {
+        bail!("the eBPF build succeeded but {} is missing", object.display());
+    }
+    Ok(object)
+}
+
+fn build(root: &Path) -> Result<PathBuf> {
+    build_ebpf(root)?;
+    run_command(cargo().current_dir(root).args(["build", "--release", "--package", "tcptrace"]))?;
+    Ok(root.join("target/release/tcptrace"))
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+pub fn run_command(command: &mut Command) -> Result<()> {
+    let status =
+        command.status().with_context(|| format!("could not start {:?}", command.get_program()))?;
+    if !status.success() {
+        bail!("{:?} failed ({status})", command.get_program());
+    }
+    Ok(())
+}

@@ -1,0 +1,140 @@
+//! Installs what building the eBPF program needs, into `.tools/` in the workspace.
+
+use std::{
+    fs,
+    os::unix::fs::symlink,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::run_command;
+
+/// The toolchain that builds the eBPF program (`-Z build-std` is nightly-only).
+pub const NIGHTLY: &str = "nightly";
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+pub struct Tools {
+    pub bin_dir: PathBuf,
+}
+
+pub fn ensure(root: &Path) -> Result<Tools> {
+    let tools_dir = root.join(".tools");
+    ensure_rust_src()?;
+    let bin_dir = tools_dir.join("bin");
+    if !bpf_linker_works(&bin_dir) {
+        install_bpf_linker(&tools_dir)?;
+        if !bpf_linker_works(&bin_dir) {
+            bail!("bpf-linker was installed into {} but does not run", bin_dir.display());
+        }
+    }
+    Ok(Tools { bin_dir })
+}
+
+fn rustup() -> Command {
+    let mut command = Command::new("rustup");
+    command.env_remove("RUSTUP_TOOLCHAIN");
+    command
+}
+
+fn ensure_rust_src() -> Result<()> {
+    let installed = rustup()
+        .args(["component", "list", "--installed", "--toolchain", NIGHTLY])
+        .output()
+        .context("could not run rustup: is the Rust toolchain installed with rustup?")?;
+    if !installed.status.success() {
+        bail!(
+            "the {NIGHTLY} toolchain is missing; install it with `rustup toolchain install {NIGHTLY}`"
+        );
+    }
+    if String::from_utf8_lossy(&installed.stdout).lines().any(|line| line.starts_with("rust-src")) {
+        return Ok(());
+    }
+    eprintln!("xtask: installing rust-src for the {NIGHTLY} toolchain (needed by -Z build-std)");
+    run_command(rustup().args(["component", "add", "rust-src", "--toolchain", NIGHTLY]))
+}
+
+/// Runs the binary with an empty environment: it must find libLLVM through its own rpath,
+/// not through rustup's variables.
+fn bpf_linker_works(bin_dir: &Path) -> bool {
+    Command::new(bin_dir.join("bpf-linker"))
+        .arg("--version")
+        .env_clear()
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+/// The nightly toolchain's `lib/` folder and LLVM major version.
+fn toolchain_llvm() -> Result<(PathBuf, String)> {
+    let output = |args: &[&str]| -> Result<String> {
+        let out = rustup()
+            .args(["run", NIGHTLY, "rustc"])
+            .args(args)
+            .output()
+            .context("could not run rustc")?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    let lib = PathBuf::from(output(&["--print", "sysroot"])?).join("lib");
+    let version = output(&["-vV"])?;
+    let major = version
+        .lines()
+        .find_map(|line| line.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .context("rustc -vV does not name its LLVM version")?
+        .to_owned();
+    Ok((lib, major))
+}
+
+/// Builds bpf-linker from crates.io against the toolchain's own libLLVM, so the bitcode
+/// rustc emits and the LLVM that links it are the same version.
+fn install_bpf_linker(tools_dir: &Path) -> Result<()> {
+    let (toolchain_lib, llvm_major) = toolchain_llvm()?;
+    // LLVM_PREFIX wants `lib/libLLVM.so`; the toolchain ships `libLLVM-<major>-rust-…so`
+    // (a linker script) and `libLLVM.so.<ver>-rust-…` (the library, also its SONAME).
+    let prefix = tools_dir.join("llvm");
+    let prefix_lib = prefix.join("lib");
+    fs::create_dir_all(&prefix_lib)?;
+    let mut found_library = false;
+    for entry in fs::read_dir(&toolchain_lib)? {
+        let name = entry?.file_name();
+        let name = name.to_string_lossy();
+        if !name.starts_with("libLLVM") {
+            continue;
+        }
+        let link_name = if name.starts_with("libLLVM.so.") {
+            found_library = true;
+            name.to_string()
+        } else {
+            "libLLVM.so".to_owned()
+        };
+        let link = prefix_lib.join(link_name);
+        let _ = fs::remove_file(&link);
+        symlink(toolchain_lib.join(name.as_ref()), &link)?;
+    }
+    if !found_library {
+        bail!(
+            "no libLLVM.so.* in {}: is the {NIGHTLY} toolchain complete?",
+            toolchain_lib.display()
+        );
+    }
+    eprintln!(
+        "xtask: building bpf-linker {BPF_LINKER_VERSION} against the {NIGHTLY} toolchain's LLVM {llvm_major} \
+         into {} (a few minutes, once)",
+        tools_dir.display()
+    );
+    let rpath = format!("-C link-arg=-Wl,-rpath,{}", toolchain_lib.display());
+    run_command(
+        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--force"])
+            .args(["--no-default-features", "--features", &format!("llvm-{llvm_major}")])
+            .arg("--root")
+            .arg(tools_dir)
+            .env("LLVM_PREFIX", &prefix)
+            .env("RUSTFLAGS", rpath)
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .env_remove("CARGO_TARGET_DIR"),
+    )
+}
