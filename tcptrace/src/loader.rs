@@ -115,6 +115,7 @@ const PROGRAMS: [(&str, &str); 6] = [
 impl Tracer {
     /// Loads and attaches everything; returns the tracer and its ring buffer of events.
     pub fn attach(options: &TraceOptions) -> Result<(Tracer, RingBuf<MapData>)> {
+        check_privileges()?;
         raise_memlock_limit();
         let tracefs = tracefs::ensure_mounted()?;
         let mut degraded = Vec::new();
@@ -295,6 +296,29 @@ fn explain_permission(error: anyhow::Error) -> anyhow::Error {
     } else {
         error
     }
+}
+
+/// Fails early, with advice, when the process can't load and attach tracing programs.
+fn check_privileges() -> Result<()> {
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return Ok(());
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let effective = status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |cap: u32| effective & (1 << cap) != 0;
+    if has(CAP_BPF) && has(CAP_PERFMON) {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "tcptrace needs root (or the CAP_BPF and CAP_PERFMON capabilities): run it with sudo"
+    )
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; newer ones don't, and some

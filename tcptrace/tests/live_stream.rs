@@ -1,0 +1,207 @@
+//! The live stream on the real kernel: exact transitions of both sides of real loopback
+//! connections, owners, filters, lost-event reporting and clean stops.
+
+mod support;
+
+use std::{
+    io::{Read, Write},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    thread,
+    time::Duration,
+};
+
+use support::{Peer, Tracer, find, socket_transitions, steps, summary, transitions};
+
+#[derive(Clone, Copy, PartialEq)]
+enum Closer {
+    Server,
+    Client,
+}
+
+/// The test process is the client; the server is a python3 process of its own.
+fn traced_connection(family: &str, closer: Closer) {
+    let mut server =
+        Peer::start(family, if closer == Closer::Server { "close-first" } else { "wait-eof" });
+    let port = server.port.to_string();
+    let tracer = Tracer::start(&["--port", &port]);
+
+    let host = if family == "ipv6" { "[::1]" } else { "127.0.0.1" };
+    let server_addr: SocketAddr = format!("{host}:{port}").parse().unwrap();
+    let mut client = TcpStream::connect(server_addr).unwrap();
+    let client_addr = client.local_addr().unwrap();
+    match closer {
+        Closer::Server => {
+            let mut greeting = Vec::new();
+            client.read_to_end(&mut greeting).unwrap(); // until the server's FIN
+            server.wait_done();
+            drop(client);
+        }
+        Closer::Client => {
+            client.write_all(b"bye").unwrap();
+            drop(client);
+            server.wait_done();
+        }
+    }
+    let lines = tracer.stop();
+
+    let client_side = socket_transitions(&lines, client_addr);
+    let server_side = socket_transitions(&lines, server_addr);
+    let (active, passive) = match closer {
+        Closer::Server => (&server_side, &client_side),
+        Closer::Client => (&client_side, &server_side),
+    };
+    let opening_client = ["CLOSED->SYN_SENT", "SYN_SENT->ESTABLISHED"];
+    let opening_server = ["LISTEN->SYN_RECEIVED", "SYN_RECEIVED->ESTABLISHED"];
+    let (active_opening, passive_opening) = match closer {
+        Closer::Server => (opening_server, opening_client),
+        Closer::Client => (opening_client, opening_server),
+    };
+    let mut expected_active: Vec<&str> = active_opening.to_vec();
+    expected_active.extend(["ESTABLISHED->FIN_WAIT1", "FIN_WAIT1->FIN_WAIT2", "FIN_WAIT2->CLOSED"]);
+    let mut expected_passive: Vec<&str> = passive_opening.to_vec();
+    expected_passive.extend([
+        "ESTABLISHED->CLOSE_WAIT",
+        "CLOSE_WAIT->LAST_ACK",
+        "LAST_ACK->CLOSED",
+    ]);
+    assert_eq!(steps(active), expected_active, "active closer");
+    assert_eq!(steps(passive), expected_passive, "passive closer");
+
+    // Addresses from each socket's own point of view (the connect event has local port 0).
+    for t in &client_side[1..] {
+        assert_eq!(t["local"], client_addr.to_string());
+        assert_eq!(t["remote"], server_addr.to_string());
+    }
+    assert_eq!(client_side[0]["remote"], server_addr.to_string());
+    for t in &server_side {
+        assert_eq!(t["local"], server_addr.to_string());
+        assert_eq!(t["remote"], client_addr.to_string());
+        assert_eq!(t["family"], family);
+    }
+
+    // Each close is the closing process's own, in process context.
+    let (active_pid, passive_pid) = match closer {
+        Closer::Server => (server.pid(), std::process::id()),
+        Closer::Client => (std::process::id(), server.pid()),
+    };
+    let fin = find(active, "ESTABLISHED", "FIN_WAIT1");
+    assert_eq!(fin["pid"], active_pid, "{fin}");
+    assert_eq!(fin["process_context"], true);
+    let last_ack = find(passive, "CLOSE_WAIT", "LAST_ACK");
+    assert_eq!(last_ack["pid"], passive_pid, "{last_ack}");
+    let connect = find(&client_side, "CLOSED", "SYN_SENT");
+    assert_eq!(connect["pid"], std::process::id());
+    assert_eq!(connect["process_context"], true);
+
+    // The server's child socket is born in softirq: its owner is not known yet, and the
+    // client process whose softirq ran it is not blamed.
+    let syn_recv = find(&server_side, "LISTEN", "SYN_RECEIVED");
+    assert_eq!(syn_recv["process_context"], false, "{syn_recv}");
+    assert!(syn_recv["pid"].is_null(), "{syn_recv}");
+    // Softirq events of the client's socket carry the owner learned at connect().
+    let established = find(&client_side, "SYN_SENT", "ESTABLISHED");
+    assert_eq!(established["pid"], std::process::id(), "{established}");
+    assert!(
+        transitions(&lines).iter().all(|t| t["comm"] != "swapper/0" && t["comm"] != "swapper/1")
+    );
+
+    // The socket that goes to TIME-WAIT names its time-wait timer.
+    assert!(find(active, "FIN_WAIT2", "CLOSED")["time_wait_timer"].is_string());
+    assert_eq!(summary(&lines)["lost"], 0);
+}
+
+#[test]
+fn ipv4_server_closes_first() {
+    traced_connection("ipv4", Closer::Server);
+}
+
+#[test]
+fn ipv4_client_closes_first() {
+    traced_connection("ipv4", Closer::Client);
+}
+
+#[test]
+fn ipv6_server_closes_first() {
+    traced_connection("ipv6", Closer::Server);
+}
+
+#[test]
+fn ipv6_client_closes_first() {
+    traced_connection("ipv6", Closer::Client);
+}
+
+fn listener() -> (TcpListener, u16) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    (listener, port)
+}
+
+/// Connects, lets the server close, and waits for both sides to finish.
+fn one_connection(listener: &TcpListener) -> SocketAddr {
+    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (accepted, _) = listener.accept().unwrap();
+    let client_addr = client.local_addr().unwrap();
+    drop(accepted);
+    let mut rest = Vec::new();
+    (&client).read_to_end(&mut rest).unwrap();
+    client.shutdown(Shutdown::Both).ok();
+    client_addr
+}
+
+#[test]
+fn port_filter_drops_other_ports_in_the_kernel_and_keeps_port_zero_events() {
+    let (watched, watched_port) = listener();
+    let (other, other_port) = listener();
+    let tracer = Tracer::start(&["--port", &watched_port.to_string()]);
+    one_connection(&other);
+    let client_addr = one_connection(&watched);
+    one_connection(&other);
+    let lines = tracer.stop();
+
+    let all = transitions(&lines);
+    let other_suffix = format!(":{other_port}");
+    assert!(
+        all.iter().all(|t| {
+            !t["local"].as_str().unwrap().ends_with(&other_suffix)
+                && !t["remote"].as_str().unwrap().ends_with(&other_suffix)
+        }),
+        "events of port {other_port} passed a --port {watched_port} filter: {all:#?}"
+    );
+    let client_side = socket_transitions(&lines, client_addr);
+    let connect = find(&client_side, "CLOSED", "SYN_SENT");
+    assert_eq!(connect["local"], "127.0.0.1:0", "the connect event has no local port yet");
+    // Events after the socket closed and lost its ports still belong to the kept socket.
+    assert_eq!(steps(&client_side).last().unwrap(), "LAST_ACK->CLOSED");
+    assert_eq!(summary(&lines)["events"].as_u64().unwrap() as usize, lines.len() - 1);
+}
+
+#[test]
+fn lost_counter_is_read_and_reported_as_zero_when_nothing_is_lost() {
+    let (watched, port) = listener();
+    let tracer = Tracer::start(&["--port", &port.to_string()]);
+    for _ in 0..20 {
+        one_connection(&watched);
+    }
+    let lines = tracer.stop();
+    assert!(lines.iter().all(|line| line["type"] != "lost"));
+    let summary = summary(&lines);
+    assert_eq!(summary["lost"], 0);
+    assert!(transitions(&lines).len() >= 20 * 10, "{} transitions", transitions(&lines).len());
+}
+
+#[test]
+fn stops_cleanly_on_ctrl_c_and_after_duration() {
+    let (watched, port) = listener();
+    let tracer = Tracer::start(&["--port", &port.to_string()]);
+    let client_addr = one_connection(&watched);
+    let lines = tracer.stop_with(libc::SIGINT);
+    assert_eq!(steps(&socket_transitions(&lines, client_addr)).len(), 5);
+
+    let started = std::time::Instant::now();
+    let tracer = Tracer::start(&["--port", &port.to_string(), "--duration", "1"]);
+    let client_addr = one_connection(&watched);
+    let lines = tracer.wait();
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert_eq!(steps(&socket_transitions(&lines, client_addr)).len(), 5, "flushed at exit");
+    thread::sleep(Duration::from_millis(10));
+}

@@ -1,0 +1,190 @@
+//! Helpers for tests that run the real `tcptrace` binary against the real kernel.
+#![allow(dead_code)] // each test file uses its own subset
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::SocketAddr,
+    path::Path,
+    process::{Child, ChildStdin, Command, Stdio},
+    sync::mpsc::{Receiver, channel},
+    thread,
+    time::Duration,
+};
+
+use serde_json::Value;
+
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the kernel tests load eBPF programs and need root: run `sudo cargo xtask test`"
+    );
+}
+
+/// A running `tcptrace --json …`.
+pub struct Tracer {
+    child: Child,
+    stderr_lines: Receiver<String>,
+    stderr_seen: Vec<String>,
+}
+
+impl Tracer {
+    /// Starts tcptrace and waits until it has attached.
+    pub fn start(args: &[&str]) -> Tracer {
+        require_root();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tcptrace"))
+            .arg("--json")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tcptrace");
+        let stderr = child.stderr.take().unwrap();
+        let (sender, stderr_lines) = channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut tracer = Tracer { child, stderr_lines, stderr_seen: Vec::new() };
+        tracer.wait_for_stderr("tracing TCP state transitions");
+        tracer
+    }
+
+    fn wait_for_stderr(&mut self, needle: &str) {
+        loop {
+            match self.stderr_lines.recv_timeout(Duration::from_secs(30)) {
+                Ok(line) => {
+                    let found = line.contains(needle);
+                    self.stderr_seen.push(line);
+                    if found {
+                        return;
+                    }
+                }
+                Err(_) => panic!(
+                    "tcptrace never printed {needle:?}; stderr so far:\n{}",
+                    self.stderr_seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal`, waits for a clean exit and returns every JSON line it printed.
+    pub fn stop_with(mut self, signal: libc::c_int) -> Vec<Value> {
+        // Let the kernel's last events reach the ring buffer and the 10 ms poll tick.
+        thread::sleep(Duration::from_millis(200));
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
+        self.wait()
+    }
+
+    pub fn stop(self) -> Vec<Value> {
+        self.stop_with(libc::SIGTERM)
+    }
+
+    /// Waits for tcptrace to exit by itself (`--duration`).
+    pub fn wait(mut self) -> Vec<Value> {
+        let mut stdout = String::new();
+        std::io::Read::read_to_string(self.child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+        let status = self.child.wait().unwrap();
+        self.stderr_seen.extend(self.stderr_lines.try_iter());
+        assert!(
+            status.success(),
+            "tcptrace exited with {status}; stderr:\n{}",
+            self.stderr_seen.join("\n")
+        );
+        stdout
+            .lines()
+            .map(|line| {
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("bad JSON line {line:?}: {e}"))
+            })
+            .collect()
+    }
+}
+
+/// A server in its own process (tests/support/peer.py).
+pub struct Peer {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<std::process::ChildStdout>,
+    pub port: u16,
+}
+
+impl Peer {
+    pub fn start(family: &str, mode: &str) -> Peer {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/peer.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .args([family, mode])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn python3 (needed by the kernel tests)");
+        let stdin = child.stdin.take().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        let port = line.trim().parse().unwrap_or_else(|_| panic!("peer printed {line:?}"));
+        Peer { child, stdin, stdout, port }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits until the peer has closed its connection.
+    pub fn wait_done(&mut self) {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "done");
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.stdin.write_all(b"\n");
+        let _ = self.child.wait();
+    }
+}
+
+pub fn transitions(lines: &[Value]) -> Vec<&Value> {
+    lines.iter().filter(|line| line["type"] == "transition").collect()
+}
+
+/// The transitions of the socket whose events include `local` as local address, in order.
+pub fn socket_transitions<'a>(lines: &'a [Value], local: SocketAddr) -> Vec<&'a Value> {
+    let all = transitions(lines);
+    let sk = all
+        .iter()
+        .find(|t| t["local"] == local.to_string())
+        .unwrap_or_else(|| panic!("no transition with local {local} in {all:#?}"))["sk"]
+        .clone();
+    all.into_iter().filter(|t| t["sk"] == sk).collect()
+}
+
+/// `["CLOSED->SYN_SENT", …]` for compact assertions.
+pub fn steps(transitions: &[&Value]) -> Vec<String> {
+    transitions
+        .iter()
+        .map(|t| format!("{}->{}", t["old"].as_str().unwrap(), t["new"].as_str().unwrap()))
+        .collect()
+}
+
+pub fn find<'a>(transitions: &[&'a Value], old: &str, new: &str) -> &'a Value {
+    transitions
+        .iter()
+        .find(|t| t["old"] == old && t["new"] == new)
+        .unwrap_or_else(|| panic!("no {old}->{new} in {transitions:#?}"))
+}
+
+pub fn summary(lines: &[Value]) -> &Value {
+    lines.iter().find(|line| line["type"] == "summary").expect("a summary line at exit")
+}
