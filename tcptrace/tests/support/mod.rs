@@ -78,7 +78,7 @@ impl Tracer {
     }
 
     /// Sends `signal`, waits for a clean exit and returns every JSON line it printed.
-    pub fn stop_with(mut self, signal: libc::c_int) -> Vec<Value> {
+    pub fn stop_with(self, signal: libc::c_int) -> Vec<Value> {
         // Let the kernel's last events reach the ring buffer and the 10 ms poll tick.
         thread::sleep(Duration::from_millis(200));
         // SAFETY: signalling our own child.
@@ -160,7 +160,7 @@ pub fn transitions(lines: &[Value]) -> Vec<&Value> {
 }
 
 /// The transitions of the socket whose events include `local` as local address, in order.
-pub fn socket_transitions<'a>(lines: &'a [Value], local: SocketAddr) -> Vec<&'a Value> {
+pub fn socket_transitions(lines: &[Value], local: SocketAddr) -> Vec<&Value> {
     let all = transitions(lines);
     let sk = all
         .iter()
