@@ -65,6 +65,15 @@ pub struct Cli {
     #[arg(long, value_name = "BYTES", default_value_t = 4 << 20, value_parser = parse_ring_size)]
     pub ring_size: u32,
 
+    /// Print only connection records and the summary, not each transition.
+    #[arg(long)]
+    pub connections_only: bool,
+
+    /// Connections tracked at once; past it the least recently active are aged out
+    /// (counted in the summary). Each costs a few hundred bytes.
+    #[arg(long, value_name = "N", default_value_t = 1 << 18)]
+    pub max_connections: usize,
+
     /// Print diagnostics to stderr.
     #[arg(short, long)]
     pub verbose: bool,

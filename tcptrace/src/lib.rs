@@ -1,14 +1,16 @@
 //! tcptrace: trace TCP state transitions with eBPF.
 //!
-//! Data flows one way: the kernel program ([`loader`]) → decoded [`event`]s → per-socket
-//! attribution ([`sockets`]) → [`output`]. [`live`] wires them together for `tcptrace`.
+//! Data flows one way: the kernel program ([`loader`]) → decoded [`event`]s → the
+//! [`lifecycle`] engine → [`output`] (live lines) and [`report`] (connection records and the
+//! summary). [`live`] wires them together for `tcptrace`.
 
 pub mod cli;
 pub mod event;
+pub mod lifecycle;
 pub mod live;
 pub mod loader;
 pub mod output;
-pub mod sockets;
+pub mod report;
 pub mod tracefs;
 
 use std::sync::atomic::{AtomicBool, Ordering};

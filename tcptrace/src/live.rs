@@ -1,4 +1,5 @@
-//! Live tracing: attach, stream events until Ctrl-C, SIGTERM or `--duration`, detach.
+//! Live tracing: attach, stream events through the lifecycle engine until Ctrl-C, SIGTERM
+//! or `--duration`, detach, and print the summary.
 
 use std::{
     future::pending,
@@ -17,63 +18,104 @@ use tokio::{
 use crate::{
     cli::Cli,
     event::decode,
+    lifecycle::{Engine, EngineOptions, Output},
     loader::{TraceOptions, Tracer, drain, is_own_event},
     output::{Stream, StreamFormat, WallClock},
-    sockets::SocketTable,
+    report::TraceCounts,
 };
 
 /// The kernel wakes the reader only when the ring fills up; this tick picks up the rest.
 const POLL_INTERVAL: Duration = Duration::from_millis(10);
-/// Sockets remembered for owner attribution before the oldest are evicted.
-const SOCKET_TABLE_CAPACITY: usize = 1 << 20;
 
 /// Everything between the ring buffer and stdout.
-struct Pipeline<W: Write> {
-    stream: Stream<W>,
-    sockets: SocketTable,
-    events: u64,
-    undecodable: u64,
-    lost: u64,
+pub struct Pipeline<W: Write> {
+    pub stream: Stream<W>,
+    pub engine: Engine,
+    pub counts: TraceCounts,
+    /// Print each transition as it happens, not only the connection records.
+    pub show_events: bool,
 }
 
 impl<W: Write> Pipeline<W> {
-    fn record(&mut self, bytes: &[u8]) -> io::Result<()> {
+    pub fn new(stream: Stream<W>, engine: Engine, show_events: bool) -> Pipeline<W> {
+        Pipeline { stream, engine, counts: TraceCounts::default(), show_events }
+    }
+
+    fn record(&mut self, bytes: &[u8]) {
         match decode(bytes) {
-            Ok(event) if is_own_event(&event) => Ok(()),
+            Ok(event) if is_own_event(&event) => {}
             Ok(event) => {
-                self.events += 1;
-                let attribution = self.sockets.observe(&event);
-                self.stream.event(&event, &attribution)
+                self.counts.events += 1;
+                self.engine.push(event);
             }
             Err(error) => {
-                self.undecodable += 1;
+                self.counts.undecodable += 1;
                 crate::debug(format_args!("skipping a record: {error}"));
-                Ok(())
             }
         }
     }
 
-    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> io::Result<()> {
+    /// Hands the engine's output for time `now_ns` to the stream; `finish` ends the trace.
+    pub fn advance(&mut self, now_ns: u64, finish: bool) -> io::Result<()> {
+        let Pipeline { stream, engine, show_events, .. } = self;
         let mut result = Ok(());
-        drain(ring, |bytes| {
-            if result.is_ok() {
-                result = self.record(bytes);
+        let mut write = |output: Output<'_>| {
+            if result.is_err() {
+                return;
             }
-        });
+            result = match output {
+                Output::Event(event, attribution) if *show_events => {
+                    stream.event(event, &attribution)
+                }
+                Output::Event(..) => Ok(()),
+                Output::Connection(connection) => stream.connection(connection),
+            };
+        };
+        if finish {
+            engine.finish(now_ns, &mut write);
+        } else {
+            engine.advance(now_ns, &mut write);
+        }
         result?;
         self.stream.flush()
     }
 
-    /// Prints how many events the kernel dropped since the last check.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> io::Result<()> {
+        drain(ring, |bytes| self.record(bytes));
+        self.advance(monotonic_now_ns(), false)
+    }
+
+    /// Reports events the kernel dropped since the last check.
     fn report_lost(&mut self, tracer: &Tracer) -> Result<()> {
         let lost = tracer.lost_events()?;
-        if lost > self.lost {
-            self.stream.lost(lost - self.lost)?;
-            self.lost = lost;
+        if lost > self.counts.lost {
+            let new = lost - self.counts.lost;
+            self.counts.lost = lost;
+            self.engine.lost(new);
+            self.stream.lost(new)?;
             self.stream.flush()?;
         }
         Ok(())
     }
+}
+
+/// CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns()`.
+pub fn monotonic_now_ns() -> u64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+/// `net.ipv4.ip_local_port_range`, or Linux's default when it can't be read.
+pub fn ephemeral_port_range() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| {
+            let mut parts = text.split_whitespace().map(str::parse::<u16>);
+            Some((parts.next()?.ok()?, parts.next()?.ok()?))
+        })
+        .unwrap_or(EngineOptions::default().ephemeral_ports)
 }
 
 pub async fn run(cli: &Cli) -> Result<()> {
@@ -84,14 +126,18 @@ pub async fn run(cli: &Cli) -> Result<()> {
     }
     let format = if cli.json { StreamFormat::Json } else { StreamFormat::Text };
     let stdout = BufWriter::with_capacity(1 << 16, io::stdout().lock());
-    let mut pipeline = Pipeline {
-        stream: Stream::new(stdout, format, WallClock::now()),
-        sockets: SocketTable::new(SOCKET_TABLE_CAPACITY),
-        events: 0,
-        undecodable: 0,
-        lost: 0,
+    let engine_options = EngineOptions {
+        max_connections: cli.max_connections,
+        ephemeral_ports: ephemeral_port_range(),
     };
-    pipeline.stream.header()?;
+    let mut pipeline = Pipeline::new(
+        Stream::new(stdout, format, WallClock::now()),
+        Engine::new(engine_options),
+        !cli.connections_only,
+    );
+    if pipeline.show_events {
+        pipeline.stream.header()?;
+    }
     pipeline.stream.flush()?;
     eprintln!("tcptrace: tracing TCP state transitions{}; Ctrl-C to stop", describe(cli));
 
@@ -101,28 +147,12 @@ pub async fn run(cli: &Cli) -> Result<()> {
         other => other?,
     }
     pipeline.report_lost(&tracer)?;
-    let untracked = tracer.untracked_time_waits()?;
+    pipeline.counts.untracked_time_waits = tracer.untracked_time_waits()?;
     drop(tracer); // detaches every program
-    if format == StreamFormat::Json {
-        writeln!(
-            pipeline.stream.get_mut(),
-            r#"{{"type":"summary","events":{},"lost":{},"undecodable":{},"untracked_time_waits":{untracked}}}"#,
-            pipeline.events,
-            pipeline.lost,
-            pipeline.undecodable
-        )?;
-    }
+    pipeline.advance(monotonic_now_ns(), true)?;
+    let ephemeral_ports = pipeline.engine.options().ephemeral_ports;
+    pipeline.stream.summary(pipeline.engine.stats(), &pipeline.counts, ephemeral_ports)?;
     pipeline.stream.flush()?;
-    eprintln!(
-        "tcptrace: {} events, {} lost{}",
-        pipeline.events,
-        pipeline.lost,
-        if pipeline.undecodable > 0 {
-            format!(", {} undecodable", pipeline.undecodable)
-        } else {
-            String::new()
-        }
-    );
     Ok(())
 }
 

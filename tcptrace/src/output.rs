@@ -9,7 +9,8 @@ use std::{
 
 use crate::{
     event::{EventKind, TcpEvent},
-    sockets::Attribution,
+    lifecycle::{Attribution, Connection, Stats},
+    report::{self, TraceCounts},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,12 +92,33 @@ impl<W: Write> Stream<W> {
         }
     }
 
-    pub fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
+    /// A finished connection's record.
+    pub fn connection(&mut self, connection: &Connection) -> io::Result<()> {
+        match self.format {
+            StreamFormat::Text => report::write_connection_text(&mut self.out, connection),
+            StreamFormat::Json => report::write_connection_json(&mut self.out, connection),
+        }
     }
 
-    pub fn get_mut(&mut self) -> &mut W {
-        &mut self.out
+    /// The last thing written: totals, who closed first, TIME-WAIT statistics.
+    pub fn summary(
+        &mut self,
+        stats: &Stats,
+        counts: &TraceCounts,
+        ephemeral_ports: (u16, u16),
+    ) -> io::Result<()> {
+        match self.format {
+            StreamFormat::Text => {
+                report::write_summary_text(&mut self.out, stats, counts, ephemeral_ports)
+            }
+            StreamFormat::Json => {
+                report::write_summary_json(&mut self.out, stats, counts, ephemeral_ports)
+            }
+        }
+    }
+
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
     }
 
     fn text_event(&mut self, event: &TcpEvent, attribution: &Attribution) -> io::Result<()> {

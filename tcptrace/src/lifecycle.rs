@@ -1,0 +1,933 @@
+//! The lifecycle engine: decoded events in, attributed events and finished connection
+//! records out. Pure: no I/O and no clock of its own (the caller says what time it is), so
+//! live tracing, replay of a recording and the tests all drive the same code.
+//!
+//! - Each socket becomes an [`Endpoint`]: every state with its entry time and duration, its
+//!   role (client: went through SYN_SENT; server: child of a LISTEN socket), its owner.
+//! - Both endpoints of a connection on this host are paired by their mirrored 4-tuples.
+//! - A socket entering TIME-WAIT hands over to a kernel time-wait socket whose life is its
+//!   timer: `cancel` then `expire` is a natural end, `cancel` alone an early kill, `cancel`
+//!   then `rearm` a restart (a FIN or a retransmission arrived).
+//! - Who closed first is read from the states and resets themselves ([`Closer`]).
+
+use std::{
+    cmp::Reverse,
+    collections::{BinaryHeap, HashMap, VecDeque},
+    net::{IpAddr, SocketAddr},
+};
+
+use crate::event::{EventKind, Owner, TcpEvent, TcpState};
+
+/// TCP_TIMEWAIT_LEN: the kernel's fixed TIME-WAIT length (2 × MSL on Linux).
+pub const TIME_WAIT_LEN_NS: u64 = 60_000_000_000;
+/// Events are processed in timestamp order once they are this old (events from different
+/// CPUs can reach the ring buffer slightly out of order).
+pub const REORDER_WINDOW_NS: u64 = 5_000_000;
+/// A time-wait timer's expiry or re-arm follows its cancel within microseconds; a cancel
+/// with nothing after it for this long was an early kill.
+const CANCEL_GRACE_NS: u64 = 1_000_000;
+/// A closed connection whose time-wait end was never seen (lost events) is given up after this.
+const TIME_WAIT_GIVE_UP_NS: u64 = 3 * TIME_WAIT_LEN_NS;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Client,
+    Server,
+    Unknown,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Client => "client",
+            Role::Server => "server",
+            Role::Unknown => "unknown",
+        }
+    }
+
+    fn opposite(self) -> Role {
+        match self {
+            Role::Client => Role::Server,
+            Role::Server => Role::Client,
+            Role::Unknown => Role::Unknown,
+        }
+    }
+}
+
+/// Who closed the connection first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Closer {
+    Client,
+    Server,
+    /// Both sent a FIN before receiving the other's (FIN_WAIT1 → CLOSING).
+    Simultaneous,
+    ClientReset,
+    ServerReset,
+    Unknown,
+}
+
+impl Closer {
+    pub const ALL: [Closer; 6] = [
+        Closer::Client,
+        Closer::Server,
+        Closer::Simultaneous,
+        Closer::ClientReset,
+        Closer::ServerReset,
+        Closer::Unknown,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Closer::Client => "client",
+            Closer::Server => "server",
+            Closer::Simultaneous => "simultaneous",
+            Closer::ClientReset => "client_reset",
+            Closer::ServerReset => "server_reset",
+            Closer::Unknown => "unknown",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StateSpan {
+    pub state: TcpState,
+    /// `None` for the state a socket was in when tracing first saw it.
+    pub enter_ns: Option<u64>,
+    /// `None` while the endpoint is still in this state (or for the final CLOSED).
+    pub duration_ns: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeWaitEnd {
+    /// The timer ran out.
+    Expired,
+    /// Cancelled early: a RST, a new connection reusing the 4-tuple, namespace teardown.
+    Killed,
+    /// Still in TIME-WAIT when tracing stopped.
+    Open,
+}
+
+impl TimeWaitEnd {
+    pub fn name(self) -> &'static str {
+        match self {
+            TimeWaitEnd::Expired => "expired",
+            TimeWaitEnd::Killed => "killed",
+            TimeWaitEnd::Open => "open",
+        }
+    }
+}
+
+/// What the kernel's time-wait socket stood for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeWaitKind {
+    /// A real TIME-WAIT: this side's FIN was acknowledged and the peer's FIN arrived.
+    TimeWait,
+    /// An orphaned FIN_WAIT2 (the application closed; the peer's FIN has not come), kept by a
+    /// time-wait socket for `tcp_fin_timeout`. It becomes a TIME-WAIT if the FIN arrives.
+    FinWait2,
+}
+
+impl TimeWaitKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            TimeWaitKind::TimeWait => "time_wait",
+            TimeWaitKind::FinWait2 => "fin_wait2",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TimeWait {
+    pub start_ns: u64,
+    pub end_ns: Option<u64>,
+    /// How often the timer was started again (each restarts the 60 s).
+    pub rearmed: u32,
+    pub end: TimeWaitEnd,
+    pub kind: TimeWaitKind,
+    /// When a FIN_WAIT2 time-wait socket got the peer's FIN and became a real TIME-WAIT.
+    pub became_time_wait_ns: Option<u64>,
+    /// For `Open`: time left until the timer runs out, from the last arming.
+    pub time_left_ns: Option<u64>,
+    pub timer: u64,
+    last_armed_ns: u64,
+    pending_cancel_ns: Option<u64>,
+}
+
+impl TimeWait {
+    pub fn duration_ns(&self) -> Option<u64> {
+        self.end_ns.map(|end| end.saturating_sub(self.start_ns))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// This socket's address and its peer's.
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub role: Role,
+    pub owner: Option<Owner>,
+    pub states: Vec<StateSpan>,
+    pub time_wait: Option<TimeWait>,
+    pub reset_sent_ns: Option<u64>,
+    pub reset_received_ns: Option<u64>,
+    /// Events of this endpoint may be missing (a gap in its states, or events lost).
+    pub incomplete: bool,
+    sk: u64,
+    /// (time, in process context) of a close straight to CLOSED without FIN: an abort or RST.
+    abort: Option<(u64, bool)>,
+}
+
+impl Endpoint {
+    pub fn current_state(&self) -> Option<TcpState> {
+        self.states.last().map(|span| span.state)
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.current_state() == Some(TcpState::Closed)
+    }
+
+    pub fn passed(&self, state: TcpState) -> bool {
+        self.states.iter().any(|span| span.state == state)
+    }
+
+    /// When this endpoint first entered `state`.
+    pub fn entered(&self, state: TcpState) -> Option<u64> {
+        self.states.iter().find(|span| span.state == state).and_then(|span| span.enter_ns)
+    }
+
+    /// When this side sent its FIN (entered FIN_WAIT1 or LAST_ACK).
+    fn fin_sent_ns(&self) -> Option<u64> {
+        match (self.entered(TcpState::FinWait1), self.entered(TcpState::LastAck)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn time_wait_done(&self) -> bool {
+        self.time_wait.as_ref().is_none_or(|tw| tw.end != TimeWaitEnd::Open)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Connection {
+    pub id: u64,
+    /// One endpoint, or both when both ends are on this host.
+    pub endpoints: Vec<Endpoint>,
+    pub closed_first: Closer,
+    pub incomplete: bool,
+}
+
+impl Connection {
+    /// The endpoint in `role`, where a role is known from the states or from the peer.
+    pub fn endpoint(&self, role: Role) -> Option<&Endpoint> {
+        self.endpoints.iter().find(|e| self.role_of(e) == role)
+    }
+
+    pub fn role_of(&self, endpoint: &Endpoint) -> Role {
+        if endpoint.role != Role::Unknown {
+            return endpoint.role;
+        }
+        self.endpoints
+            .iter()
+            .find(|other| !std::ptr::eq(*other, endpoint))
+            .map_or(Role::Unknown, |other| other.role.opposite())
+    }
+}
+
+/// What the engine knows about one event, for the live stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attribution {
+    /// The socket's owner: the current task in process context, else the one learned earlier.
+    pub owner: Option<Owner>,
+    /// Time spent in the old state, when its start was seen.
+    pub old_state_ns: Option<u64>,
+}
+
+pub enum Output<'a> {
+    Event(&'a TcpEvent, Attribution),
+    Connection(&'a Connection),
+}
+
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    /// Connections tracked at once before the least recently active are aged out.
+    pub max_connections: usize,
+    /// `net.ipv4.ip_local_port_range`, for the TIME-WAIT pile-up warning.
+    pub ephemeral_ports: (u16, u16),
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions { max_connections: 1 << 18, ephemeral_ports: (32768, 60999) }
+    }
+}
+
+/// TIME-WAIT durations of one local endpoint.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TimeWaitStats {
+    pub durations_ns: Vec<u64>,
+    pub open: u64,
+}
+
+/// TIME-WAIT sockets on ephemeral ports toward one remote endpoint from one local address:
+/// each holds a port that a new connection to that remote endpoint can't use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortPressure {
+    pub now: u64,
+    pub peak: u64,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    pub connections: u64,
+    pub closed_first: HashMap<Closer, u64>,
+    pub time_wait_by_local: HashMap<SocketAddr, TimeWaitStats>,
+    pub time_wait_toward_remote: HashMap<(IpAddr, SocketAddr), PortPressure>,
+    pub incomplete: u64,
+    /// Connections dropped unfinished to keep memory bounded.
+    pub aged_out: u64,
+    /// Timer or reset events for sockets the engine never saw.
+    pub unmatched_events: u64,
+    pub lost_events: u64,
+}
+
+type Slot = (u64, usize);
+
+pub struct Engine {
+    options: EngineOptions,
+    pending: BinaryHeap<Reverse<(u64, u64)>>,
+    pending_events: HashMap<u64, TcpEvent>,
+    arrival: u64,
+    next_id: u64,
+    connections: HashMap<u64, Live>,
+    by_sk: HashMap<u64, Slot>,
+    by_timer: HashMap<u64, Slot>,
+    by_tuple: HashMap<(SocketAddr, SocketAddr), Slot>,
+    /// (cancel time, timer), in time order.
+    pending_cancels: VecDeque<(u64, u64)>,
+    last_sweep_ns: u64,
+    newest_ns: u64,
+    /// Events up to this time may have lost company: connections they touch are incomplete.
+    loss_horizon_ns: Option<u64>,
+    stats: Stats,
+}
+
+struct Live {
+    connection: Connection,
+    last_activity_ns: u64,
+}
+
+impl Engine {
+    pub fn new(options: EngineOptions) -> Engine {
+        Engine {
+            options,
+            pending: BinaryHeap::new(),
+            pending_events: HashMap::new(),
+            arrival: 0,
+            next_id: 1,
+            connections: HashMap::new(),
+            by_sk: HashMap::new(),
+            by_timer: HashMap::new(),
+            by_tuple: HashMap::new(),
+            pending_cancels: VecDeque::new(),
+            last_sweep_ns: 0,
+            newest_ns: 0,
+            loss_horizon_ns: None,
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    pub fn options(&self) -> &EngineOptions {
+        &self.options
+    }
+
+    /// Connections being tracked now.
+    pub fn tracked(&self) -> usize {
+        self.connections.len()
+    }
+
+    /// Queues an event; it is processed by [`Engine::advance`] once it is out of the
+    /// reorder window.
+    pub fn push(&mut self, event: TcpEvent) {
+        let seq = self.arrival;
+        self.arrival += 1;
+        self.newest_ns = self.newest_ns.max(event.ts_ns);
+        self.pending.push(Reverse((event.ts_ns, seq)));
+        self.pending_events.insert(seq, event);
+    }
+
+    /// Events were lost before reaching us: any connection tracked now, or touched by an
+    /// event queued so far, may miss some.
+    pub fn lost(&mut self, count: u64) {
+        self.stats.lost_events += count;
+        self.loss_horizon_ns = Some(self.newest_ns);
+        for live in self.connections.values_mut() {
+            live.connection.incomplete = true;
+        }
+    }
+
+    /// Processes queued events up to `now_ns - REORDER_WINDOW_NS`, resolves time-wait
+    /// cancels, ages out what must go, and hands everything that is ready to `out`.
+    pub fn advance(&mut self, now_ns: u64, out: &mut impl FnMut(Output<'_>)) {
+        self.process_until(now_ns.saturating_sub(REORDER_WINDOW_NS), out);
+        self.resolve_cancels(now_ns.saturating_sub(CANCEL_GRACE_NS), out);
+        if now_ns.saturating_sub(self.last_sweep_ns) >= 1_000_000_000 {
+            self.last_sweep_ns = now_ns;
+            self.sweep(now_ns, out);
+        }
+    }
+
+    /// The end of the trace at `now_ns`: everything queued is processed and every
+    /// connection still tracked is handed out, its time-wait `Open` with the time left.
+    pub fn finish(&mut self, now_ns: u64, out: &mut impl FnMut(Output<'_>)) {
+        let now_ns = now_ns.max(self.newest_ns);
+        self.process_until(u64::MAX, out);
+        self.resolve_cancels(u64::MAX, out);
+        let mut ids: Vec<u64> = self.connections.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            if let Some(live) = self.connections.get_mut(&id) {
+                for endpoint in &mut live.connection.endpoints {
+                    if let Some(tw) =
+                        endpoint.time_wait.as_mut().filter(|tw| tw.end == TimeWaitEnd::Open)
+                    {
+                        let expires = tw.last_armed_ns + TIME_WAIT_LEN_NS;
+                        tw.time_left_ns = Some(expires.saturating_sub(now_ns));
+                    }
+                }
+            }
+            self.emit(id, out);
+        }
+    }
+
+    fn process_until(&mut self, until_ns: u64, out: &mut impl FnMut(Output<'_>)) {
+        while let Some(&Reverse((ts, seq))) = self.pending.peek() {
+            if ts > until_ns {
+                break;
+            }
+            self.pending.pop();
+            let event = self.pending_events.remove(&seq).expect("queued event");
+            // A cancel older than this event with nothing after it was a kill.
+            self.resolve_cancels(ts.saturating_sub(CANCEL_GRACE_NS), out);
+            self.process(&event, out);
+        }
+    }
+
+    fn process(&mut self, event: &TcpEvent, out: &mut impl FnMut(Output<'_>)) {
+        let (attribution, touched) = match event.kind {
+            EventKind::Transition { old, new, time_wait_timer } => {
+                self.transition(event, old, new, time_wait_timer)
+            }
+            EventKind::TimeWaitRearm { timer, .. } => self.timer_event(event, timer, |tw, ts| {
+                tw.rearmed += 1;
+                tw.pending_cancel_ns = None;
+                tw.last_armed_ns = ts;
+                if tw.kind == TimeWaitKind::FinWait2 {
+                    tw.kind = TimeWaitKind::TimeWait;
+                    tw.became_time_wait_ns = Some(ts);
+                }
+            }),
+            EventKind::TimeWaitCancel { timer } => {
+                let result =
+                    self.timer_event(event, timer, |tw, ts| tw.pending_cancel_ns = Some(ts));
+                if result.1.is_some() {
+                    self.pending_cancels.push_back((event.ts_ns, timer));
+                }
+                result
+            }
+            EventKind::TimeWaitExpire { timer } => {
+                let result = self.timer_event(event, timer, |tw, ts| {
+                    tw.end = TimeWaitEnd::Expired;
+                    tw.end_ns = Some(ts);
+                    tw.pending_cancel_ns = None;
+                });
+                if result.1.is_some() {
+                    self.time_wait_ended(timer);
+                }
+                result
+            }
+            EventKind::ResetSent | EventKind::ResetReceived => self.reset(event),
+        };
+        out(Output::Event(event, attribution));
+        if let Some(id) = touched {
+            let lossy = self.loss_horizon_ns.is_some_and(|horizon| event.ts_ns <= horizon);
+            if let Some(live) = self.connections.get_mut(&id) {
+                live.last_activity_ns = event.ts_ns;
+                live.connection.incomplete |= lossy;
+            }
+            self.emit_if_finished(id, out);
+        }
+    }
+
+    fn endpoint_mut(&mut self, (id, index): Slot) -> Option<&mut Endpoint> {
+        self.connections.get_mut(&id)?.connection.endpoints.get_mut(index)
+    }
+
+    fn transition(
+        &mut self,
+        event: &TcpEvent,
+        old: TcpState,
+        new: TcpState,
+        time_wait_timer: Option<u64>,
+    ) -> (Attribution, Option<u64>) {
+        let task_owner = event.task.as_owner();
+        let slot = match self.by_sk.get(&event.sk) {
+            Some(&slot) => slot,
+            None => {
+                // Listening sockets are not connections; a fresh socket that is not yet
+                // anything (CLOSED → CLOSED) neither.
+                if new == TcpState::Listen || old == TcpState::Listen && new == TcpState::Closed {
+                    return (Attribution { owner: task_owner, old_state_ns: None }, None);
+                }
+                self.new_endpoint(event, old)
+            }
+        };
+        let Some((local, remote)) = event.addresses else {
+            return (Attribution { owner: task_owner, old_state_ns: None }, None);
+        };
+        let endpoint = self.endpoint_mut(slot).expect("indexed endpoint exists");
+        endpoint.owner = task_owner.or(endpoint.owner);
+        let owner = endpoint.owner;
+        let mut old_state_ns = None;
+        if let Some(last) = endpoint.states.last_mut() {
+            if last.state != old {
+                endpoint.incomplete = true; // a gap: some transitions were not seen
+            }
+            old_state_ns = last.enter_ns.map(|enter| event.ts_ns.saturating_sub(enter));
+            if old == new && last.state == new {
+                // The kernel reports some same-state changes (CLOSING → CLOSING).
+                return (Attribution { owner, old_state_ns }, Some(slot.0));
+            }
+            last.duration_ns = old_state_ns;
+        }
+        endpoint.states.push(StateSpan {
+            state: new,
+            enter_ns: Some(event.ts_ns),
+            duration_ns: None,
+        });
+        if remote.port() != 0 && local.port() != 0 {
+            endpoint.local = local;
+            endpoint.remote = remote;
+        }
+        let aborted = new == TcpState::Closed
+            && matches!(
+                old,
+                TcpState::Established
+                    | TcpState::SynSent
+                    | TcpState::SynReceived
+                    | TcpState::CloseWait
+            );
+        if aborted && endpoint.abort.is_none() {
+            endpoint.abort = Some((event.ts_ns, event.task.process_context));
+        }
+        let tuple = (endpoint.local, endpoint.remote);
+        let tuple_known = tuple.0.port() != 0 && tuple.1.port() != 0;
+
+        if new == TcpState::Closed {
+            self.by_sk.remove(&event.sk);
+            if let Some(timer) = time_wait_timer {
+                self.start_time_wait(slot, event.ts_ns, old, timer);
+            }
+        }
+        let slot = if tuple_known { self.pair(slot, tuple) } else { slot };
+        if matches!(new, TcpState::LastAck | TcpState::FinWait1) {
+            self.peer_sent_fin(slot.0, tuple, event.ts_ns);
+        }
+        (Attribution { owner, old_state_ns }, Some(slot.0))
+    }
+
+    fn new_endpoint(&mut self, event: &TcpEvent, old: TcpState) -> Slot {
+        let (local, remote) = event.addresses.expect("transitions carry addresses");
+        let role = match (old, event.kind) {
+            (TcpState::Closed, EventKind::Transition { new: TcpState::SynSent, .. }) => {
+                Role::Client
+            }
+            (TcpState::Listen, EventKind::Transition { new: TcpState::SynReceived, .. }) => {
+                Role::Server
+            }
+            _ => Role::Unknown,
+        };
+        let mut states = Vec::with_capacity(8);
+        if role == Role::Unknown {
+            // Seen mid-way: the state it was in, since an unknown time.
+            states.push(StateSpan { state: old, enter_ns: None, duration_ns: None });
+        }
+        let endpoint = Endpoint {
+            local,
+            remote,
+            role,
+            owner: None,
+            states,
+            time_wait: None,
+            reset_sent_ns: None,
+            reset_received_ns: None,
+            incomplete: role == Role::Unknown,
+            sk: event.sk,
+            abort: None,
+        };
+        let id = self.next_id;
+        self.next_id += 1;
+        self.connections.insert(
+            id,
+            Live {
+                connection: Connection {
+                    id,
+                    endpoints: vec![endpoint],
+                    closed_first: Closer::Unknown,
+                    incomplete: false,
+                },
+                last_activity_ns: event.ts_ns,
+            },
+        );
+        self.by_sk.insert(event.sk, (id, 0));
+        if self.connections.len() > self.options.max_connections {
+            self.age_out_least_recent(id);
+        }
+        (id, 0)
+    }
+
+    /// Joins this endpoint with the one whose tuple mirrors it, if there is one; returns
+    /// where the endpoint lives now.
+    fn pair(&mut self, slot: Slot, tuple: (SocketAddr, SocketAddr)) -> Slot {
+        let (local, remote) = tuple;
+        let Some(&peer_slot) = self.by_tuple.get(&(remote, local)) else {
+            // The newest endpoint with a tuple wins it: an older one has closed.
+            self.by_tuple.insert(tuple, slot);
+            return slot;
+        };
+        let single =
+            |id: u64| self.connections.get(&id).is_some_and(|l| l.connection.endpoints.len() == 1);
+        if peer_slot.0 == slot.0 || !single(peer_slot.0) || !single(slot.0) {
+            return slot;
+        }
+        self.by_tuple.remove(&(remote, local));
+        if self.by_tuple.get(&tuple) == Some(&slot) {
+            self.by_tuple.remove(&tuple);
+        }
+        let mut mine = self.connections.remove(&slot.0).expect("checked above");
+        let peer = self.connections.get_mut(&peer_slot.0).expect("checked above");
+        let endpoint = mine.connection.endpoints.pop().expect("one endpoint");
+        let new_slot = (peer_slot.0, 1);
+        peer.connection.incomplete |= mine.connection.incomplete;
+        peer.last_activity_ns = peer.last_activity_ns.max(mine.last_activity_ns);
+        if self.by_sk.get(&endpoint.sk) == Some(&slot) {
+            self.by_sk.insert(endpoint.sk, new_slot);
+        }
+        if let Some(tw) = &endpoint.time_wait
+            && self.by_timer.get(&tw.timer) == Some(&slot)
+        {
+            self.by_timer.insert(tw.timer, new_slot);
+        }
+        peer.connection.endpoints.push(endpoint);
+        new_slot
+    }
+
+    fn start_time_wait(&mut self, slot: Slot, ts: u64, old: TcpState, timer: u64) {
+        // A timer address still mapped belongs to an earlier time-wait socket that was
+        // killed (its memory was reused): close that one first.
+        if let Some(&stale) = self.by_timer.get(&timer) {
+            if let Some(tw) = self.endpoint_mut(stale).and_then(|e| e.time_wait.as_mut())
+                && tw.end == TimeWaitEnd::Open
+            {
+                tw.end = TimeWaitEnd::Killed;
+                tw.end_ns = Some(tw.pending_cancel_ns.unwrap_or(ts));
+            }
+            self.time_wait_ended(timer);
+        }
+        self.by_timer.insert(timer, slot);
+        let ephemeral = self.options.ephemeral_ports;
+        let peer_fin = self.connections.get(&slot.0).and_then(|live| {
+            live.connection
+                .endpoints
+                .iter()
+                .enumerate()
+                .find(|(i, _)| *i != slot.1)
+                .and_then(|(_, peer)| peer.fin_sent_ns())
+        });
+        let kind = if old == TcpState::Closing || peer_fin.is_some_and(|fin| fin <= ts) {
+            TimeWaitKind::TimeWait
+        } else {
+            TimeWaitKind::FinWait2
+        };
+        if let Some(key) = self.endpoint_mut(slot).and_then(|e| port_pressure_key(e, ephemeral)) {
+            self.port_pressure(key, true);
+        }
+        if let Some(endpoint) = self.endpoint_mut(slot) {
+            endpoint.time_wait = Some(TimeWait {
+                start_ns: ts,
+                end_ns: None,
+                rearmed: 0,
+                end: TimeWaitEnd::Open,
+                kind,
+                became_time_wait_ns: None,
+                time_left_ns: None,
+                timer,
+                last_armed_ns: ts,
+                pending_cancel_ns: None,
+            });
+        }
+    }
+
+    /// The peer of the endpoint with `tuple` sent its FIN: an orphaned FIN_WAIT2 time-wait
+    /// socket on the other side becomes a real TIME-WAIT.
+    fn peer_sent_fin(&mut self, id: u64, tuple: (SocketAddr, SocketAddr), ts: u64) {
+        let Some(live) = self.connections.get_mut(&id) else { return };
+        for endpoint in &mut live.connection.endpoints {
+            if (endpoint.remote, endpoint.local) != tuple {
+                continue;
+            }
+            if let Some(tw) = endpoint.time_wait.as_mut()
+                && tw.kind == TimeWaitKind::FinWait2
+                && tw.end == TimeWaitEnd::Open
+            {
+                tw.kind = TimeWaitKind::TimeWait;
+                tw.became_time_wait_ns = Some(ts);
+            }
+        }
+    }
+
+    fn timer_event(
+        &mut self,
+        event: &TcpEvent,
+        timer: u64,
+        update: impl FnOnce(&mut TimeWait, u64),
+    ) -> (Attribution, Option<u64>) {
+        let unknown = Attribution { owner: None, old_state_ns: None };
+        let Some(&slot) = self.by_timer.get(&timer) else {
+            self.stats.unmatched_events += 1;
+            return (unknown, None);
+        };
+        let Some(endpoint) = self.endpoint_mut(slot) else {
+            return (unknown, None);
+        };
+        let owner = endpoint.owner;
+        match endpoint.time_wait.as_mut() {
+            Some(tw) if tw.timer == timer && tw.end == TimeWaitEnd::Open => update(tw, event.ts_ns),
+            _ => return (Attribution { owner, old_state_ns: None }, None),
+        }
+        (Attribution { owner, old_state_ns: None }, Some(slot.0))
+    }
+
+    fn reset(&mut self, event: &TcpEvent) -> (Attribution, Option<u64>) {
+        let task_owner = event.task.as_owner();
+        let slot = self.by_sk.get(&event.sk).copied().or_else(|| {
+            let (local, remote) = event.addresses?;
+            self.by_tuple.get(&(local, remote)).copied()
+        });
+        let Some(endpoint) = slot.and_then(|slot| self.endpoint_mut(slot)) else {
+            self.stats.unmatched_events += 1;
+            return (Attribution { owner: task_owner, old_state_ns: None }, None);
+        };
+        let sent = event.kind == EventKind::ResetSent;
+        let field =
+            if sent { &mut endpoint.reset_sent_ns } else { &mut endpoint.reset_received_ns };
+        field.get_or_insert(event.ts_ns);
+        if sent {
+            endpoint.owner = task_owner.or(endpoint.owner);
+        }
+        (Attribution { owner: endpoint.owner, old_state_ns: None }, slot.map(|s| s.0))
+    }
+
+    /// Cancels older than `until_ns` with no expiry or re-arm after them were early kills.
+    fn resolve_cancels(&mut self, until_ns: u64, out: &mut impl FnMut(Output<'_>)) {
+        while let Some(&(ts, timer)) = self.pending_cancels.front() {
+            if ts > until_ns {
+                break;
+            }
+            self.pending_cancels.pop_front();
+            let Some(&slot) = self.by_timer.get(&timer) else { continue };
+            let Some(tw) = self.endpoint_mut(slot).and_then(|e| e.time_wait.as_mut()) else {
+                continue;
+            };
+            if tw.end == TimeWaitEnd::Open && tw.pending_cancel_ns == Some(ts) {
+                tw.end = TimeWaitEnd::Killed;
+                tw.end_ns = Some(ts);
+                self.time_wait_ended(timer);
+                self.emit_if_finished(slot.0, out);
+            }
+        }
+    }
+
+    fn emit_if_finished(&mut self, id: u64, out: &mut impl FnMut(Output<'_>)) {
+        let finished = self.connections.get(&id).is_some_and(|live| {
+            live.connection.endpoints.iter().all(|e| e.is_closed() && e.time_wait_done())
+        });
+        if finished {
+            self.emit(id, out);
+        }
+    }
+
+    fn emit(&mut self, id: u64, out: &mut impl FnMut(Output<'_>)) {
+        let Some(live) = self.connections.remove(&id) else { return };
+        let mut connection = live.connection;
+        for endpoint in &connection.endpoints {
+            let tuple = (endpoint.local, endpoint.remote);
+            if self.by_tuple.get(&tuple).is_some_and(|slot| slot.0 == id) {
+                self.by_tuple.remove(&tuple);
+            }
+            if self.by_sk.get(&endpoint.sk).is_some_and(|slot| slot.0 == id) {
+                self.by_sk.remove(&endpoint.sk);
+            }
+            if let Some(tw) = &endpoint.time_wait
+                && self.by_timer.get(&tw.timer).is_some_and(|slot| slot.0 == id)
+            {
+                self.by_timer.remove(&tw.timer);
+            }
+        }
+        connection.closed_first = closed_first(&connection);
+        connection.incomplete |= connection.endpoints.iter().any(|e| e.incomplete);
+        self.record_stats(&connection);
+        out(Output::Connection(&connection));
+    }
+
+    fn record_stats(&mut self, connection: &Connection) {
+        let stats = &mut self.stats;
+        stats.connections += 1;
+        *stats.closed_first.entry(connection.closed_first).or_default() += 1;
+        stats.incomplete += u64::from(connection.incomplete);
+        for endpoint in &connection.endpoints {
+            let Some(tw) = &endpoint.time_wait else { continue };
+            let entry = stats.time_wait_by_local.entry(endpoint.local).or_default();
+            match (tw.end, tw.duration_ns()) {
+                (TimeWaitEnd::Open, _) | (_, None) => entry.open += 1,
+                (_, Some(duration)) => entry.durations_ns.push(duration),
+            }
+        }
+    }
+
+    /// A time-wait socket with this timer ended (expired or killed): forget the timer and
+    /// release its ephemeral port.
+    fn time_wait_ended(&mut self, timer: u64) {
+        let Some(slot) = self.by_timer.remove(&timer) else { return };
+        let ephemeral = self.options.ephemeral_ports;
+        if let Some(key) = self.endpoint_mut(slot).and_then(|e| port_pressure_key(e, ephemeral)) {
+            self.port_pressure(key, false);
+        }
+    }
+
+    fn port_pressure(&mut self, key: (IpAddr, SocketAddr), started: bool) {
+        let pressure = self.stats.time_wait_toward_remote.entry(key).or_default();
+        if started {
+            pressure.now += 1;
+            pressure.peak = pressure.peak.max(pressure.now);
+        } else {
+            pressure.now = pressure.now.saturating_sub(1);
+        }
+    }
+
+    fn sweep(&mut self, now_ns: u64, out: &mut impl FnMut(Output<'_>)) {
+        // Closed connections whose time-wait end never came (its events were lost).
+        let stuck: Vec<u64> = self
+            .connections
+            .iter()
+            .filter(|(_, live)| {
+                live.connection.endpoints.iter().all(Endpoint::is_closed)
+                    && now_ns.saturating_sub(live.last_activity_ns) > TIME_WAIT_GIVE_UP_NS
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        for id in stuck {
+            if let Some(live) = self.connections.get_mut(&id) {
+                live.connection.incomplete = true;
+            }
+            self.stats.aged_out += 1;
+            self.emit(id, out);
+        }
+    }
+
+    /// Drops the least recently active eighth of the table (never `keep`).
+    fn age_out_least_recent(&mut self, keep: u64) {
+        let mut by_age: Vec<(u64, u64)> =
+            self.connections.iter().map(|(&id, live)| (live.last_activity_ns, id)).collect();
+        by_age.sort_unstable();
+        let count = (by_age.len() / 8).max(1);
+        for &(_, id) in by_age.iter().filter(|(_, id)| *id != keep).take(count) {
+            let Some(live) = self.connections.remove(&id) else { continue };
+            for endpoint in &live.connection.endpoints {
+                self.by_sk.remove(&endpoint.sk);
+                self.by_tuple.remove(&(endpoint.local, endpoint.remote));
+                if let Some(tw) = &endpoint.time_wait
+                    && self.by_timer.get(&tw.timer).is_some_and(|slot| slot.0 == id)
+                {
+                    self.by_timer.remove(&tw.timer);
+                    if let Some(key) = port_pressure_key(endpoint, self.options.ephemeral_ports) {
+                        self.port_pressure(key, false);
+                    }
+                }
+            }
+            self.stats.aged_out += 1;
+        }
+    }
+}
+
+/// The (local address, remote endpoint) whose ephemeral ports a time-wait socket on this
+/// endpoint holds, if its local port is ephemeral.
+fn port_pressure_key(endpoint: &Endpoint, (low, high): (u16, u16)) -> Option<(IpAddr, SocketAddr)> {
+    (low..=high).contains(&endpoint.local.port()).then(|| (endpoint.local.ip(), endpoint.remote))
+}
+
+/// Who closed first, from what each endpoint did.
+///
+/// The earliest *active* act wins: sending a FIN (entering FIN_WAIT1) or a RST (a reset
+/// sent, or an abort straight to CLOSED in process context). Without one, a passive sign
+/// tells it: CLOSE_WAIT (the peer's FIN came first) or a RST received. Any endpoint passing
+/// CLOSING, or both endpoints sending a FIN before either was in CLOSE_WAIT, is a
+/// simultaneous close.
+pub fn closed_first(connection: &Connection) -> Closer {
+    let endpoints = &connection.endpoints;
+    if endpoints.iter().any(|e| e.passed(TcpState::Closing))
+        || (endpoints.len() == 2
+            && endpoints
+                .iter()
+                .all(|e| e.passed(TcpState::FinWait1) && !e.passed(TcpState::CloseWait)))
+    {
+        return Closer::Simultaneous;
+    }
+    #[derive(Clone, Copy, PartialEq)]
+    enum Act {
+        Fin,
+        Reset,
+    }
+    let role_closer = |role: Role, act: Act| match (role, act) {
+        (Role::Client, Act::Fin) => Closer::Client,
+        (Role::Server, Act::Fin) => Closer::Server,
+        (Role::Client, Act::Reset) => Closer::ClientReset,
+        (Role::Server, Act::Reset) => Closer::ServerReset,
+        (Role::Unknown, _) => Closer::Unknown,
+    };
+    let active = endpoints
+        .iter()
+        .flat_map(|e| {
+            let fin = e.entered(TcpState::FinWait1).map(|ts| (ts, Act::Fin, e));
+            let abort_here = e.abort.filter(|&(_, process)| process).map(|(ts, _)| ts);
+            let reset = e.reset_sent_ns.or(abort_here).map(|ts| (ts, Act::Reset, e));
+            [fin, reset]
+        })
+        .flatten()
+        .min_by_key(|(ts, _, _)| *ts);
+    if let Some((_, act, endpoint)) = active {
+        return role_closer(connection.role_of(endpoint), act);
+    }
+    let passive = endpoints
+        .iter()
+        .flat_map(|e| {
+            let fin = e.entered(TcpState::CloseWait).map(|ts| (ts, Act::Fin, e));
+            let abort_there = e.abort.filter(|&(_, process)| !process).map(|(ts, _)| ts);
+            let reset = e.reset_received_ns.or(abort_there).map(|ts| (ts, Act::Reset, e));
+            [fin, reset]
+        })
+        .flatten()
+        .min_by_key(|(ts, _, _)| *ts);
+    match passive {
+        Some((_, act, endpoint)) => role_closer(connection.role_of(endpoint).opposite(), act),
+        None => Closer::Unknown,
+    }
+}
+
+#[cfg(test)]
+#[path = "lifecycle_tests.rs"]
+mod tests;

@@ -1,0 +1,468 @@
+//! Engine tests on recorded event streams. Several are the real sequences from
+//! `shared/notes/time-wait-tracing.md` (kernel 6.18), with the same timestamps.
+
+use super::*;
+use crate::event::{Comm, EventKind, Task, TcpEvent, TcpState::*};
+
+const S: u64 = 1_000_000_000;
+
+/// A recorded stream, built one event at a time.
+#[derive(Default)]
+struct Recording {
+    events: Vec<TcpEvent>,
+}
+
+fn task(pid: Option<u32>) -> Task {
+    Task {
+        pid: pid.unwrap_or(4242), // in softirq: some unrelated task
+        tid: pid.unwrap_or(4242),
+        comm: Comm::new(if pid.is_some() { "owner" } else { "bystander" }),
+        process_context: pid.is_some(),
+    }
+}
+
+impl Recording {
+    /// `at` in seconds (as the notes print them); `pid` only for process-context events.
+    fn transition(
+        &mut self,
+        at: f64,
+        sk: u64,
+        old: TcpState,
+        new: TcpState,
+        (local, remote): (&str, &str),
+        pid: Option<u32>,
+    ) -> &mut Self {
+        self.push(
+            at,
+            sk,
+            EventKind::Transition { old, new, time_wait_timer: None },
+            Some((local, remote)),
+            pid,
+        )
+    }
+
+    fn hand_over_to_time_wait(
+        &mut self,
+        at: f64,
+        sk: u64,
+        old: TcpState,
+        (local, remote): (&str, &str),
+        timer: u64,
+    ) -> &mut Self {
+        let kind = EventKind::Transition { old, new: Closed, time_wait_timer: Some(timer) };
+        self.push(at, sk, kind, Some((local, remote)), None)
+    }
+
+    fn timer(&mut self, at: f64, sk: u64, kind: EventKind) -> &mut Self {
+        self.push(at, sk, kind, None, None)
+    }
+
+    fn reset(
+        &mut self,
+        at: f64,
+        sk: u64,
+        sent: bool,
+        (local, remote): (&str, &str),
+        pid: Option<u32>,
+    ) -> &mut Self {
+        let kind = if sent { EventKind::ResetSent } else { EventKind::ResetReceived };
+        self.push(at, sk, kind, Some((local, remote)), pid)
+    }
+
+    fn push(
+        &mut self,
+        at: f64,
+        sk: u64,
+        kind: EventKind,
+        addresses: Option<(&str, &str)>,
+        pid: Option<u32>,
+    ) -> &mut Self {
+        self.events.push(TcpEvent {
+            ts_ns: (at * S as f64).round() as u64,
+            sk,
+            kind,
+            addresses: addresses.map(|(l, r)| (l.parse().unwrap(), r.parse().unwrap())),
+            task: task(pid),
+            cpu: 0,
+        });
+        self
+    }
+
+    /// Runs the engine as live tracing does (advance after each event), ending at `end`.
+    fn run(&self, end: f64) -> (Vec<Connection>, Vec<(TcpEvent, Attribution)>, Engine) {
+        run_events(self.events.iter().copied(), end, EngineOptions::default())
+    }
+}
+
+fn run_events(
+    events: impl IntoIterator<Item = TcpEvent>,
+    end: f64,
+    options: EngineOptions,
+) -> (Vec<Connection>, Vec<(TcpEvent, Attribution)>, Engine) {
+    let mut engine = Engine::new(options);
+    let mut connections = Vec::new();
+    let mut attributed = Vec::new();
+    let mut collect = |output: Output<'_>| match output {
+        Output::Event(event, attribution) => attributed.push((*event, attribution)),
+        Output::Connection(connection) => connections.push(connection.clone()),
+    };
+    for event in events {
+        let ts = event.ts_ns;
+        engine.push(event);
+        engine.advance(ts, &mut collect);
+    }
+    engine.finish((end * S as f64) as u64, &mut collect);
+    (connections, attributed, engine)
+}
+
+fn states(endpoint: &Endpoint) -> Vec<TcpState> {
+    endpoint.states.iter().map(|span| span.state).collect()
+}
+
+const CURL: (&str, &str) = ("127.0.0.1:58466", "127.0.0.1:18084");
+const CURL_CONNECT: (&str, &str) = ("127.0.0.1:0", "127.0.0.1:18084");
+const SERVER: (&str, &str) = ("127.0.0.1:18084", "127.0.0.1:58466");
+const CLIENT_SK: u64 = 0xffff_8880_0000_2e40;
+const SERVER_SK: u64 = 0xffff_8880_0000_2500;
+
+/// The notes' curl vs `python3 -m http.server`: both closed within 13 µs.
+fn simultaneous_close() -> Recording {
+    let mut r = Recording::default();
+    r.transition(1293.602893, CLIENT_SK, Closed, SynSent, CURL_CONNECT, Some(2910))
+        .transition(1293.602971, CLIENT_SK, SynSent, Established, CURL, None)
+        .transition(1293.602979, SERVER_SK, Listen, SynReceived, SERVER, None)
+        .transition(1293.602988, SERVER_SK, SynReceived, Established, SERVER, None)
+        .transition(1293.604595, SERVER_SK, Established, FinWait1, SERVER, Some(1743))
+        .transition(1293.604608, CLIENT_SK, Established, FinWait1, CURL, Some(2910))
+        .transition(1293.604620, SERVER_SK, FinWait1, Closing, SERVER, None)
+        .transition(1293.604622, SERVER_SK, Closing, Closing, SERVER, None)
+        .hand_over_to_time_wait(1293.604636, SERVER_SK, Closing, SERVER, 0x22a0)
+        .transition(1293.604643, CLIENT_SK, FinWait1, Closing, CURL, None)
+        .hand_over_to_time_wait(1293.604648, CLIENT_SK, Closing, CURL, 0x21a0)
+        .timer(1354.972091, CLIENT_SK, EventKind::TimeWaitCancel { timer: 0x21a0 })
+        .timer(1354.972116, CLIENT_SK, EventKind::TimeWaitExpire { timer: 0x21a0 })
+        .timer(1354.972124, SERVER_SK, EventKind::TimeWaitCancel { timer: 0x22a0 })
+        .timer(1354.972125, SERVER_SK, EventKind::TimeWaitExpire { timer: 0x22a0 });
+    r
+}
+
+#[test]
+fn simultaneous_close_has_a_time_wait_on_both_sides() {
+    let (connections, _, engine) = simultaneous_close().run(1400.0);
+    assert_eq!(connections.len(), 1, "{connections:#?}");
+    let connection = &connections[0];
+    assert_eq!(connection.closed_first, Closer::Simultaneous);
+    assert!(!connection.incomplete);
+    let client = connection.endpoint(Role::Client).unwrap();
+    let server = connection.endpoint(Role::Server).unwrap();
+    assert_eq!(states(client), [SynSent, Established, FinWait1, Closing, Closed]);
+    assert_eq!(states(server), [SynReceived, Established, FinWait1, Closing, Closed]);
+    assert_eq!(client.local.to_string(), "127.0.0.1:58466");
+    assert_eq!(server.local.to_string(), "127.0.0.1:18084");
+    assert_eq!(client.owner.unwrap().pid, 2910);
+    assert_eq!(server.owner.unwrap().pid, 1743);
+    for (endpoint, start) in [(client, 1293.604648), (server, 1293.604636)] {
+        let tw = endpoint.time_wait.as_ref().unwrap();
+        assert_eq!(tw.end, TimeWaitEnd::Expired);
+        assert_eq!(tw.kind, TimeWaitKind::TimeWait);
+        assert_eq!(tw.start_ns, (start * S as f64).round() as u64);
+        let duration = tw.duration_ns().unwrap() as f64 / S as f64;
+        assert!((61.36..61.38).contains(&duration), "{duration}");
+        assert_eq!(tw.rearmed, 0);
+    }
+    // Durations of each state are the gaps between transitions.
+    assert_eq!(client.states[0].duration_ns, Some(78_000));
+    assert_eq!(engine.stats().closed_first[&Closer::Simultaneous], 1);
+    assert_eq!(engine.tracked(), 0);
+}
+
+#[test]
+fn server_closes_first_and_holds_the_only_time_wait() {
+    let mut r = Recording::default();
+    r.transition(10.000000, CLIENT_SK, Closed, SynSent, CURL_CONNECT, Some(2910))
+        .transition(10.000080, CLIENT_SK, SynSent, Established, CURL, None)
+        .transition(10.000085, SERVER_SK, Listen, SynReceived, SERVER, None)
+        .transition(10.000090, SERVER_SK, SynReceived, Established, SERVER, None)
+        .transition(10.002000, SERVER_SK, Established, FinWait1, SERVER, Some(1743))
+        .transition(10.002010, CLIENT_SK, Established, CloseWait, CURL, None)
+        .transition(10.002020, SERVER_SK, FinWait1, FinWait2, SERVER, None)
+        .hand_over_to_time_wait(10.002021, SERVER_SK, FinWait2, SERVER, 0x26a0)
+        .transition(10.002300, CLIENT_SK, CloseWait, LastAck, CURL, Some(2910))
+        .timer(10.002310, SERVER_SK, EventKind::TimeWaitCancel { timer: 0x26a0 })
+        .timer(
+            10.002311,
+            SERVER_SK,
+            EventKind::TimeWaitRearm { timer: 0x26a0, timeout_jiffies: 15000 },
+        )
+        .transition(10.002320, CLIENT_SK, LastAck, Closed, CURL, None)
+        .timer(71.0, SERVER_SK, EventKind::TimeWaitCancel { timer: 0x26a0 })
+        .timer(71.000001, SERVER_SK, EventKind::TimeWaitExpire { timer: 0x26a0 });
+    let (connections, attributed, _) = r.run(80.0);
+    assert_eq!(connections.len(), 1);
+    let connection = &connections[0];
+    assert_eq!(connection.closed_first, Closer::Server);
+    let client = connection.endpoint(Role::Client).unwrap();
+    let server = connection.endpoint(Role::Server).unwrap();
+    assert_eq!(states(client), [SynSent, Established, CloseWait, LastAck, Closed]);
+    assert!(client.time_wait.is_none());
+    let tw = server.time_wait.as_ref().unwrap();
+    // An orphaned FIN_WAIT2 handed over before the client's FIN; the FIN re-armed it.
+    assert_eq!(tw.kind, TimeWaitKind::TimeWait);
+    assert_eq!(tw.became_time_wait_ns, Some(10_002_300_000));
+    assert_eq!(tw.rearmed, 1);
+    assert_eq!(tw.end, TimeWaitEnd::Expired);
+    assert_eq!(tw.end_ns, Some(71_000_001_000));
+
+    // Softirq events carry the owner learned in process context, never the bystander.
+    let established = attributed
+        .iter()
+        .find(|(e, _)| {
+            e.sk == CLIENT_SK && matches!(e.kind, EventKind::Transition { new: Established, .. })
+        })
+        .unwrap();
+    assert_eq!(established.1.owner.unwrap().pid, 2910);
+    assert_eq!(established.1.old_state_ns, Some(80_000));
+    let syn_recv = attributed
+        .iter()
+        .find(|(e, _)| matches!(e.kind, EventKind::Transition { new: SynReceived, .. }))
+        .unwrap();
+    assert_eq!(syn_recv.1, Attribution { owner: None, old_state_ns: None });
+}
+
+/// The notes' reconnect from the same port 1.5 s later: the reuse kills the TIME-WAIT.
+#[test]
+fn client_closes_first_and_a_reconnect_kills_its_time_wait() {
+    let client = ("127.0.0.1:40123", "127.0.0.1:18085");
+    let server = ("127.0.0.1:18085", "127.0.0.1:40123");
+    let (c1, s1, c2) = (0x8940, 0xc0c0, 0xae40);
+    let mut r = Recording::default();
+    r.transition(1294.234019, c1, Closed, SynSent, client, Some(77))
+        .transition(1294.234050, c1, SynSent, Established, client, None)
+        .transition(1294.234060, s1, Listen, SynReceived, server, None)
+        .transition(1294.234070, s1, SynReceived, Established, server, None)
+        .transition(1294.234138, c1, Established, FinWait1, client, Some(77))
+        .transition(1294.234142, s1, Established, CloseWait, server, None)
+        .transition(1294.234200, c1, FinWait1, FinWait2, client, None)
+        .hand_over_to_time_wait(1294.234210, c1, FinWait2, client, 0x26a0)
+        .transition(1294.234300, s1, CloseWait, LastAck, server, Some(88))
+        .transition(1294.234320, s1, LastAck, Closed, server, None)
+        .transition(1295.734487, c2, Closed, SynSent, client, Some(77))
+        .timer(1295.734503, c1, EventKind::TimeWaitCancel { timer: 0x26a0 })
+        .transition(1295.734600, c2, SynSent, Established, client, None);
+    let (connections, _, _) = r.run(1300.0);
+    assert_eq!(connections.len(), 2, "{connections:#?}");
+    let first = &connections[0];
+    assert_eq!(first.closed_first, Closer::Client);
+    let tw = first.endpoint(Role::Client).unwrap().time_wait.as_ref().unwrap();
+    assert_eq!(tw.end, TimeWaitEnd::Killed);
+    let lasted = tw.duration_ns().unwrap() as f64 / S as f64;
+    assert!((1.50..1.51).contains(&lasted), "{lasted}");
+    assert!(first.endpoint(Role::Server).unwrap().time_wait.is_none());
+    // The reconnect is a connection of its own, still open at the end.
+    let second = &connections[1];
+    assert_eq!(second.endpoints.len(), 1);
+    assert_eq!(states(&second.endpoints[0]), [SynSent, Established]);
+}
+
+#[test]
+fn fin_wait2_time_wait_without_the_peers_fin_stays_fin_wait2() {
+    let client = ("127.0.0.1:40124", "127.0.0.1:18086");
+    let server = ("127.0.0.1:18086", "127.0.0.1:40124");
+    let mut r = Recording::default();
+    r.transition(1.0, 1, Closed, SynSent, client, Some(7))
+        .transition(1.0001, 1, SynSent, Established, client, None)
+        .transition(1.0002, 2, Listen, SynReceived, server, None)
+        .transition(1.0003, 2, SynReceived, Established, server, None)
+        .transition(2.0, 1, Established, FinWait1, client, Some(7))
+        .transition(2.0001, 2, Established, CloseWait, server, None)
+        .transition(2.0002, 1, FinWait1, FinWait2, client, None)
+        .hand_over_to_time_wait(2.0003, 1, FinWait2, client, 0x99)
+        .timer(62.5, 1, EventKind::TimeWaitCancel { timer: 0x99 })
+        .timer(62.5000001, 1, EventKind::TimeWaitExpire { timer: 0x99 });
+    let (connections, _, _) = r.run(70.0);
+    // The server never closed (a CLOSE-WAIT leak): the connection is still open at the end.
+    assert_eq!(connections.len(), 1);
+    let tw = connections[0].endpoint(Role::Client).unwrap().time_wait.clone().unwrap();
+    assert_eq!(tw.kind, TimeWaitKind::FinWait2);
+    assert_eq!(tw.end, TimeWaitEnd::Expired);
+    assert_eq!(
+        states(connections[0].endpoint(Role::Server).unwrap()),
+        [SynReceived, Established, CloseWait]
+    );
+}
+
+#[test]
+fn linger_zero_abort_is_a_client_reset_without_time_wait() {
+    let client = ("127.0.0.1:40125", "127.0.0.1:18087");
+    let server = ("127.0.0.1:18087", "127.0.0.1:40125");
+    let mut r = Recording::default();
+    r.transition(1.0, 1, Closed, SynSent, client, Some(7))
+        .transition(1.0001, 1, SynSent, Established, client, None)
+        .transition(1.0002, 2, Listen, SynReceived, server, None)
+        .transition(1.0003, 2, SynReceived, Established, server, None)
+        .reset(1.5, 1, true, client, Some(7))
+        .transition(1.50001, 1, Established, Closed, client, Some(7))
+        .reset(1.50002, 2, false, server, None)
+        .transition(1.50003, 2, Established, Closed, server, None);
+    let (connections, _, _) = r.run(2.0);
+    assert_eq!(connections.len(), 1);
+    assert_eq!(connections[0].closed_first, Closer::ClientReset);
+    assert!(connections[0].endpoints.iter().all(|e| e.time_wait.is_none()));
+    assert_eq!(connections[0].endpoint(Role::Client).unwrap().reset_sent_ns, Some(1_500_000_000));
+}
+
+#[test]
+fn reset_seen_only_from_the_receiving_side_blames_the_other() {
+    let server = ("10.0.0.1:443", "10.0.0.2:5555");
+    let mut r = Recording::default();
+    r.transition(1.0, 2, Listen, SynReceived, server, None)
+        .transition(1.0003, 2, SynReceived, Established, server, None)
+        .reset(1.5, 2, false, server, None)
+        .transition(1.50003, 2, Established, Closed, server, None);
+    let (connections, _, _) = r.run(2.0);
+    assert_eq!(connections[0].closed_first, Closer::ClientReset);
+    assert_eq!(connections[0].endpoints.len(), 1, "the peer is remote");
+}
+
+#[test]
+fn lost_events_mark_open_connections_incomplete() {
+    let mut r = simultaneous_close();
+    r.events.truncate(6);
+    let mut engine = Engine::new(EngineOptions::default());
+    let mut connections = Vec::new();
+    for event in &r.events {
+        engine.push(*event);
+    }
+    engine.lost(3);
+    let rest = simultaneous_close().events.split_off(6);
+    for event in rest {
+        engine.push(event);
+    }
+    engine.finish(1400 * S, &mut |o| {
+        if let Output::Connection(c) = o {
+            connections.push(c.clone())
+        }
+    });
+    assert_eq!(connections.len(), 1);
+    assert!(connections[0].incomplete);
+    assert_eq!(engine.stats().lost_events, 3);
+    assert_eq!(engine.stats().incomplete, 1);
+}
+
+#[test]
+fn a_gap_in_a_sockets_states_marks_it_incomplete() {
+    let mut r = simultaneous_close();
+    r.events.remove(6); // server FIN_WAIT1 → CLOSING
+    let (connections, _, _) = r.run(1400.0);
+    assert!(connections[0].incomplete);
+    assert!(connections[0].endpoint(Role::Server).unwrap().incomplete);
+    assert!(!connections[0].endpoint(Role::Client).unwrap().incomplete);
+}
+
+#[test]
+fn out_of_order_events_within_the_window_give_the_same_records() {
+    let (expected, _, _) = simultaneous_close().run(1400.0);
+    let mut events = simultaneous_close().events;
+    // Neighbours swapped, as two CPUs can deliver them.
+    events.swap(2, 3);
+    events.swap(5, 6);
+    events.swap(9, 10);
+    events.swap(11, 12);
+    let (connections, _, _) = run_events(events, 1400.0, EngineOptions::default());
+    assert_eq!(connections, expected);
+}
+
+#[test]
+fn a_reused_socket_address_starts_a_new_connection() {
+    let mut r = Recording::default();
+    let a = ("127.0.0.1:50000", "127.0.0.1:80");
+    let b = ("127.0.0.1:50001", "127.0.0.1:81");
+    r.transition(1.0, 7, Closed, SynSent, a, Some(1))
+        .transition(1.1, 7, SynSent, Closed, a, None)
+        .transition(1.2, 7, Closed, SynSent, b, Some(2))
+        .transition(1.3, 7, SynSent, Established, b, None);
+    let (connections, _, _) = r.run(2.0);
+    assert_eq!(connections.len(), 2);
+    assert_eq!(states(&connections[0].endpoints[0]), [SynSent, Closed]);
+    assert_eq!(connections[0].endpoints[0].owner.unwrap().pid, 1);
+    assert_eq!(states(&connections[1].endpoints[0]), [SynSent, Established]);
+    assert_eq!(connections[1].endpoints[0].owner.unwrap().pid, 2);
+}
+
+#[test]
+fn mid_way_sockets_have_unknown_roles_and_are_incomplete() {
+    let mut r = Recording::default();
+    r.transition(1.0, 9, Established, FinWait1, ("10.0.0.1:22", "10.0.0.9:6000"), Some(5))
+        .transition(1.1, 9, FinWait1, FinWait2, ("10.0.0.1:22", "10.0.0.9:6000"), None);
+    let (connections, _, _) = r.run(2.0);
+    let endpoint = &connections[0].endpoints[0];
+    assert_eq!(endpoint.role, Role::Unknown);
+    assert_eq!(
+        endpoint.states[0],
+        StateSpan { state: Established, enter_ns: None, duration_ns: None }
+    );
+    assert!(connections[0].incomplete);
+    assert_eq!(connections[0].closed_first, Closer::Unknown);
+}
+
+#[test]
+fn open_time_wait_at_the_end_reports_the_time_left() {
+    let (connections, _, _) = {
+        let mut r = simultaneous_close();
+        r.events.truncate(11); // stop before any timer ends
+        r.run(1303.604648)
+    };
+    let client = connections[0].endpoint(Role::Client).unwrap();
+    let tw = client.time_wait.as_ref().unwrap();
+    assert_eq!(tw.end, TimeWaitEnd::Open);
+    assert_eq!(tw.end_ns, None);
+    assert_eq!(tw.time_left_ns, Some(50 * S));
+}
+
+#[test]
+fn the_connection_table_stays_bounded() {
+    let options = EngineOptions { max_connections: 100, ..EngineOptions::default() };
+    let events = (0..1000u64).map(|i| TcpEvent {
+        ts_ns: i * 1000,
+        sk: i + 1,
+        kind: EventKind::Transition { old: Closed, new: SynSent, time_wait_timer: None },
+        addresses: Some(("127.0.0.1:0".parse().unwrap(), "127.0.0.1:80".parse().unwrap())),
+        task: task(Some(1)),
+        cpu: 0,
+    });
+    let mut engine = Engine::new(options);
+    let mut sink = |_: Output<'_>| {};
+    for event in events {
+        let ts = event.ts_ns;
+        engine.push(event);
+        engine.advance(ts + REORDER_WINDOW_NS, &mut sink);
+        assert!(engine.tracked() <= 100);
+    }
+    assert!(engine.stats().aged_out >= 900, "{}", engine.stats().aged_out);
+}
+
+#[test]
+fn time_wait_pile_up_toward_one_remote_is_measured() {
+    let mut r = Recording::default();
+    for i in 0..50u64 {
+        let local = format!("127.0.0.1:{}", 40000 + i);
+        let tuple = (local.as_str(), "127.0.0.1:8080");
+        let at = 1.0 + i as f64 * 0.001;
+        r.transition(at, 100 + i, Closed, SynSent, tuple, Some(1))
+            .transition(at + 0.0001, 100 + i, SynSent, Established, tuple, None)
+            .transition(at + 0.0002, 100 + i, Established, FinWait1, tuple, Some(1))
+            .transition(at + 0.0003, 100 + i, FinWait1, FinWait2, tuple, None)
+            .hand_over_to_time_wait(at + 0.0004, 100 + i, FinWait2, tuple, 0x1000 + i);
+    }
+    for i in 0..10u64 {
+        r.timer(70.0 + i as f64, 100 + i, EventKind::TimeWaitCancel { timer: 0x1000 + i }).timer(
+            70.0000001 + i as f64,
+            100 + i,
+            EventKind::TimeWaitExpire { timer: 0x1000 + i },
+        );
+    }
+    let (_, _, engine) = r.run(90.0);
+    let key = ("127.0.0.1".parse().unwrap(), "127.0.0.1:8080".parse().unwrap());
+    let pressure = engine.stats().time_wait_toward_remote[&key];
+    assert_eq!(pressure, PortPressure { now: 40, peak: 50 });
+}

@@ -1,0 +1,406 @@
+//! Connection records and the exit summary, as text for people and JSON for programs.
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    io::{self, Write},
+    net::SocketAddr,
+};
+
+use crate::{
+    event::Owner,
+    lifecycle::{Closer, Connection, Endpoint, Role, Stats, TimeWait, TimeWaitEnd},
+    output::write_json_string_body,
+};
+
+/// A duration for people: `0.080 ms`, `12.3 ms`, `61.37 s`.
+pub struct Human(pub u64);
+
+impl fmt::Display for Human {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ns = self.0 as f64;
+        if ns < 1e6 {
+            write!(f, "{:.3} ms", ns / 1e6)
+        } else if ns < 1e9 {
+            write!(f, "{:.1} ms", ns / 1e6)
+        } else {
+            write!(f, "{:.2} s", ns / 1e9)
+        }
+    }
+}
+
+/// The endpoints under the keys `client` and `server`: by role where known, an endpoint of
+/// unknown role takes a free key (its `role` field says it is unknown).
+pub fn by_role(connection: &Connection) -> (Option<&Endpoint>, Option<&Endpoint>) {
+    let mut client = connection.endpoint(Role::Client);
+    let mut server = connection.endpoint(Role::Server);
+    for endpoint in &connection.endpoints {
+        if connection.role_of(endpoint) == Role::Unknown {
+            if client.is_none() {
+                client = Some(endpoint);
+            } else if server.is_none() {
+                server = Some(endpoint);
+            }
+        }
+    }
+    (client, server)
+}
+
+fn closer_sentence(closer: Closer) -> &'static str {
+    match closer {
+        Closer::Client => "client closed first",
+        Closer::Server => "server closed first",
+        Closer::Simultaneous => "both closed at once (simultaneous close)",
+        Closer::ClientReset => "client reset the connection",
+        Closer::ServerReset => "server reset the connection",
+        Closer::Unknown => "who closed first is unknown",
+    }
+}
+
+struct OwnerText(Option<Owner>);
+
+impl fmt::Display for OwnerText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(owner) => write!(f, "{} {}", owner.comm, owner.pid),
+            None => write!(f, "owner unknown"),
+        }
+    }
+}
+
+/// One block that tells a connection's story.
+pub fn write_connection_text(out: &mut impl Write, connection: &Connection) -> io::Result<()> {
+    let (client, server) = by_role(connection);
+    write!(out, "\n── connection: ")?;
+    let sides: Vec<(&str, &Endpoint)> = [("client", client), ("server", server)]
+        .into_iter()
+        .filter_map(|(n, e)| Some((n, e?)))
+        .collect();
+    for (i, (name, endpoint)) in sides.iter().enumerate() {
+        if i > 0 {
+            write!(out, " ↔ ")?;
+        }
+        write!(out, "{name} {} ({})", endpoint.local, OwnerText(endpoint.owner))?;
+    }
+    if sides.len() == 1 {
+        write!(out, " ↔ {} (not on this host)", sides[0].1.remote)?;
+    }
+    write!(out, ", {}", closer_sentence(connection.closed_first))?;
+    if connection.incomplete {
+        write!(out, " [incomplete: some events were not seen]")?;
+    }
+    writeln!(out)?;
+    for (name, endpoint) in &sides {
+        write!(out, "   {name:<6}")?;
+        for (i, span) in endpoint.states.iter().enumerate() {
+            if i > 0 {
+                write!(out, " →")?;
+            }
+            write!(out, " {}", span.state)?;
+            if let Some(duration) = span.duration_ns {
+                write!(out, " {}", Human(duration))?;
+            }
+        }
+        writeln!(out)?;
+    }
+    for (_, endpoint) in &sides {
+        if let Some(tw) = &endpoint.time_wait {
+            write!(out, "   ")?;
+            write_time_wait_sentence(out, endpoint.local, tw)?;
+            writeln!(out)?;
+        }
+    }
+    Ok(())
+}
+
+fn write_time_wait_sentence(
+    out: &mut impl Write,
+    local: SocketAddr,
+    tw: &TimeWait,
+) -> io::Result<()> {
+    let what = match tw.kind {
+        crate::lifecycle::TimeWaitKind::TimeWait => "TIME-WAIT",
+        crate::lifecycle::TimeWaitKind::FinWait2 => {
+            "FIN_WAIT2 (orphaned, kept by a time-wait socket)"
+        }
+    };
+    match (tw.end, tw.duration_ns()) {
+        (TimeWaitEnd::Open, _) | (_, None) => {
+            write!(out, "{what} on {local} still open at exit")?;
+            if let Some(left) = tw.time_left_ns {
+                write!(out, ", about {} left", Human(left))?;
+            }
+        }
+        (end, Some(duration)) => {
+            write!(out, "{what} on {local} lasted {} ({})", Human(duration), end.name())?
+        }
+    }
+    if tw.rearmed > 0 {
+        write!(out, ", re-armed {}×", tw.rearmed)?;
+    }
+    Ok(())
+}
+
+fn write_owner_json(out: &mut impl Write, owner: Option<Owner>) -> io::Result<()> {
+    match owner {
+        Some(owner) => {
+            write!(out, r#""pid":{},"comm":""#, owner.pid)?;
+            write_json_string_body(out, owner.comm.as_bytes())?;
+            write!(out, "\"")
+        }
+        None => write!(out, r#""pid":null,"comm":null"#),
+    }
+}
+
+fn write_optional(out: &mut impl Write, value: Option<u64>) -> io::Result<()> {
+    match value {
+        Some(value) => write!(out, "{value}"),
+        None => write!(out, "null"),
+    }
+}
+
+fn write_endpoint_json(
+    out: &mut impl Write,
+    connection: &Connection,
+    endpoint: Option<&Endpoint>,
+) -> io::Result<()> {
+    let Some(endpoint) = endpoint else {
+        return write!(out, "null");
+    };
+    write!(
+        out,
+        r#"{{"addr":"{}","remote":"{}","role":"{}","#,
+        endpoint.local,
+        endpoint.remote,
+        connection.role_of(endpoint).name()
+    )?;
+    write_owner_json(out, endpoint.owner)?;
+    write!(out, r#","states":["#)?;
+    for (i, span) in endpoint.states.iter().enumerate() {
+        if i > 0 {
+            write!(out, ",")?;
+        }
+        write!(out, r#"{{"state":"{}","enter_ns":"#, span.state)?;
+        write_optional(out, span.enter_ns)?;
+        write!(out, r#","duration_ns":"#)?;
+        write_optional(out, span.duration_ns)?;
+        write!(out, "}}")?;
+    }
+    write!(out, r#"],"time_wait":"#)?;
+    match &endpoint.time_wait {
+        None => write!(out, "null")?,
+        Some(tw) => {
+            write!(out, r#"{{"start_ns":{},"end_ns":"#, tw.start_ns)?;
+            write_optional(out, tw.end_ns)?;
+            write!(out, r#","duration_ns":"#)?;
+            write_optional(out, tw.duration_ns())?;
+            write!(
+                out,
+                r#","rearmed":{},"end":"{}","kind":"{}","became_time_wait_ns":"#,
+                tw.rearmed,
+                tw.end.name(),
+                tw.kind.name()
+            )?;
+            write_optional(out, tw.became_time_wait_ns)?;
+            write!(out, r#","time_left_ns":"#)?;
+            write_optional(out, tw.time_left_ns)?;
+            write!(out, "}}")?;
+        }
+    }
+    write!(out, r#","reset_sent_ns":"#)?;
+    write_optional(out, endpoint.reset_sent_ns)?;
+    write!(out, r#","reset_received_ns":"#)?;
+    write_optional(out, endpoint.reset_received_ns)?;
+    write!(out, r#","incomplete":{}}}"#, endpoint.incomplete)
+}
+
+pub fn write_connection_json(out: &mut impl Write, connection: &Connection) -> io::Result<()> {
+    let (client, server) = by_role(connection);
+    write!(out, r#"{{"type":"connection","id":{},"client":"#, connection.id)?;
+    write_endpoint_json(out, connection, client)?;
+    write!(out, r#","server":"#)?;
+    write_endpoint_json(out, connection, server)?;
+    writeln!(
+        out,
+        r#","closed_first":"{}","incomplete":{}}}"#,
+        connection.closed_first.name(),
+        connection.incomplete
+    )
+}
+
+/// Counters the loader adds to the engine's own statistics.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TraceCounts {
+    pub events: u64,
+    pub lost: u64,
+    pub undecodable: u64,
+    pub untracked_time_waits: u64,
+}
+
+/// TIME-WAIT durations of one local endpoint, summarised.
+struct TimeWaitRow {
+    local: SocketAddr,
+    count: usize,
+    min: u64,
+    median: u64,
+    max: u64,
+    open: u64,
+}
+
+fn time_wait_rows(stats: &Stats) -> Vec<TimeWaitRow> {
+    let mut rows: Vec<TimeWaitRow> = stats
+        .time_wait_by_local
+        .iter()
+        .map(|(&local, tw)| {
+            let mut sorted = tw.durations_ns.clone();
+            sorted.sort_unstable();
+            TimeWaitRow {
+                local,
+                count: sorted.len(),
+                min: sorted.first().copied().unwrap_or(0),
+                median: sorted.get(sorted.len() / 2).copied().unwrap_or(0),
+                max: sorted.last().copied().unwrap_or(0),
+                open: tw.open,
+            }
+        })
+        .collect();
+    rows.sort_by_key(|row| (std::cmp::Reverse(row.count as u64 + row.open), row.local));
+    rows
+}
+
+/// Pile-ups worth a warning: TIME-WAIT sockets toward one remote endpoint that held at
+/// least half of the ephemeral port range at once.
+fn pile_ups(
+    stats: &Stats,
+    ephemeral_ports: (u16, u16),
+) -> Vec<(std::net::IpAddr, SocketAddr, u64)> {
+    let range = u64::from(ephemeral_ports.1.saturating_sub(ephemeral_ports.0)) + 1;
+    let mut found: Vec<_> = stats
+        .time_wait_toward_remote
+        .iter()
+        .filter(|(_, p)| p.peak * 2 >= range)
+        .map(|(&(ip, remote), p)| (ip, remote, p.peak))
+        .collect();
+    found.sort();
+    found
+}
+
+/// How many rows of the TIME-WAIT table the text summary shows.
+const TEXT_ROWS: usize = 10;
+
+pub fn write_summary_text(
+    out: &mut impl Write,
+    stats: &Stats,
+    counts: &TraceCounts,
+    ephemeral_ports: (u16, u16),
+) -> io::Result<()> {
+    writeln!(out, "\n══ summary")?;
+    write!(out, "connections: {}", stats.connections)?;
+    let closers: BTreeMap<&str, u64> =
+        stats.closed_first.iter().map(|(closer, &n)| (closer.name(), n)).collect();
+    if !closers.is_empty() {
+        let parts: Vec<String> = closers.iter().map(|(name, n)| format!("{name} {n}")).collect();
+        write!(out, "; closed first: {}", parts.join(", "))?;
+    }
+    writeln!(out)?;
+    let rows = time_wait_rows(stats);
+    if !rows.is_empty() {
+        writeln!(
+            out,
+            "TIME-WAIT by local endpoint:\n  {:<28} {:>6} {:>10} {:>10} {:>10} {:>5}",
+            "LOCAL", "COUNT", "MIN", "MEDIAN", "MAX", "OPEN"
+        )?;
+        for row in rows.iter().take(TEXT_ROWS) {
+            let (min, median, max) = if row.count > 0 {
+                (
+                    Human(row.min).to_string(),
+                    Human(row.median).to_string(),
+                    Human(row.max).to_string(),
+                )
+            } else {
+                ("-".into(), "-".into(), "-".into())
+            };
+            writeln!(
+                out,
+                "  {:<28} {:>6} {min:>10} {median:>10} {max:>10} {:>5}",
+                row.local.to_string(),
+                row.count,
+                row.open
+            )?;
+        }
+        if rows.len() > TEXT_ROWS {
+            writeln!(
+                out,
+                "  … and {} more local endpoints (all of them in --json)",
+                rows.len() - TEXT_ROWS
+            )?;
+        }
+    }
+    let range = u32::from(ephemeral_ports.1.saturating_sub(ephemeral_ports.0)) + 1;
+    for (ip, remote, peak) in pile_ups(stats, ephemeral_ports) {
+        writeln!(
+            out,
+            "warning: up to {peak} TIME-WAIT sockets from {ip} toward {remote} held ephemeral ports at once, \
+             out of {range} in net.ipv4.ip_local_port_range: new connections to {remote} may fail to find a port"
+        )?;
+    }
+    if stats.incomplete > 0 || stats.aged_out > 0 {
+        writeln!(
+            out,
+            "incomplete connections: {} (events lost or tracing started mid-way); aged out to bound memory: {}",
+            stats.incomplete, stats.aged_out
+        )?;
+    }
+    writeln!(
+        out,
+        "events: {}, lost: {}{}",
+        counts.events,
+        counts.lost,
+        if counts.lost > 0 { " (raise --ring-size)" } else { "" }
+    )
+}
+
+pub fn write_summary_json(
+    out: &mut impl Write,
+    stats: &Stats,
+    counts: &TraceCounts,
+    ephemeral_ports: (u16, u16),
+) -> io::Result<()> {
+    let closed_first: serde_json::Map<String, serde_json::Value> = Closer::ALL
+        .iter()
+        .map(|closer| {
+            (closer.name().to_owned(), stats.closed_first.get(closer).copied().unwrap_or(0).into())
+        })
+        .collect();
+    let time_wait: Vec<serde_json::Value> = time_wait_rows(stats)
+        .iter()
+        .map(|row| {
+            let some =
+                |v: u64| if row.count > 0 { serde_json::json!(v) } else { serde_json::Value::Null };
+            serde_json::json!({
+                "local": row.local.to_string(), "count": row.count, "open": row.open,
+                "min_ns": some(row.min), "median_ns": some(row.median), "max_ns": some(row.max),
+            })
+        })
+        .collect();
+    let pile_ups: Vec<serde_json::Value> = pile_ups(stats, ephemeral_ports)
+        .iter()
+        .map(|(ip, remote, peak)| serde_json::json!({"local_ip": ip.to_string(), "remote": remote.to_string(), "peak": peak}))
+        .collect();
+    let summary = serde_json::json!({
+        "type": "summary",
+        "events": counts.events,
+        "lost": counts.lost,
+        "undecodable": counts.undecodable,
+        "untracked_time_waits": counts.untracked_time_waits,
+        "connections": stats.connections,
+        "closed_first": closed_first,
+        "incomplete": stats.incomplete,
+        "aged_out": stats.aged_out,
+        "time_wait_by_local": time_wait,
+        "ephemeral_ports": [ephemeral_ports.0, ephemeral_ports.1],
+        "pile_ups": pile_ups,
+    });
+    serde_json::to_writer(&mut *out, &summary)?;
+    writeln!(out)
+}
