@@ -212,9 +212,16 @@ pub struct TimerSlot {
     pub ts_ns: u64,
 }
 
-/// How long a [`TimerSlot`] stays valid. The events it links run back to back in one kernel
-/// function, microseconds apart; anything older is stale.
-pub const TIMER_SLOT_TTL_NS: u64 = 1_000_000;
+/// How long a just-started timer waits for its CLOSE event: they run back to back in one
+/// kernel function on one CPU (`tcp_time_wait` then `tcp_done`).
+pub const STARTED_TIMER_TTL_NS: u64 = 1_000_000;
+/// A re-arm is `mod_timer()` on a pending timer: cancel and start follow each other with
+/// interrupts off, within microseconds. A start of the same address later than this is a
+/// new time-wait socket that reuses the memory of one killed just before.
+pub const REARM_AFTER_CANCEL_TTL_NS: u64 = 20_000;
+/// An expiry is cancel (the timer leaves the wheel), then the handler: interrupts may run
+/// in between, and nothing else calls the handler, so this can be generous.
+pub const EXPIRE_AFTER_CANCEL_TTL_NS: u64 = 1_000_000;
 
 /// Index of counters in the per-CPU `COUNTERS` array.
 pub mod counter {

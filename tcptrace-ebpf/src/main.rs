@@ -18,8 +18,9 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use tcptrace_common::{
-    AF_INET, AF_INET6, Config, Event, FAMILY_IPV4, FAMILY_IPV6, IPPROTO_TCP, MAX_PORTS,
-    TIMER_SLOT_TTL_NS, TimerSlot, counter, kind, tcp_state,
+    AF_INET, AF_INET6, Config, EXPIRE_AFTER_CANCEL_TTL_NS, Event, FAMILY_IPV4, FAMILY_IPV6,
+    IPPROTO_TCP, MAX_PORTS, REARM_AFTER_CANCEL_TTL_NS, STARTED_TIMER_TTL_NS, TimerSlot, counter,
+    kind, tcp_state,
 };
 
 /// Set by the loader before load (field offsets, filters, `tw_timer_handler`).
@@ -201,12 +202,17 @@ fn read_addresses(ctx: &TracePointContext, event: &mut Event, v4: (u16, u16), v6
     }
 }
 
-/// Takes this CPU's just-started time-wait timer, if it is fresh.
+/// Takes this CPU's noted timer if it is younger than `ttl_ns` (and is `timer`, if given).
 #[inline(always)]
-fn take_slot(slot_map: &PerCpuArray<TimerSlot>, now: u64, timer: Option<u64>) -> Option<TimerSlot> {
+fn take_slot(
+    slot_map: &PerCpuArray<TimerSlot>,
+    now: u64,
+    ttl_ns: u64,
+    timer: Option<u64>,
+) -> Option<TimerSlot> {
     let slot = unsafe { &mut *slot_map.get_ptr_mut(0)? };
     let fresh = slot.timer != 0
-        && now.wrapping_sub(slot.ts_ns) < TIMER_SLOT_TTL_NS
+        && now.wrapping_sub(slot.ts_ns) < ttl_ns
         && timer.is_none_or(|t| t == slot.timer);
     if !fresh {
         return None;
@@ -244,7 +250,8 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
         && (old == tcp_state::FIN_WAIT2 || old == tcp_state::CLOSING)
         && config.tw_timer_handler != 0
     {
-        take_slot(&STARTED_TIMER, unsafe { bpf_ktime_get_ns() }, None).map_or(0, |s| s.timer)
+        take_slot(&STARTED_TIMER, unsafe { bpf_ktime_get_ns() }, STARTED_TIMER_TTL_NS, None)
+            .map_or(0, |s| s.timer)
     } else {
         0
     };
@@ -302,7 +309,8 @@ fn try_timer_start(ctx: &TracePointContext) -> Result<(), i32> {
     let timer: u64 = field(ctx, offsets.start_timer)?;
     let now = unsafe { bpf_ktime_get_ns() };
     // mod_timer() on a pending timer shows as cancel + start: a re-arm of a live time-wait.
-    let Some(cancelled) = take_slot(&CANCELLED_TIMER, now, Some(timer)) else {
+    let Some(cancelled) = take_slot(&CANCELLED_TIMER, now, REARM_AFTER_CANCEL_TTL_NS, Some(timer))
+    else {
         put_slot(&STARTED_TIMER, TimerSlot { timer, sk: 0, ts_ns: now });
         return Ok(());
     };
@@ -355,8 +363,12 @@ fn try_timer_expire_entry(ctx: &TracePointContext) -> Result<(), i32> {
         return Ok(());
     }
     let timer: u64 = field(ctx, offsets.expire_timer)?;
-    let Some(cancelled) = take_slot(&CANCELLED_TIMER, unsafe { bpf_ktime_get_ns() }, Some(timer))
-    else {
+    let Some(cancelled) = take_slot(
+        &CANCELLED_TIMER,
+        unsafe { bpf_ktime_get_ns() },
+        EXPIRE_AFTER_CANCEL_TTL_NS,
+        Some(timer),
+    ) else {
         return Ok(());
     };
     let mut event = new_event(kind::TW_EXPIRE, cancelled.sk, false);

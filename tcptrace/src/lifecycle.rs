@@ -26,6 +26,10 @@ pub const REORDER_WINDOW_NS: u64 = 5_000_000;
 /// A time-wait timer's expiry or re-arm follows its cancel within microseconds; a cancel
 /// with nothing after it for this long was an early kill.
 const CANCEL_GRACE_NS: u64 = 1_000_000;
+/// A connection is handed out this long after its last socket closed and its time-wait
+/// ended: the kernel reports some things just after (a RST's `tcp_send_reset` fires after
+/// the packet went out, when on loopback the peer has already closed).
+const FINISH_GRACE_NS: u64 = 1_000_000;
 /// A closed connection whose time-wait end was never seen (lost events) is given up after this.
 const TIME_WAIT_GIVE_UP_NS: u64 = 3 * TIME_WAIT_LEN_NS;
 
@@ -301,10 +305,15 @@ pub struct Engine {
     next_id: u64,
     connections: HashMap<u64, Live>,
     by_sk: HashMap<u64, Slot>,
+    /// Sockets that reached CLOSED, until their connection is handed out: the kernel may
+    /// send a RST just after (an abort sets CLOSED first).
+    closed_sk: HashMap<u64, Slot>,
     by_timer: HashMap<u64, Slot>,
     by_tuple: HashMap<(SocketAddr, SocketAddr), Slot>,
     /// (cancel time, timer), in time order.
     pending_cancels: VecDeque<(u64, u64)>,
+    /// (time it finished, connection id), in time order, waiting out `FINISH_GRACE_NS`.
+    finishing: VecDeque<(u64, u64)>,
     last_sweep_ns: u64,
     newest_ns: u64,
     /// Events up to this time may have lost company: connections they touch are incomplete.
@@ -327,9 +336,11 @@ impl Engine {
             next_id: 1,
             connections: HashMap::new(),
             by_sk: HashMap::new(),
+            closed_sk: HashMap::new(),
             by_timer: HashMap::new(),
             by_tuple: HashMap::new(),
             pending_cancels: VecDeque::new(),
+            finishing: VecDeque::new(),
             last_sweep_ns: 0,
             newest_ns: 0,
             loss_horizon_ns: None,
@@ -374,7 +385,7 @@ impl Engine {
     /// cancels, ages out what must go, and hands everything that is ready to `out`.
     pub fn advance(&mut self, now_ns: u64, out: &mut impl FnMut(Output<'_>)) {
         self.process_until(now_ns.saturating_sub(REORDER_WINDOW_NS), out);
-        self.resolve_cancels(now_ns.saturating_sub(CANCEL_GRACE_NS), out);
+        self.settle(now_ns, out);
         if now_ns.saturating_sub(self.last_sweep_ns) >= 1_000_000_000 {
             self.last_sweep_ns = now_ns;
             self.sweep(now_ns, out);
@@ -386,7 +397,7 @@ impl Engine {
     pub fn finish(&mut self, now_ns: u64, out: &mut impl FnMut(Output<'_>)) {
         let now_ns = now_ns.max(self.newest_ns);
         self.process_until(u64::MAX, out);
-        self.resolve_cancels(u64::MAX, out);
+        self.settle(u64::MAX, out);
         let mut ids: Vec<u64> = self.connections.keys().copied().collect();
         ids.sort_unstable();
         for id in ids {
@@ -411,8 +422,7 @@ impl Engine {
             }
             self.pending.pop();
             let event = self.pending_events.remove(&seq).expect("queued event");
-            // A cancel older than this event with nothing after it was a kill.
-            self.resolve_cancels(ts.saturating_sub(CANCEL_GRACE_NS), out);
+            self.settle(ts, out);
             self.process(&event, out);
         }
     }
@@ -459,7 +469,7 @@ impl Engine {
                 live.last_activity_ns = event.ts_ns;
                 live.connection.incomplete |= lossy;
             }
-            self.emit_if_finished(id, out);
+            self.finish_if_done(id, event.ts_ns);
         }
     }
 
@@ -529,6 +539,7 @@ impl Engine {
 
         if new == TcpState::Closed {
             self.by_sk.remove(&event.sk);
+            self.closed_sk.insert(event.sk, slot);
             if let Some(timer) = time_wait_timer {
                 self.start_time_wait(slot, event.ts_ns, old, timer);
             }
@@ -584,6 +595,7 @@ impl Engine {
             },
         );
         self.by_sk.insert(event.sk, (id, 0));
+        self.closed_sk.remove(&event.sk);
         if self.connections.len() > self.options.max_connections {
             self.age_out_least_recent(id);
         }
@@ -614,8 +626,10 @@ impl Engine {
         let new_slot = (peer_slot.0, 1);
         peer.connection.incomplete |= mine.connection.incomplete;
         peer.last_activity_ns = peer.last_activity_ns.max(mine.last_activity_ns);
-        if self.by_sk.get(&endpoint.sk) == Some(&slot) {
-            self.by_sk.insert(endpoint.sk, new_slot);
+        for index in [&mut self.by_sk, &mut self.closed_sk] {
+            if index.get(&endpoint.sk) == Some(&slot) {
+                index.insert(endpoint.sk, new_slot);
+            }
         }
         if let Some(tw) = &endpoint.time_wait
             && self.by_timer.get(&tw.timer) == Some(&slot)
@@ -714,10 +728,13 @@ impl Engine {
 
     fn reset(&mut self, event: &TcpEvent) -> (Attribution, Option<u64>) {
         let task_owner = event.task.as_owner();
-        let slot = self.by_sk.get(&event.sk).copied().or_else(|| {
-            let (local, remote) = event.addresses?;
-            self.by_tuple.get(&(local, remote)).copied()
-        });
+        let slot =
+            self.by_sk.get(&event.sk).or_else(|| self.closed_sk.get(&event.sk)).copied().or_else(
+                || {
+                    let (local, remote) = event.addresses?;
+                    self.by_tuple.get(&(local, remote)).copied()
+                },
+            );
         let Some(endpoint) = slot.and_then(|slot| self.endpoint_mut(slot)) else {
             self.stats.unmatched_events += 1;
             return (Attribution { owner: task_owner, old_state_ns: None }, None);
@@ -733,7 +750,7 @@ impl Engine {
     }
 
     /// Cancels older than `until_ns` with no expiry or re-arm after them were early kills.
-    fn resolve_cancels(&mut self, until_ns: u64, out: &mut impl FnMut(Output<'_>)) {
+    fn resolve_cancels(&mut self, until_ns: u64) {
         while let Some(&(ts, timer)) = self.pending_cancels.front() {
             if ts > until_ns {
                 break;
@@ -747,37 +764,40 @@ impl Engine {
                 tw.end = TimeWaitEnd::Killed;
                 tw.end_ns = Some(ts);
                 self.time_wait_ended(timer);
-                self.emit_if_finished(slot.0, out);
+                self.finish_if_done(slot.0, ts);
             }
         }
     }
 
-    fn emit_if_finished(&mut self, id: u64, out: &mut impl FnMut(Output<'_>)) {
-        let finished = self.connections.get(&id).is_some_and(|live| {
+    /// Everything that time `now_ns` makes certain: a time-wait cancel with nothing after
+    /// it was a kill, and finished connections past their grace are handed out.
+    fn settle(&mut self, now_ns: u64, out: &mut impl FnMut(Output<'_>)) {
+        self.resolve_cancels(now_ns.saturating_sub(CANCEL_GRACE_NS));
+        while let Some(&(ts, id)) = self.finishing.front() {
+            if ts > now_ns.saturating_sub(FINISH_GRACE_NS) {
+                break;
+            }
+            self.finishing.pop_front();
+            if self.is_done(id) {
+                self.emit(id, out);
+            }
+        }
+    }
+
+    fn is_done(&self, id: u64) -> bool {
+        self.connections.get(&id).is_some_and(|live| {
             live.connection.endpoints.iter().all(|e| e.is_closed() && e.time_wait_done())
-        });
-        if finished {
-            self.emit(id, out);
+        })
+    }
+
+    fn finish_if_done(&mut self, id: u64, ts: u64) {
+        if self.is_done(id) {
+            self.finishing.push_back((ts, id));
         }
     }
 
     fn emit(&mut self, id: u64, out: &mut impl FnMut(Output<'_>)) {
-        let Some(live) = self.connections.remove(&id) else { return };
-        let mut connection = live.connection;
-        for endpoint in &connection.endpoints {
-            let tuple = (endpoint.local, endpoint.remote);
-            if self.by_tuple.get(&tuple).is_some_and(|slot| slot.0 == id) {
-                self.by_tuple.remove(&tuple);
-            }
-            if self.by_sk.get(&endpoint.sk).is_some_and(|slot| slot.0 == id) {
-                self.by_sk.remove(&endpoint.sk);
-            }
-            if let Some(tw) = &endpoint.time_wait
-                && self.by_timer.get(&tw.timer).is_some_and(|slot| slot.0 == id)
-            {
-                self.by_timer.remove(&tw.timer);
-            }
-        }
+        let Some(mut connection) = self.forget(id) else { return };
         connection.closed_first = closed_first(&connection);
         connection.incomplete |= connection.endpoints.iter().any(|e| e.incomplete);
         self.record_stats(&connection);
@@ -846,21 +866,35 @@ impl Engine {
         by_age.sort_unstable();
         let count = (by_age.len() / 8).max(1);
         for &(_, id) in by_age.iter().filter(|(_, id)| *id != keep).take(count) {
-            let Some(live) = self.connections.remove(&id) else { continue };
-            for endpoint in &live.connection.endpoints {
-                self.by_sk.remove(&endpoint.sk);
-                self.by_tuple.remove(&(endpoint.local, endpoint.remote));
-                if let Some(tw) = &endpoint.time_wait
-                    && self.by_timer.get(&tw.timer).is_some_and(|slot| slot.0 == id)
-                {
-                    self.by_timer.remove(&tw.timer);
-                    if let Some(key) = port_pressure_key(endpoint, self.options.ephemeral_ports) {
-                        self.port_pressure(key, false);
-                    }
+            if self.forget(id).is_some() {
+                self.stats.aged_out += 1;
+            }
+        }
+    }
+
+    /// Removes a connection and every index entry that points to it.
+    fn forget(&mut self, id: u64) -> Option<Connection> {
+        let connection = self.connections.remove(&id)?.connection;
+        for endpoint in &connection.endpoints {
+            let tuple = (endpoint.local, endpoint.remote);
+            if self.by_tuple.get(&tuple).is_some_and(|slot| slot.0 == id) {
+                self.by_tuple.remove(&tuple);
+            }
+            for index in [&mut self.by_sk, &mut self.closed_sk] {
+                if index.get(&endpoint.sk).is_some_and(|slot| slot.0 == id) {
+                    index.remove(&endpoint.sk);
                 }
             }
-            self.stats.aged_out += 1;
+            if let Some(tw) = &endpoint.time_wait
+                && self.by_timer.get(&tw.timer).is_some_and(|slot| slot.0 == id)
+            {
+                self.by_timer.remove(&tw.timer);
+                if let Some(key) = port_pressure_key(endpoint, self.options.ephemeral_ports) {
+                    self.port_pressure(key, false);
+                }
+            }
         }
+        Some(connection)
     }
 }
 

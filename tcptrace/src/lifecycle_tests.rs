@@ -291,6 +291,9 @@ fn fin_wait2_time_wait_without_the_peers_fin_stays_fin_wait2() {
     );
 }
 
+/// The order the kernel really reports a `SO_LINGER 0` close on loopback: CLOSED first
+/// (`tcp_disconnect`), the peer's RST received, and `tcp_send_reset` last, after both
+/// sockets are already closed.
 #[test]
 fn linger_zero_abort_is_a_client_reset_without_time_wait() {
     let client = ("127.0.0.1:40125", "127.0.0.1:18087");
@@ -300,15 +303,42 @@ fn linger_zero_abort_is_a_client_reset_without_time_wait() {
         .transition(1.0001, 1, SynSent, Established, client, None)
         .transition(1.0002, 2, Listen, SynReceived, server, None)
         .transition(1.0003, 2, SynReceived, Established, server, None)
-        .reset(1.5, 1, true, client, Some(7))
-        .transition(1.50001, 1, Established, Closed, client, Some(7))
-        .reset(1.50002, 2, false, server, None)
-        .transition(1.50003, 2, Established, Closed, server, None);
-    let (connections, _, _) = r.run(2.0);
+        .transition(1.5, 1, Established, Closed, client, Some(7))
+        .reset(1.500002, 2, false, server, None)
+        .transition(1.500003, 2, Established, Closed, server, None)
+        .reset(1.500005, 1, true, client, Some(7));
+    let (connections, _, engine) = r.run(2.0);
     assert_eq!(connections.len(), 1);
     assert_eq!(connections[0].closed_first, Closer::ClientReset);
     assert!(connections[0].endpoints.iter().all(|e| e.time_wait.is_none()));
-    assert_eq!(connections[0].endpoint(Role::Client).unwrap().reset_sent_ns, Some(1_500_000_000));
+    assert_eq!(connections[0].endpoint(Role::Client).unwrap().reset_sent_ns, Some(1_500_005_000));
+    assert_eq!(
+        connections[0].endpoint(Role::Server).unwrap().reset_received_ns,
+        Some(1_500_002_000)
+    );
+    assert_eq!(engine.stats().unmatched_events, 0);
+}
+
+/// A killed time-wait socket's memory is reused at once by the next one: the same timer
+/// address starts a new TIME-WAIT, and the old one ended at its cancel.
+#[test]
+fn a_timer_address_reused_after_a_kill_starts_a_new_time_wait() {
+    let a = ("127.0.0.1:40200", "10.0.0.1:80");
+    let b = ("127.0.0.1:40201", "10.0.0.1:80");
+    let mut r = Recording::default();
+    r.transition(1.0, 1, Established, FinWait1, a, Some(7))
+        .transition(1.001, 1, FinWait1, FinWait2, a, None)
+        .hand_over_to_time_wait(1.002, 1, FinWait2, a, 0x77)
+        .timer(3.0, 1, EventKind::TimeWaitCancel { timer: 0x77 })
+        .transition(3.0001, 2, Established, FinWait1, b, Some(7))
+        .transition(3.0002, 2, FinWait1, FinWait2, b, None)
+        .hand_over_to_time_wait(3.0002, 2, FinWait2, b, 0x77);
+    let (connections, _, _) = r.run(4.0);
+    assert_eq!(connections.len(), 2);
+    let first = connections[0].endpoints[0].time_wait.as_ref().unwrap();
+    assert_eq!((first.end, first.end_ns), (TimeWaitEnd::Killed, Some(3 * S)));
+    let second = connections[1].endpoints[0].time_wait.as_ref().unwrap();
+    assert_eq!((second.end, second.start_ns), (TimeWaitEnd::Open, 3_000_200_000));
 }
 
 #[test]
@@ -464,5 +494,5 @@ fn time_wait_pile_up_toward_one_remote_is_measured() {
     let (_, _, engine) = r.run(90.0);
     let key = ("127.0.0.1".parse().unwrap(), "127.0.0.1:8080".parse().unwrap());
     let pressure = engine.stats().time_wait_toward_remote[&key];
-    assert_eq!(pressure, PortPressure { now: 40, peak: 50 });
+    assert_eq!(pressure, PortPressure { now: 0, peak: 50 }, "all released by the end");
 }

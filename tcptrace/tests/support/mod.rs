@@ -188,3 +188,72 @@ pub fn find<'a>(transitions: &[&'a Value], old: &str, new: &str) -> &'a Value {
 pub fn summary(lines: &[Value]) -> &Value {
     lines.iter().find(|line| line["type"] == "summary").expect("a summary line at exit")
 }
+
+pub fn connections(lines: &[Value]) -> Vec<&Value> {
+    lines.iter().filter(|line| line["type"] == "connection").collect()
+}
+
+/// The connection record whose client or server endpoint has this local address.
+pub fn connection_with(lines: &[Value], addr: SocketAddr) -> &Value {
+    let addr = addr.to_string();
+    let all = connections(lines);
+    all.iter()
+        .copied()
+        .find(|c| c["client"]["addr"] == addr || c["server"]["addr"] == addr)
+        .unwrap_or_else(|| panic!("no connection record with {addr} in {all:#?}"))
+}
+
+/// `["SYN_SENT", "ESTABLISHED", …]` of one endpoint of a connection record.
+pub fn endpoint_states(endpoint: &Value) -> Vec<&str> {
+    endpoint["states"].as_array().unwrap().iter().map(|s| s["state"].as_str().unwrap()).collect()
+}
+
+/// Runs a command, failing the test with its output if it fails.
+pub fn run(program: &str, args: &[&str]) -> String {
+    let output =
+        Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A network namespace of the test's own, with loopback up; deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Netns {
+        let name = format!("tcptrace-{tag}-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        run("ip", &["netns", "add", &name]);
+        let netns = Netns { name };
+        netns.exec(&["ip", "link", "set", "lo", "up"]);
+        netns
+    }
+
+    pub fn exec(&self, command: &[&str]) -> String {
+        let mut args = vec!["netns", "exec", &self.name];
+        args.extend_from_slice(command);
+        run("ip", &args)
+    }
+
+    pub fn spawn(&self, command: &[&str]) -> Child {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(command)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn ip netns exec")
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+    }
+}

@@ -1,0 +1,309 @@
+//! Connection lifecycles on the real kernel: who closed first, and TIME-WAIT measured from
+//! the kernel's own timer.
+
+mod support;
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    process::{Command, Stdio},
+    sync::{Arc, Barrier},
+    thread,
+    time::Duration,
+};
+
+use serde_json::Value;
+use support::{Netns, Peer, Tracer, connection_with, connections, endpoint_states};
+
+const NS_PER_S: f64 = 1e9;
+
+fn listener() -> (TcpListener, SocketAddr) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    (listener, addr)
+}
+
+fn time_wait(endpoint: &Value) -> &Value {
+    &endpoint["time_wait"]
+}
+
+#[test]
+fn server_closes_first_holds_the_only_time_wait() {
+    let mut server = Peer::start("ipv4", "close-first");
+    let tracer = Tracer::start(&["--port", &server.port.to_string()]);
+    let mut client = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    let client_addr = client.local_addr().unwrap();
+    let mut greeting = Vec::new();
+    client.read_to_end(&mut greeting).unwrap();
+    server.wait_done();
+    drop(client);
+    let lines = tracer.stop();
+
+    let record = connection_with(&lines, client_addr);
+    assert_eq!(record["closed_first"], "server", "{record:#}");
+    assert_eq!(record["incomplete"], false);
+    let (client, server_side) = (&record["client"], &record["server"]);
+    assert_eq!(client["addr"], client_addr.to_string());
+    assert_eq!(server_side["addr"], format!("127.0.0.1:{}", server.port));
+    assert_eq!(client["pid"], std::process::id());
+    assert_eq!(server_side["pid"], server.pid());
+    assert_eq!(
+        endpoint_states(client),
+        ["SYN_SENT", "ESTABLISHED", "CLOSE_WAIT", "LAST_ACK", "CLOSED"]
+    );
+    assert_eq!(
+        endpoint_states(server_side),
+        ["SYN_RECEIVED", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2", "CLOSED"]
+    );
+    assert!(time_wait(client).is_null(), "{record:#}");
+    let tw = time_wait(server_side);
+    assert_eq!(tw["end"], "open", "tracing stopped long before 60 s");
+    assert_eq!(tw["kind"], "time_wait", "the client's FIN arrived");
+    assert!(tw["time_left_ns"].as_u64().unwrap() > 55_000_000_000, "{tw}");
+}
+
+#[test]
+fn client_closes_first_leaves_time_wait_on_its_ephemeral_port() {
+    let mut server = Peer::start("ipv4", "wait-eof");
+    let tracer = Tracer::start(&["--port", &server.port.to_string()]);
+    let mut client = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    let client_addr = client.local_addr().unwrap();
+    client.write_all(b"bye").unwrap();
+    drop(client);
+    server.wait_done();
+    let lines = tracer.stop();
+
+    let record = connection_with(&lines, client_addr);
+    assert_eq!(record["closed_first"], "client", "{record:#}");
+    let (client, server_side) = (&record["client"], &record["server"]);
+    assert_eq!(
+        endpoint_states(client),
+        ["SYN_SENT", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2", "CLOSED"]
+    );
+    assert_eq!(
+        endpoint_states(server_side),
+        ["SYN_RECEIVED", "ESTABLISHED", "CLOSE_WAIT", "LAST_ACK", "CLOSED"]
+    );
+    assert_eq!(client["addr"], client_addr.to_string(), "TIME-WAIT sits on the client's port");
+    assert_eq!(time_wait(client)["end"], "open");
+    assert!(time_wait(server_side).is_null());
+}
+
+#[test]
+fn curl_against_python_http_server_is_server_first_or_simultaneous() {
+    let mut server = Command::new("python3")
+        .args(["-u", "-m", "http.server", "0", "--bind", "127.0.0.1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3 -m http.server");
+    let mut banner = String::new();
+    BufReader::new(server.stdout.take().unwrap()).read_line(&mut banner).unwrap();
+    // "Serving HTTP on 127.0.0.1 port 41234 (http://127.0.0.1:41234/) ..."
+    let port: u16 = banner.split_whitespace().nth(5).and_then(|p| p.parse().ok()).expect(&banner);
+    let tracer = Tracer::start(&["--port", &port.to_string()]);
+    let curl = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", &format!("http://127.0.0.1:{port}/")])
+        .spawn()
+        .expect("curl");
+    let curl_pid = curl.id();
+    assert!(curl.wait_with_output().unwrap().status.success());
+    let lines = tracer.stop();
+    let _ = server.kill();
+    let _ = server.wait();
+
+    let all = connections(&lines);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    let record = all[0];
+    let (client, server_side) = (&record["client"], &record["server"]);
+    assert_eq!(client["pid"], curl_pid);
+    assert_eq!(client["comm"], "curl");
+    assert_eq!(server_side["pid"], server.id());
+    match record["closed_first"].as_str().unwrap() {
+        "server" => {
+            assert_eq!(endpoint_states(client)[2..], ["CLOSE_WAIT", "LAST_ACK", "CLOSED"]);
+            assert_eq!(endpoint_states(server_side)[2..], ["FIN_WAIT1", "FIN_WAIT2", "CLOSED"]);
+            assert!(time_wait(client).is_null());
+            assert_eq!(time_wait(server_side)["end"], "open");
+        }
+        "simultaneous" => {
+            for side in [client, server_side] {
+                assert_eq!(
+                    endpoint_states(side)[2..],
+                    ["FIN_WAIT1", "CLOSING", "CLOSED"],
+                    "{record:#}"
+                );
+                assert_eq!(time_wait(side)["end"], "open", "both sides hold a TIME-WAIT");
+            }
+        }
+        other => panic!("curl vs http.server closed by {other}: {record:#}"),
+    }
+}
+
+#[test]
+fn linger_zero_abort_by_the_client_is_a_client_reset_without_time_wait() {
+    let (listener, server_addr) = listener();
+    let tracer = Tracer::start(&["--port", &server_addr.port().to_string()]);
+    let client = TcpStream::connect(server_addr).unwrap();
+    let (accepted, _) = listener.accept().unwrap();
+    let client_addr = client.local_addr().unwrap();
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: a valid socket and a correctly sized option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            client.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
+    drop(client); // close() with SO_LINGER 0: RST instead of FIN
+    thread::sleep(Duration::from_millis(50));
+    drop(accepted);
+    let lines = tracer.stop();
+
+    let record = connection_with(&lines, client_addr);
+    assert_eq!(record["closed_first"], "client_reset", "{record:#}");
+    let (client, server) = (&record["client"], &record["server"]);
+    assert_eq!(endpoint_states(client), ["SYN_SENT", "ESTABLISHED", "CLOSED"]);
+    assert_eq!(endpoint_states(server), ["SYN_RECEIVED", "ESTABLISHED", "CLOSED"]);
+    assert!(client["reset_sent_ns"].is_u64(), "{record:#}");
+    assert!(server["reset_received_ns"].is_u64(), "{record:#}");
+    assert!(time_wait(client).is_null() && time_wait(server).is_null());
+}
+
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET stays within it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// Both ends shut down their sending side at the same moment from two CPUs, until both
+/// FINs cross (FIN_WAIT1 → CLOSING on both sides).
+#[test]
+fn simultaneous_close_puts_time_wait_on_both_sides() {
+    let (listener, server_addr) = listener();
+    let tracer = Tracer::start(&["--port", &server_addr.port().to_string()]);
+    let mut sockets = Vec::new();
+    for _ in 0..200 {
+        let client = TcpStream::connect(server_addr).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        let barrier = Arc::new(Barrier::new(2));
+        let shut = |stream: TcpStream, cpu: usize, barrier: Arc<Barrier>| {
+            thread::spawn(move || {
+                pin_to_cpu(cpu);
+                barrier.wait();
+                stream.shutdown(Shutdown::Write).unwrap();
+                stream
+            })
+        };
+        let a = shut(client, 0, barrier.clone());
+        let b = shut(accepted, 1, barrier);
+        let (client, accepted) = (a.join().unwrap(), b.join().unwrap());
+        thread::sleep(Duration::from_millis(2));
+        let crossed = [&client, &accepted].iter().all(|s| {
+            // Both sides got the other's FIN; a simultaneous close shows on the trace.
+            let mut byte = [0u8; 1];
+            s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+            matches!((&**s).read(&mut byte), Ok(0))
+        });
+        assert!(crossed);
+        sockets.push((client, accepted));
+        if sockets.len() >= 20 {
+            break;
+        }
+    }
+    drop(sockets);
+    let lines = tracer.stop();
+
+    let all = connections(&lines);
+    let simultaneous: Vec<&&Value> =
+        all.iter().filter(|c| c["closed_first"] == "simultaneous").collect();
+    assert!(!simultaneous.is_empty(), "no simultaneous close in {} tries: {all:#?}", all.len());
+    for record in simultaneous {
+        for side in [&record["client"], &record["server"]] {
+            assert_eq!(
+                endpoint_states(side)[2..],
+                ["FIN_WAIT1", "CLOSING", "CLOSED"],
+                "{record:#}"
+            );
+            assert_eq!(time_wait(side)["end"], "open");
+            assert_eq!(time_wait(side)["kind"], "time_wait");
+        }
+    }
+    // Every other connection is an ordinary close with one TIME-WAIT, never a forced guess.
+    for record in all.iter().filter(|c| c["closed_first"] != "simultaneous") {
+        let holders = [&record["client"], &record["server"]]
+            .iter()
+            .filter(|s| !time_wait(s).is_null())
+            .count();
+        assert_eq!(holders, 1, "{record:#}");
+    }
+}
+
+/// In a namespace of the test's own with `tcp_tw_reuse=1`: a reconnect from the same port
+/// reuses the 4-tuple, and the kernel kills the old TIME-WAIT early.
+#[test]
+fn reconnect_reusing_the_four_tuple_kills_time_wait_early() {
+    let netns = Netns::new("reuse");
+    netns.exec(&["sysctl", "-q", "-w", "net.ipv4.tcp_tw_reuse=1"]);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/tw_reuse.py");
+    // The server port is not known before the script runs: trace all of loopback's TCP in
+    // the namespace and pick the connection by its client port.
+    let tracer = Tracer::start(&["-4"]);
+    let mut helper = netns.spawn(&["python3", script]);
+    let mut output = String::new();
+    helper.stdout.take().unwrap().read_to_string(&mut output).unwrap();
+    assert!(helper.wait().unwrap().success(), "{output}");
+    let lines = tracer.stop();
+
+    let mut words = output.split_whitespace().skip(1);
+    let client_port: u16 = words.next().unwrap().parse().unwrap();
+    let server_port: u16 = words.next().unwrap().parse().unwrap();
+    let client_addr = format!("127.0.0.1:{client_port}");
+    let server_addr = format!("127.0.0.1:{server_port}");
+    let records: Vec<&Value> = connections(&lines)
+        .into_iter()
+        .filter(|c| c["client"]["addr"] == client_addr && c["server"]["addr"] == server_addr)
+        .collect();
+    assert_eq!(records.len(), 2, "two connections on one 4-tuple: {records:#?}");
+    let first = records[0];
+    assert_eq!(first["closed_first"], "client");
+    let tw = time_wait(&first["client"]);
+    assert_eq!(tw["end"], "killed", "{first:#}");
+    let lasted = tw["duration_ns"].as_u64().unwrap() as f64 / NS_PER_S;
+    assert!((1.1..5.0).contains(&lasted), "killed after {lasted} s, well under 60 s");
+    assert_eq!(time_wait(&records[1]["client"])["end"], "open");
+}
+
+/// Waits out a whole TIME-WAIT (about a minute).
+#[test]
+fn natural_time_wait_expires_after_60_to_62_seconds() {
+    let (listener, server_addr) = listener();
+    let tracer = Tracer::start(&["--port", &server_addr.port().to_string(), "--duration", "66"]);
+    let mut client = TcpStream::connect(server_addr).unwrap();
+    let client_addr = client.local_addr().unwrap();
+    let (accepted, _) = listener.accept().unwrap();
+    drop(accepted); // the server closes first
+    let mut rest = Vec::new();
+    client.read_to_end(&mut rest).unwrap();
+    drop(client);
+    let lines = tracer.wait();
+
+    let record = connection_with(&lines, client_addr);
+    assert_eq!(record["closed_first"], "server");
+    let tw = time_wait(&record["server"]);
+    assert_eq!(tw["end"], "expired", "{record:#}");
+    let lasted = tw["duration_ns"].as_u64().unwrap() as f64 / NS_PER_S;
+    assert!((60.0..=62.1).contains(&lasted), "TIME-WAIT lasted {lasted} s");
+    assert_eq!(
+        tw["end_ns"].as_u64().unwrap() - tw["start_ns"].as_u64().unwrap(),
+        tw["duration_ns"].as_u64().unwrap()
+    );
+}
