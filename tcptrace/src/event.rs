@@ -95,6 +95,10 @@ pub enum Family {
 }
 
 impl Family {
+    pub fn of(address: &SocketAddr) -> Family {
+        if address.is_ipv4() { Family::Ipv4 } else { Family::Ipv6 }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Family::Ipv4 => "ipv4",
@@ -201,12 +205,6 @@ pub struct TcpEvent {
     pub addresses: Option<(SocketAddr, SocketAddr)>,
     pub task: Task,
     pub cpu: u8,
-}
-
-impl TcpEvent {
-    pub fn family(&self) -> Option<Family> {
-        self.addresses.map(|(local, _)| if local.is_ipv4() { Family::Ipv4 } else { Family::Ipv6 })
-    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -335,7 +333,7 @@ mod tests {
         let (local, remote) = event.addresses.unwrap();
         assert_eq!(local.to_string(), "127.0.0.1:8080");
         assert_eq!(remote.to_string(), "127.0.0.2:42020");
-        assert_eq!(event.family(), Some(Family::Ipv4));
+        assert_eq!(Family::of(&local), Family::Ipv4);
         assert_eq!(event.task.pid, 1743);
         assert_eq!(event.task.comm.to_string(), "python3");
         assert!(event.task.process_context);

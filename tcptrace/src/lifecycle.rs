@@ -245,6 +245,14 @@ pub struct Attribution {
     pub owner: Option<Owner>,
     /// Time spent in the old state, when its start was seen.
     pub old_state_ns: Option<u64>,
+    /// For events without addresses (time-wait timers): the endpoint's (local, remote).
+    pub addresses: Option<(SocketAddr, SocketAddr)>,
+}
+
+impl Attribution {
+    fn owner(owner: Option<Owner>) -> Attribution {
+        Attribution { owner, old_state_ns: None, addresses: None }
+    }
 }
 
 pub enum Output<'a> {
@@ -491,13 +499,13 @@ impl Engine {
                 // Listening sockets are not connections; a fresh socket that is not yet
                 // anything (CLOSED → CLOSED) neither.
                 if new == TcpState::Listen || old == TcpState::Listen && new == TcpState::Closed {
-                    return (Attribution { owner: task_owner, old_state_ns: None }, None);
+                    return (Attribution::owner(task_owner), None);
                 }
                 self.new_endpoint(event, old)
             }
         };
         let Some((local, remote)) = event.addresses else {
-            return (Attribution { owner: task_owner, old_state_ns: None }, None);
+            return (Attribution::owner(task_owner), None);
         };
         let endpoint = self.endpoint_mut(slot).expect("indexed endpoint exists");
         endpoint.owner = task_owner.or(endpoint.owner);
@@ -510,7 +518,7 @@ impl Engine {
             old_state_ns = last.enter_ns.map(|enter| event.ts_ns.saturating_sub(enter));
             if old == new && last.state == new {
                 // The kernel reports some same-state changes (CLOSING → CLOSING).
-                return (Attribution { owner, old_state_ns }, Some(slot.0));
+                return (Attribution { owner, old_state_ns, addresses: None }, Some(slot.0));
             }
             last.duration_ns = old_state_ns;
         }
@@ -548,7 +556,7 @@ impl Engine {
         if matches!(new, TcpState::LastAck | TcpState::FinWait1) {
             self.peer_sent_fin(slot.0, tuple, event.ts_ns);
         }
-        (Attribution { owner, old_state_ns }, Some(slot.0))
+        (Attribution { owner, old_state_ns, addresses: None }, Some(slot.0))
     }
 
     fn new_endpoint(&mut self, event: &TcpEvent, old: TcpState) -> Slot {
@@ -710,7 +718,7 @@ impl Engine {
         timer: u64,
         update: impl FnOnce(&mut TimeWait, u64),
     ) -> (Attribution, Option<u64>) {
-        let unknown = Attribution { owner: None, old_state_ns: None };
+        let unknown = Attribution::owner(None);
         let Some(&slot) = self.by_timer.get(&timer) else {
             self.stats.unmatched_events += 1;
             return (unknown, None);
@@ -718,12 +726,16 @@ impl Engine {
         let Some(endpoint) = self.endpoint_mut(slot) else {
             return (unknown, None);
         };
-        let owner = endpoint.owner;
+        let attribution = Attribution {
+            owner: endpoint.owner,
+            old_state_ns: None,
+            addresses: Some((endpoint.local, endpoint.remote)),
+        };
         match endpoint.time_wait.as_mut() {
             Some(tw) if tw.timer == timer && tw.end == TimeWaitEnd::Open => update(tw, event.ts_ns),
-            _ => return (Attribution { owner, old_state_ns: None }, None),
+            _ => return (attribution, None),
         }
-        (Attribution { owner, old_state_ns: None }, Some(slot.0))
+        (attribution, Some(slot.0))
     }
 
     fn reset(&mut self, event: &TcpEvent) -> (Attribution, Option<u64>) {
@@ -737,7 +749,7 @@ impl Engine {
             );
         let Some(endpoint) = slot.and_then(|slot| self.endpoint_mut(slot)) else {
             self.stats.unmatched_events += 1;
-            return (Attribution { owner: task_owner, old_state_ns: None }, None);
+            return (Attribution::owner(task_owner), None);
         };
         let sent = event.kind == EventKind::ResetSent;
         let field =
@@ -746,7 +758,7 @@ impl Engine {
         if sent {
             endpoint.owner = task_owner.or(endpoint.owner);
         }
-        (Attribution { owner: endpoint.owner, old_state_ns: None }, slot.map(|s| s.0))
+        (Attribution::owner(endpoint.owner), slot.map(|s| s.0))
     }
 
     /// Cancels older than `until_ns` with no expiry or re-arm after them were early kills.

@@ -226,7 +226,7 @@ fn server_closes_first_and_holds_the_only_time_wait() {
         .iter()
         .find(|(e, _)| matches!(e.kind, EventKind::Transition { new: SynReceived, .. }))
         .unwrap();
-    assert_eq!(syn_recv.1, Attribution { owner: None, old_state_ns: None });
+    assert_eq!(syn_recv.1, Attribution { owner: None, old_state_ns: None, addresses: None });
 }
 
 /// The notes' reconnect from the same port 1.5 s later: the reuse kills the TIME-WAIT.

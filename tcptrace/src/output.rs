@@ -8,7 +8,7 @@ use std::{
 };
 
 use crate::{
-    event::{EventKind, TcpEvent},
+    event::{EventKind, Family, TcpEvent},
     lifecycle::{Attribution, Connection, Stats},
     report::{self, TraceCounts},
 };
@@ -127,7 +127,7 @@ impl<W: Write> Stream<W> {
             Some(owner) => write!(self.out, " {:>7} {:<15}", owner.pid, owner.comm)?,
             None => write!(self.out, " {:>7} {:<15}", "-", "-")?,
         }
-        match event.addresses {
+        match event.addresses.or(attribution.addresses) {
             Some((local, remote)) => {
                 write!(self.out, " {:<24} {:<24}", Padded(local), Padded(remote))?
             }
@@ -164,8 +164,9 @@ impl<W: Write> Stream<W> {
             EventKind::ResetSent | EventKind::ResetReceived => "reset",
         };
         write!(out, r#"{{"type":"{type_name}","ts_ns":{},"sk":"{:#x}""#, event.ts_ns, event.sk)?;
-        if let (Some(family), Some((local, remote))) = (event.family(), event.addresses) {
-            write!(out, r#","family":"{}","local":"{local}","remote":"{remote}""#, family.name())?;
+        if let Some((local, remote)) = event.addresses.or(attribution.addresses) {
+            let family = Family::of(&local).name();
+            write!(out, r#","family":"{family}","local":"{local}","remote":"{remote}""#)?;
         }
         match event.kind {
             EventKind::Transition { old, new, time_wait_timer } => {
@@ -262,7 +263,10 @@ mod tests {
         let mut stream = Stream::new(Vec::new(), StreamFormat::Json, WallClock::now());
         let owner = Owner { pid: 1743, comm: Comm::new("py\"th\\on") };
         stream
-            .event(&transition(), &Attribution { owner: Some(owner), old_state_ns: Some(1500) })
+            .event(
+                &transition(),
+                &Attribution { owner: Some(owner), old_state_ns: Some(1500), addresses: None },
+            )
             .unwrap();
         let line = String::from_utf8(stream.out).unwrap();
         let value: serde_json::Value = serde_json::from_str(&line).unwrap();
@@ -282,7 +286,7 @@ mod tests {
 
     #[test]
     fn unknown_owner_is_null_in_json_and_dash_in_text() {
-        let unknown = Attribution { owner: None, old_state_ns: None };
+        let unknown = Attribution { owner: None, old_state_ns: None, addresses: None };
         let mut json = Stream::new(Vec::new(), StreamFormat::Json, WallClock::now());
         json.event(&transition(), &unknown).unwrap();
         let value: serde_json::Value = serde_json::from_slice(&json.out).unwrap();
