@@ -1,41 +1,86 @@
 //! Command-line interface.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
 
-use crate::loader::Filters;
+use crate::{explain::Lang, export::ExportFormat, loader::Filters};
 
 const ABOUT: &str = "Trace TCP state transitions with eBPF: every state each socket passes \
-through, who owns it, and how long it stayed.";
+through, who closed first, and how long TIME-WAIT really lasted.";
 
 const LONG_ABOUT: &str = "\
 Trace TCP state transitions with eBPF.
 
 tcptrace attaches to the kernel's sock:inet_sock_set_state tracepoint and prints one line \
 per state change of every TCP socket: its local and remote address, the old and new state, \
-how long the socket spent in the old state, and the process that owns it.
+how long the socket spent in the old state, and the process that owns it. When a connection \
+is over it prints the connection's story: both sides' states, who closed first (client, \
+server, both at once, or a reset), and how long each TIME-WAIT lasted, measured from the \
+kernel's own time-wait timer.
 
 Filters (--port, --pid, -4, -6) run inside the kernel, so traffic you filter out costs \
-nothing. Needs root (or CAP_BPF and CAP_PERFMON).";
+nothing. Tracing needs root (or CAP_BPF and CAP_PERFMON); `tcptrace replay` does not.";
 
 const EXAMPLES: &str = "\
 Examples:
-  sudo tcptrace --port 8080            watch connections to or from port 8080
-  sudo tcptrace --port 8080 --json     the same as JSON Lines, for jq or scripts
-  sudo tcptrace -4 --duration 10       IPv4 only, stop after 10 seconds
+  sudo tcptrace --port 8080                   watch connections to or from port 8080
+  sudo tcptrace --port 8080 --explain         the same, with notes for learners
+  sudo tcptrace --port 8080 --json            JSON Lines, for jq or scripts (docs/json.md)
+  sudo tcptrace -p 8080 --record lab.jsonl    keep every raw event in a file
+  tcptrace replay lab.jsonl --export lab.html --export lab.trace.json
+                                              pictures of a recording, no root needed
 
 Reading the output:
-  PID/COMM is the socket's owner. Transitions that happen in softirq (for example, when a \
-packet arrives) run on whatever task the CPU was busy with, so tcptrace shows the owner it \
-learned earlier in process context (connect, close), or '-' when it has not seen one yet.
+  PID/COMM is the socket's owner. Transitions that happen in softirq (when a packet \
+arrives) run on whatever task the CPU was busy with, so tcptrace shows the owner it learned \
+earlier in process context (connect, close), or '-' when it has not seen one yet.
   MS is the time spent in the old state ('-' when the socket was first seen mid-way).
   A socket that enters TIME-WAIT shows FIN_WAIT2 -> CLOSED (or CLOSING -> CLOSED): the \
-kernel hands the connection to a small time-wait socket, which ss shows as TIME-WAIT.";
+kernel hands the connection to a small time-wait socket, which ss shows as TIME-WAIT. \
+tcptrace follows that socket's timer, so a connection's record comes when its TIME-WAIT \
+ends: about 60 s after the close, or at exit with the time it had left.";
 
 #[derive(Parser, Debug)]
-#[command(name = "tcptrace", version, about = ABOUT, long_about = LONG_ABOUT, after_help = EXAMPLES)]
+#[command(
+    name = "tcptrace",
+    version,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    after_help = EXAMPLES,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub trace: TraceArgs,
+
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a recording (made with --record) through the same engine and outputs as live
+    /// tracing. Needs neither root nor a kernel.
+    Replay(ReplayArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ReplayArgs {
+    /// A recording made with `tcptrace --record FILE`.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// What to trace (live only).
+#[derive(Args, Debug, Default)]
+pub struct TraceArgs {
     /// Keep only sockets with this local or remote port (repeatable, up to 8).
     #[arg(short, long = "port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub ports: Vec<u16>,
@@ -52,34 +97,63 @@ pub struct Cli {
     #[arg(short = '6', long = "ipv6")]
     pub ipv6: bool,
 
-    /// Print one JSON object per line instead of text (schema: docs/json.md).
-    #[arg(long)]
-    pub json: bool,
-
     /// Stop after this many seconds (default: run until Ctrl-C or SIGTERM).
     #[arg(short, long, value_name = "SECS", value_parser = parse_seconds)]
     pub duration: Option<Duration>,
+
+    /// Also write every raw event to FILE as JSON Lines, for `tcptrace replay`.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
 
     /// Ring-buffer size in bytes (a power of two, at least 4096). Each event takes 104
     /// bytes in it; the default 4 MiB holds about 40 000 events.
     #[arg(long, value_name = "BYTES", default_value_t = 4 << 20, value_parser = parse_ring_size)]
     pub ring_size: u32,
 
-    /// Print only connection records and the summary, not each transition.
-    #[arg(long)]
-    pub connections_only: bool,
-
-    /// Connections tracked at once; past it the least recently active are aged out
-    /// (counted in the summary). Each costs a few hundred bytes.
-    #[arg(long, value_name = "N", default_value_t = 1 << 18)]
-    pub max_connections: usize,
-
     /// Print diagnostics to stderr.
     #[arg(short, long)]
     pub verbose: bool,
 }
 
-impl Cli {
+/// How to show what was traced (live and replay).
+#[derive(Args, Debug)]
+pub struct OutputArgs {
+    /// Print one JSON object per line instead of text (schema: docs/json.md).
+    #[arg(long)]
+    pub json: bool,
+
+    /// Print only connection records and the summary, not each transition.
+    #[arg(long)]
+    pub connections_only: bool,
+
+    /// Write connection records to FILE when done; the format follows the name: .jsonl
+    /// (records as in --json), .csv (one row per state), .trace.json (Perfetto /
+    /// chrome://tracing), .mmd (Mermaid sequence diagram), .html (a timeline page).
+    /// Repeatable.
+    #[arg(long, value_name = "FILE", value_parser = parse_export)]
+    pub export: Vec<(PathBuf, ExportFormat)>,
+
+    /// Annotate the output for learners: what each state means, why TIME-WAIT exists.
+    #[arg(long)]
+    pub explain: bool,
+
+    /// Language of the --explain notes.
+    #[arg(long, value_enum, default_value_t = Lang::En)]
+    pub lang: Lang,
+
+    /// Connections tracked at once; past it the least recently active are aged out
+    /// (counted in the summary). Each costs a few hundred bytes.
+    #[arg(long, value_name = "N", default_value_t = 1 << 18)]
+    pub max_connections: usize,
+}
+
+impl OutputArgs {
+    pub fn explain_lang(&self) -> Option<Lang> {
+        self.explain.then_some(self.lang)
+    }
+}
+
+impl TraceArgs {
     pub fn filters(&self) -> Filters {
         Filters { ports: self.ports.clone(), pid: self.pid, ipv4: self.ipv4, ipv6: self.ipv6 }
     }
@@ -113,6 +187,14 @@ fn parse_ring_size(text: &str) -> Result<u32, String> {
     Ok(size)
 }
 
+fn parse_export(text: &str) -> Result<(PathBuf, ExportFormat), String> {
+    let path = PathBuf::from(text);
+    let format = ExportFormat::from_path(&path).ok_or_else(|| {
+        format!("'{text}': the name must end in .jsonl, .csv, .trace.json, .mmd or .html")
+    })?;
+    Ok((path, format))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,11 +206,12 @@ mod tests {
     #[test]
     fn repeated_ports_and_filters() {
         let cli = parse(&["--port", "8080", "-p", "443", "-4", "--pid", "12", "--json"]).unwrap();
-        assert_eq!(cli.ports, vec![8080, 443]);
-        assert_eq!(cli.pid, Some(12));
-        assert!(cli.ipv4 && !cli.ipv6 && cli.json);
-        assert_eq!(cli.filters().ports, vec![8080, 443]);
-        assert!(cli.validate().is_ok());
+        assert_eq!(cli.trace.ports, vec![8080, 443]);
+        assert_eq!(cli.trace.pid, Some(12));
+        assert!(cli.trace.ipv4 && !cli.trace.ipv6 && cli.output.json);
+        assert_eq!(cli.trace.filters().ports, vec![8080, 443]);
+        assert!(cli.trace.validate().is_ok());
+        assert!(cli.command.is_none());
     }
 
     #[test]
@@ -139,25 +222,46 @@ mod tests {
         }
         let nine: Vec<String> = (1..=9).flat_map(|p| ["--port".into(), p.to_string()]).collect();
         let nine: Vec<&str> = nine.iter().map(String::as_str).collect();
-        assert!(parse(&nine).unwrap().validate().unwrap_err().contains("at most 8"));
+        assert!(parse(&nine).unwrap().trace.validate().unwrap_err().contains("at most 8"));
     }
 
     #[test]
     fn durations_and_ring_sizes() {
-        assert_eq!(
-            parse(&["--duration", "2.5"]).unwrap().duration,
-            Some(Duration::from_millis(2500))
-        );
+        let duration = parse(&["--duration", "2.5"]).unwrap().trace.duration;
+        assert_eq!(duration, Some(Duration::from_millis(2500)));
         assert!(parse(&["--duration", "0"]).is_err());
         assert!(parse(&["--duration", "soon"]).is_err());
-        assert_eq!(parse(&[]).unwrap().ring_size, 4 << 20);
+        assert_eq!(parse(&[]).unwrap().trace.ring_size, 4 << 20);
         assert!(parse(&["--ring-size", "5000"]).is_err());
         assert!(parse(&["--ring-size", "1024"]).is_err());
-        assert_eq!(parse(&["--ring-size", "8192"]).unwrap().ring_size, 8192);
+        assert_eq!(parse(&["--ring-size", "8192"]).unwrap().trace.ring_size, 8192);
     }
 
     #[test]
     fn ipv4_and_ipv6_only_conflict() {
         assert!(parse(&["-4", "-6"]).is_err());
+    }
+
+    #[test]
+    fn replay_takes_the_output_options_and_not_the_trace_ones() {
+        let cli = parse(&[
+            "replay",
+            "lab.jsonl",
+            "--export",
+            "a.html",
+            "--export",
+            "b.trace.json",
+            "--explain",
+            "--lang",
+            "ru",
+        ])
+        .unwrap();
+        let Some(Command::Replay(replay)) = cli.command else { panic!("not a replay") };
+        assert_eq!(replay.file, PathBuf::from("lab.jsonl"));
+        let formats: Vec<ExportFormat> = replay.output.export.iter().map(|(_, f)| *f).collect();
+        assert_eq!(formats, [ExportFormat::Html, ExportFormat::ChromeTrace]);
+        assert_eq!(replay.output.explain_lang(), Some(Lang::Ru));
+        assert!(parse(&["replay", "lab.jsonl", "--port", "80"]).is_err());
+        assert!(parse(&["--export", "lab.pdf"]).unwrap_err().to_string().contains(".trace.json"));
     }
 }

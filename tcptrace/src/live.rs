@@ -2,6 +2,7 @@
 //! or `--duration`, detach, and print the summary.
 
 use std::{
+    fs::File,
     future::pending,
     io::{self, BufWriter, Write},
     time::Duration,
@@ -16,84 +17,75 @@ use tokio::{
 };
 
 use crate::{
-    cli::Cli,
+    cli::{OutputArgs, TraceArgs},
     event::decode,
-    lifecycle::{Engine, EngineOptions, Output},
+    lifecycle::EngineOptions,
     loader::{TraceOptions, Tracer, drain, is_own_event},
-    output::{Stream, StreamFormat, WallClock},
-    report::TraceCounts,
+    output::WallClock,
+    pipeline::Pipeline,
+    recording::{FORMAT_VERSION, Header, Recorder},
 };
 
 /// The kernel wakes the reader only when the ring fills up; this tick picks up the rest.
 const POLL_INTERVAL: Duration = Duration::from_millis(10);
 
-/// Everything between the ring buffer and stdout.
-pub struct Pipeline<W: Write> {
-    pub stream: Stream<W>,
-    pub engine: Engine,
-    pub counts: TraceCounts,
-    /// Print each transition as it happens, not only the connection records.
-    pub show_events: bool,
+/// The ring buffer's side of the pipeline: decoding, dropping our own calibration
+/// sockets, recording, and lost-event checks.
+struct Live<W: Write> {
+    pipeline: Pipeline<W>,
+    recorder: Option<Recorder<BufWriter<File>>>,
 }
 
-impl<W: Write> Pipeline<W> {
-    pub fn new(stream: Stream<W>, engine: Engine, show_events: bool) -> Pipeline<W> {
-        Pipeline { stream, engine, counts: TraceCounts::default(), show_events }
-    }
-
-    fn record(&mut self, bytes: &[u8]) {
+impl<W: Write> Live<W> {
+    fn record(&mut self, bytes: &[u8]) -> io::Result<()> {
         match decode(bytes) {
-            Ok(event) if is_own_event(&event) => {}
+            Ok(event) if is_own_event(&event) => Ok(()),
             Ok(event) => {
-                self.counts.events += 1;
-                self.engine.push(event);
+                if let Some(recorder) = &mut self.recorder {
+                    recorder.event(&event)?;
+                }
+                self.pipeline.push(event);
+                Ok(())
             }
             Err(error) => {
-                self.counts.undecodable += 1;
+                self.pipeline.counts.undecodable += 1;
                 crate::debug(format_args!("skipping a record: {error}"));
+                Ok(())
             }
         }
     }
 
-    /// Hands the engine's output for time `now_ns` to the stream; `finish` ends the trace.
-    pub fn advance(&mut self, now_ns: u64, finish: bool) -> io::Result<()> {
-        let Pipeline { stream, engine, show_events, .. } = self;
-        let mut result = Ok(());
-        let mut write = |output: Output<'_>| {
-            if result.is_err() {
-                return;
-            }
-            result = match output {
-                Output::Event(event, attribution) if *show_events => {
-                    stream.event(event, &attribution)
-                }
-                Output::Event(..) => Ok(()),
-                Output::Connection(connection) => stream.connection(connection),
-            };
-        };
-        if finish {
-            engine.finish(now_ns, &mut write);
-        } else {
-            engine.advance(now_ns, &mut write);
-        }
-        result?;
-        self.stream.flush()
-    }
-
+    /// Takes everything waiting in the ring buffer and writes what it makes certain.
     fn drain(&mut self, ring: &mut RingBuf<MapData>) -> io::Result<()> {
-        drain(ring, |bytes| self.record(bytes));
-        self.advance(monotonic_now_ns(), false)
+        let mut result = Ok(());
+        drain(ring, |bytes| {
+            if result.is_ok() {
+                result = self.record(bytes);
+            }
+        });
+        result?;
+        self.pipeline.advance(monotonic_now_ns())?;
+        self.flush()
+    }
+
+    /// Output and recording reach their files with every batch: a stop loses nothing shown.
+    fn flush(&mut self) -> io::Result<()> {
+        if let Some(recorder) = &mut self.recorder {
+            recorder.flush()?;
+        }
+        self.pipeline.flush()
     }
 
     /// Reports events the kernel dropped since the last check.
     fn report_lost(&mut self, tracer: &Tracer) -> Result<()> {
         let lost = tracer.lost_events()?;
-        if lost > self.counts.lost {
-            let new = lost - self.counts.lost;
-            self.counts.lost = lost;
-            self.engine.lost(new);
-            self.stream.lost(new)?;
-            self.stream.flush()?;
+        if lost > self.pipeline.counts.lost {
+            let new = lost - self.pipeline.counts.lost;
+            if let Some(recorder) = &mut self.recorder {
+                recorder.lost(monotonic_now_ns(), new)?;
+            }
+            self.pipeline.lost(new)?;
+            self.flush()?;
         }
         Ok(())
     }
@@ -118,49 +110,54 @@ pub fn ephemeral_port_range() -> (u16, u16) {
         .unwrap_or(EngineOptions::default().ephemeral_ports)
 }
 
-pub async fn run(cli: &Cli) -> Result<()> {
-    let options = TraceOptions { filters: cli.filters(), ring_size: cli.ring_size };
+pub async fn run(trace: &TraceArgs, output: &OutputArgs) -> Result<()> {
+    let options = TraceOptions { filters: trace.filters(), ring_size: trace.ring_size };
+    let ephemeral_ports = ephemeral_port_range();
+    let clock = WallClock::now();
+    // Create the recording before attaching, so a bad path fails before any tracing.
+    let recorder = match &trace.record {
+        Some(path) => {
+            let file = File::create(path)
+                .with_context(|| format!("cannot create the recording {}", path.display()))?;
+            let header = Header {
+                version: FORMAT_VERSION,
+                ephemeral_ports,
+                realtime_offset_ns: clock.realtime_offset_ns(),
+            };
+            Some(Recorder::new(BufWriter::with_capacity(1 << 16, file), &header)?)
+        }
+        None => None,
+    };
     let (tracer, ring) = Tracer::attach(&options)?;
     for degraded in &tracer.degraded {
         eprintln!("tcptrace: warning: {} is off: {}", degraded.what, degraded.why);
     }
-    let format = if cli.json { StreamFormat::Json } else { StreamFormat::Text };
     let stdout = BufWriter::with_capacity(1 << 16, io::stdout().lock());
-    let engine_options = EngineOptions {
-        max_connections: cli.max_connections,
-        ephemeral_ports: ephemeral_port_range(),
-    };
-    let mut pipeline = Pipeline::new(
-        Stream::new(stdout, format, WallClock::now()),
-        Engine::new(engine_options),
-        !cli.connections_only,
-    );
-    if pipeline.show_events {
-        pipeline.stream.header()?;
-    }
-    pipeline.stream.flush()?;
-    eprintln!("tcptrace: tracing TCP state transitions{}; Ctrl-C to stop", describe(cli));
+    let engine = EngineOptions { max_connections: output.max_connections, ephemeral_ports };
+    let mut live = Live { pipeline: Pipeline::new(stdout, clock, engine, output), recorder };
+    live.pipeline.start()?;
+    eprintln!("tcptrace: tracing TCP state transitions{}; Ctrl-C to stop", describe(trace));
 
-    let result = stream_until_stopped(cli, &tracer, ring, &mut pipeline).await;
+    let result = stream_until_stopped(trace, &tracer, ring, &mut live).await;
     match result {
         Err(error) if is_broken_pipe(&error) => return Ok(()),
         other => other?,
     }
-    pipeline.report_lost(&tracer)?;
-    pipeline.counts.untracked_time_waits = tracer.untracked_time_waits()?;
+    live.report_lost(&tracer)?;
+    live.pipeline.counts.untracked_time_waits = tracer.untracked_time_waits()?;
     drop(tracer); // detaches every program
-    pipeline.advance(monotonic_now_ns(), true)?;
-    let ephemeral_ports = pipeline.engine.options().ephemeral_ports;
-    pipeline.stream.summary(pipeline.engine.stats(), &pipeline.counts, ephemeral_ports)?;
-    pipeline.stream.flush()?;
-    Ok(())
+    let end_ns = monotonic_now_ns();
+    if let Some(recorder) = &mut live.recorder {
+        recorder.end(end_ns)?;
+    }
+    live.pipeline.finish(end_ns)
 }
 
 async fn stream_until_stopped(
-    cli: &Cli,
+    trace: &TraceArgs,
     tracer: &Tracer,
     ring: RingBuf<MapData>,
-    pipeline: &mut Pipeline<impl Write>,
+    live: &mut Live<impl Write>,
 ) -> Result<()> {
     // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged, until dropped.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
@@ -171,7 +168,7 @@ async fn stream_until_stopped(
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let deadline = async {
-        match cli.duration {
+        match trace.duration {
             Some(duration) => sleep(duration).await,
             None => pending().await,
         }
@@ -181,12 +178,12 @@ async fn stream_until_stopped(
         tokio::select! {
             ready = ring.readable_mut() => {
                 let mut guard = ready?;
-                pipeline.drain(guard.get_inner_mut())?;
+                live.drain(guard.get_inner_mut())?;
                 guard.clear_ready();
             }
             _ = tick.tick() => {
-                pipeline.drain(ring.get_mut())?;
-                pipeline.report_lost(tracer)?;
+                live.drain(ring.get_mut())?;
+                live.report_lost(tracer)?;
             }
             _ = interrupt.recv() => break,
             _ = terminate.recv() => break,
@@ -194,7 +191,7 @@ async fn stream_until_stopped(
         }
     }
     // Whatever the kernel queued before we stopped is still shown.
-    pipeline.drain(ring.get_mut())?;
+    live.drain(ring.get_mut())?;
     Ok(())
 }
 
@@ -204,19 +201,19 @@ fn is_broken_pipe(error: &anyhow::Error) -> bool {
     })
 }
 
-fn describe(cli: &Cli) -> String {
+fn describe(trace: &TraceArgs) -> String {
     let mut parts = Vec::new();
-    if !cli.ports.is_empty() {
-        let ports: Vec<String> = cli.ports.iter().map(u16::to_string).collect();
+    if !trace.ports.is_empty() {
+        let ports: Vec<String> = trace.ports.iter().map(u16::to_string).collect();
         parts.push(format!("port {}", ports.join(", ")));
     }
-    if let Some(pid) = cli.pid {
+    if let Some(pid) = trace.pid {
         parts.push(format!("pid {pid}"));
     }
-    if cli.ipv4 {
+    if trace.ipv4 {
         parts.push("IPv4".into());
     }
-    if cli.ipv6 {
+    if trace.ipv6 {
         parts.push("IPv6".into());
     }
     if parts.is_empty() { String::new() } else { format!(" ({})", parts.join(", ")) }

@@ -9,6 +9,7 @@ use std::{
 
 use crate::{
     event::{EventKind, Family, TcpEvent},
+    explain::{self, Lang},
     lifecycle::{Attribution, Connection, Stats},
     report::{self, TraceCounts},
 };
@@ -33,6 +34,15 @@ fn clock_ns(clock: libc::clockid_t) -> i128 {
 }
 
 impl WallClock {
+    /// A clock from a recording's `realtime_offset_ns`.
+    pub fn from_offset(realtime_offset_ns: i128) -> WallClock {
+        WallClock { realtime_minus_monotonic_ns: realtime_offset_ns }
+    }
+
+    pub fn realtime_offset_ns(&self) -> i128 {
+        self.realtime_minus_monotonic_ns
+    }
+
     pub fn now() -> WallClock {
         WallClock {
             realtime_minus_monotonic_ns: clock_ns(libc::CLOCK_REALTIME)
@@ -56,11 +66,20 @@ pub struct Stream<W: Write> {
     out: W,
     format: StreamFormat,
     clock: WallClock,
+    /// Notes for learners, in this language.
+    explain: Option<Lang>,
+    /// The general TIME-WAIT notes are shown once, with the first TIME-WAIT.
+    explained_time_wait: bool,
 }
 
 impl<W: Write> Stream<W> {
     pub fn new(out: W, format: StreamFormat, clock: WallClock) -> Stream<W> {
-        Stream { out, format, clock }
+        Stream { out, format, clock, explain: None, explained_time_wait: false }
+    }
+
+    pub fn with_explain(mut self, explain: Option<Lang>) -> Stream<W> {
+        self.explain = explain;
+        self
     }
 
     pub fn header(&mut self) -> io::Result<()> {
@@ -95,8 +114,22 @@ impl<W: Write> Stream<W> {
     /// A finished connection's record.
     pub fn connection(&mut self, connection: &Connection) -> io::Result<()> {
         match self.format {
-            StreamFormat::Text => report::write_connection_text(&mut self.out, connection),
-            StreamFormat::Json => report::write_connection_json(&mut self.out, connection),
+            StreamFormat::Text => {
+                report::write_connection_text(&mut self.out, connection, self.explain)?;
+                let has_time_wait = connection.endpoints.iter().any(|e| e.time_wait.is_some());
+                if let Some(lang) =
+                    self.explain.filter(|_| has_time_wait && !self.explained_time_wait)
+                {
+                    self.explained_time_wait = true;
+                    for note in explain::TIME_WAIT_NOTES {
+                        writeln!(self.out, "   ↳ {}", note.text(lang))?;
+                    }
+                }
+                Ok(())
+            }
+            StreamFormat::Json => {
+                report::write_connection_json(&mut self.out, connection, self.explain)
+            }
         }
     }
 
@@ -149,8 +182,22 @@ impl<W: Write> Stream<W> {
             EventKind::ResetReceived => write!(self.out, " {:<28}", "RST received")?,
         }
         match attribution.old_state_ns {
-            Some(ns) => writeln!(self.out, " {:>9.3}", ns as f64 / 1e6),
-            None => writeln!(self.out, " {:>9}", "-"),
+            Some(ns) => writeln!(self.out, " {:>9.3}", ns as f64 / 1e6)?,
+            None => writeln!(self.out, " {:>9}", "-")?,
+        }
+        if let Some(note) = self.note(event) {
+            writeln!(self.out, "{:>17} {note}", "↳")?;
+        }
+        Ok(())
+    }
+
+    fn note(&self, event: &TcpEvent) -> Option<&'static str> {
+        let lang = self.explain?;
+        match event.kind {
+            EventKind::Transition { old, new, time_wait_timer } => {
+                Some(explain::transition(lang, old, new, time_wait_timer.is_some()))
+            }
+            _ => None,
         }
     }
 
@@ -174,6 +221,12 @@ impl<W: Write> Stream<W> {
                 write_optional(out, "old_state_ns", attribution.old_state_ns)?;
                 if let Some(timer) = time_wait_timer {
                     write!(out, r#","time_wait_timer":"{timer:#x}""#)?;
+                }
+                if let Some(lang) = self.explain {
+                    let note = explain::transition(lang, old, new, time_wait_timer.is_some());
+                    write!(out, r#","note":""#)?;
+                    write_json_string_body(out, note.as_bytes())?;
+                    write!(out, "\"")?;
                 }
             }
             EventKind::TimeWaitRearm { timer, timeout_jiffies } => write!(

@@ -9,6 +9,7 @@ use std::{
 
 use crate::{
     event::Owner,
+    explain::{self, Lang},
     lifecycle::{Closer, Connection, Endpoint, Role, Stats, TimeWait, TimeWaitEnd},
     output::write_json_string_body,
 };
@@ -68,8 +69,12 @@ impl fmt::Display for OwnerText {
     }
 }
 
-/// One block that tells a connection's story.
-pub fn write_connection_text(out: &mut impl Write, connection: &Connection) -> io::Result<()> {
+/// One block that tells a connection's story (with notes for learners when `explain`).
+pub fn write_connection_text(
+    out: &mut impl Write,
+    connection: &Connection,
+    explain: Option<Lang>,
+) -> io::Result<()> {
     let (client, server) = by_role(connection);
     write!(out, "\n── connection: ")?;
     let sides: Vec<(&str, &Endpoint)> = [("client", client), ("server", server)]
@@ -108,6 +113,11 @@ pub fn write_connection_text(out: &mut impl Write, connection: &Connection) -> i
             write!(out, "   ")?;
             write_time_wait_sentence(out, endpoint.local, tw)?;
             writeln!(out)?;
+        }
+    }
+    if let Some(lang) = explain {
+        for note in explain::connection(lang, connection) {
+            writeln!(out, "   ↳ {note}")?;
         }
     }
     Ok(())
@@ -214,18 +224,32 @@ fn write_endpoint_json(
     write!(out, r#","incomplete":{}}}"#, endpoint.incomplete)
 }
 
-pub fn write_connection_json(out: &mut impl Write, connection: &Connection) -> io::Result<()> {
+pub fn write_connection_json(
+    out: &mut impl Write,
+    connection: &Connection,
+    explain: Option<Lang>,
+) -> io::Result<()> {
     let (client, server) = by_role(connection);
     write!(out, r#"{{"type":"connection","id":{},"client":"#, connection.id)?;
     write_endpoint_json(out, connection, client)?;
     write!(out, r#","server":"#)?;
     write_endpoint_json(out, connection, server)?;
-    writeln!(
+    write!(
         out,
-        r#","closed_first":"{}","incomplete":{}}}"#,
+        r#","closed_first":"{}","incomplete":{}"#,
         connection.closed_first.name(),
         connection.incomplete
-    )
+    )?;
+    if let Some(lang) = explain {
+        write!(out, r#","notes":["#)?;
+        for (i, note) in explain::connection(lang, connection).iter().enumerate() {
+            write!(out, "{}\"", if i > 0 { "," } else { "" })?;
+            write_json_string_body(out, note.as_bytes())?;
+            write!(out, "\"")?;
+        }
+        write!(out, "]")?;
+    }
+    writeln!(out, "}}")
 }
 
 /// Counters the loader adds to the engine's own statistics.

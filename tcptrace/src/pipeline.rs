@@ -1,0 +1,125 @@
+//! Decoded events → the lifecycle engine → the output stream, the summary and the exports.
+//! Live tracing and replay both drive this.
+
+use std::{io, io::Write, path::PathBuf};
+
+use anyhow::Result;
+
+use crate::{
+    cli::OutputArgs,
+    event::TcpEvent,
+    explain::Lang,
+    export::{self, ExportFormat, ExportInput},
+    lifecycle::{Connection, Engine, EngineOptions, Output},
+    output::{Stream, StreamFormat, WallClock},
+    report::TraceCounts,
+};
+
+pub struct Pipeline<W: Write> {
+    stream: Stream<W>,
+    engine: Engine,
+    pub counts: TraceCounts,
+    /// Print each event, not only connection records.
+    show_events: bool,
+    exports: Vec<(PathBuf, ExportFormat)>,
+    /// Finished connections, kept for the exports (only when there are exports).
+    collected: Vec<Connection>,
+    lang: Lang,
+    latest_ns: u64,
+}
+
+impl<W: Write> Pipeline<W> {
+    pub fn new(
+        out: W,
+        clock: WallClock,
+        engine: EngineOptions,
+        output: &OutputArgs,
+    ) -> Pipeline<W> {
+        let format = if output.json { StreamFormat::Json } else { StreamFormat::Text };
+        Pipeline {
+            stream: Stream::new(out, format, clock).with_explain(output.explain_lang()),
+            engine: Engine::new(engine),
+            counts: TraceCounts::default(),
+            show_events: !output.connections_only,
+            exports: output.export.clone(),
+            collected: Vec::new(),
+            lang: output.lang,
+            latest_ns: 0,
+        }
+    }
+
+    /// The column header of the text stream.
+    pub fn start(&mut self) -> io::Result<()> {
+        if self.show_events {
+            self.stream.header()?;
+        }
+        self.stream.flush()
+    }
+
+    pub fn push(&mut self, event: TcpEvent) {
+        self.counts.events += 1;
+        self.latest_ns = self.latest_ns.max(event.ts_ns);
+        self.engine.push(event);
+    }
+
+    /// `count` events never reached us: said at once, and the connections they may belong
+    /// to are marked incomplete.
+    pub fn lost(&mut self, count: u64) -> io::Result<()> {
+        self.counts.lost += count;
+        self.engine.lost(count);
+        self.stream.lost(count)
+    }
+
+    /// Writes what the engine can tell by time `now_ns`. Buffered: see [`Pipeline::flush`].
+    pub fn advance(&mut self, now_ns: u64) -> io::Result<()> {
+        self.run_engine(now_ns, false)
+    }
+
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.stream.flush()
+    }
+
+    fn run_engine(&mut self, now_ns: u64, finish: bool) -> io::Result<()> {
+        let Pipeline { stream, engine, show_events, exports, collected, .. } = self;
+        let mut result = Ok(());
+        let mut write = |output: Output<'_>| {
+            if result.is_err() {
+                return;
+            }
+            result = match output {
+                Output::Event(event, attribution) if *show_events => {
+                    stream.event(event, &attribution)
+                }
+                Output::Event(..) => Ok(()),
+                Output::Connection(connection) => {
+                    if !exports.is_empty() {
+                        collected.push(connection.clone());
+                    }
+                    stream.connection(connection)
+                }
+            };
+        };
+        if finish {
+            engine.finish(now_ns, &mut write);
+        } else {
+            engine.advance(now_ns, &mut write);
+        }
+        result
+    }
+
+    /// The end of the trace at `end_ns` (0: the last event's time): every open connection,
+    /// the summary, then the exports.
+    pub fn finish(mut self, end_ns: u64) -> Result<()> {
+        let end_ns = end_ns.max(self.latest_ns);
+        self.run_engine(end_ns, true)?;
+        let ephemeral_ports = self.engine.options().ephemeral_ports;
+        self.stream.summary(self.engine.stats(), &self.counts, ephemeral_ports)?;
+        self.stream.flush()?;
+        let input = ExportInput { connections: &self.collected, end_ns, lang: self.lang };
+        for (path, format) in &self.exports {
+            export::write(path, *format, &input)?;
+            eprintln!("tcptrace: wrote {}", path.display());
+        }
+        Ok(())
+    }
+}

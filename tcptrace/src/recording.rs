@@ -1,0 +1,454 @@
+//! Recordings: every raw event as JSON Lines (`--record FILE`), and reading them back for
+//! `tcptrace replay`.
+//!
+//! ```text
+//! {"type":"tcptrace_recording","version":1,"ephemeral_ports":[32768,60999],"realtime_offset_ns":…}
+//! {"type":"transition","ts_ns":…,"sk":"0x…","local":"…","remote":"…","old":"…","new":"…","pid":…,"tid":…,"comm":"…","process_context":true,"cpu":0}
+//! {"type":"time_wait_timer","event":"cancel","ts_ns":…,"sk":"0x…","timer":"0x…",…}
+//! {"type":"reset","direction":"sent",…}
+//! {"type":"lost","ts_ns":…,"count":3}
+//! {"type":"end","ts_ns":…}
+//! ```
+//!
+//! Unlike the `--json` stream, `pid`/`comm` here are the raw current task (attribution is
+//! the engine's job on replay), and nothing is left out.
+
+use std::{
+    borrow::Cow,
+    fmt,
+    io::{self, BufRead, Write},
+    net::SocketAddr,
+};
+
+use serde::Deserialize;
+
+use crate::{
+    event::{Comm, EventKind, Task, TcpEvent, TcpState},
+    output::write_json_string_body,
+};
+
+pub const FORMAT_VERSION: u32 = 1;
+const HEADER_TYPE: &str = "tcptrace_recording";
+
+/// What a recording says about the machine it was made on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub version: u32,
+    pub ephemeral_ports: (u16, u16),
+    /// CLOCK_REALTIME − CLOCK_MONOTONIC when recording started, to show times of day.
+    pub realtime_offset_ns: i128,
+}
+
+/// Writes a recording. Buffered: call [`Recorder::flush`] with every batch.
+pub struct Recorder<W: Write> {
+    out: W,
+}
+
+fn hex(value: u64) -> impl fmt::Display {
+    fmt::from_fn(move |f| write!(f, "{value:#x}"))
+}
+
+impl<W: Write> Recorder<W> {
+    pub fn new(mut out: W, header: &Header) -> io::Result<Recorder<W>> {
+        writeln!(
+            out,
+            r#"{{"type":"{HEADER_TYPE}","version":{},"ephemeral_ports":[{},{}],"realtime_offset_ns":{}}}"#,
+            header.version,
+            header.ephemeral_ports.0,
+            header.ephemeral_ports.1,
+            header.realtime_offset_ns
+        )?;
+        Ok(Recorder { out })
+    }
+
+    pub fn event(&mut self, event: &TcpEvent) -> io::Result<()> {
+        let out = &mut self.out;
+        let (type_name, detail) = match event.kind {
+            EventKind::Transition { .. } => ("transition", None),
+            EventKind::TimeWaitRearm { .. } => ("time_wait_timer", Some(("event", "rearm"))),
+            EventKind::TimeWaitCancel { .. } => ("time_wait_timer", Some(("event", "cancel"))),
+            EventKind::TimeWaitExpire { .. } => ("time_wait_timer", Some(("event", "expire"))),
+            EventKind::ResetSent => ("reset", Some(("direction", "sent"))),
+            EventKind::ResetReceived => ("reset", Some(("direction", "received"))),
+        };
+        write!(out, r#"{{"type":"{type_name}""#)?;
+        if let Some((key, value)) = detail {
+            write!(out, r#","{key}":"{value}""#)?;
+        }
+        write!(out, r#","ts_ns":{},"sk":"{}""#, event.ts_ns, hex(event.sk))?;
+        if let Some((local, remote)) = event.addresses {
+            write!(out, r#","local":"{local}","remote":"{remote}""#)?;
+        }
+        match event.kind {
+            EventKind::Transition { old, new, time_wait_timer } => {
+                write!(out, r#","old":"{old}","new":"{new}""#)?;
+                if let Some(timer) = time_wait_timer {
+                    write!(out, r#","time_wait_timer":"{}""#, hex(timer))?;
+                }
+            }
+            EventKind::TimeWaitRearm { timer, timeout_jiffies } => {
+                write!(out, r#","timer":"{}","timeout_jiffies":{timeout_jiffies}"#, hex(timer))?
+            }
+            EventKind::TimeWaitCancel { timer } | EventKind::TimeWaitExpire { timer } => {
+                write!(out, r#","timer":"{}""#, hex(timer))?
+            }
+            EventKind::ResetSent | EventKind::ResetReceived => {}
+        }
+        write!(out, r#","pid":{},"tid":{},"comm":""#, event.task.pid, event.task.tid)?;
+        write_json_string_body(out, event.task.comm.as_bytes())?;
+        writeln!(out, r#"","process_context":{},"cpu":{}}}"#, event.task.process_context, event.cpu)
+    }
+
+    pub fn lost(&mut self, ts_ns: u64, count: u64) -> io::Result<()> {
+        writeln!(self.out, r#"{{"type":"lost","ts_ns":{ts_ns},"count":{count}}}"#)
+    }
+
+    /// The last line: when tracing stopped (open TIME-WAITs are measured against it).
+    pub fn end(&mut self, ts_ns: u64) -> io::Result<()> {
+        writeln!(self.out, r#"{{"type":"end","ts_ns":{ts_ns}}}"#)?;
+        self.out.flush()
+    }
+
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// One item of a recording.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Item {
+    Event(TcpEvent),
+    Lost { ts_ns: u64, count: u64 },
+    End { ts_ns: u64 },
+}
+
+/// What went wrong where, for a person.
+#[derive(Debug)]
+pub struct ReadError {
+    /// 1-based; 0 when the error is not about one line (I/O).
+    pub line: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ReadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "line {}: {}", self.line, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ReadError {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HeaderLine {
+    #[serde(rename = "type")]
+    kind: String,
+    version: u32,
+    ephemeral_ports: (u16, u16),
+    realtime_offset_ns: i128,
+}
+
+/// Every field any line may have; which are required depends on `type`.
+#[derive(Deserialize)]
+struct Line<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    ts_ns: Option<u64>,
+    #[serde(borrow)]
+    sk: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    event: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    direction: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    local: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    remote: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    old: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    new: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    time_wait_timer: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    timer: Option<Cow<'a, str>>,
+    timeout_jiffies: Option<u32>,
+    pid: Option<u32>,
+    tid: Option<u32>,
+    #[serde(borrow)]
+    comm: Option<Cow<'a, str>>,
+    process_context: Option<bool>,
+    cpu: Option<u8>,
+    count: Option<u64>,
+}
+
+fn required<T>(value: Option<T>, field: &str) -> Result<T, String> {
+    value.ok_or_else(|| format!("missing field `{field}`"))
+}
+
+fn parse_hex(text: &str, field: &str) -> Result<u64, String> {
+    text.strip_prefix("0x")
+        .and_then(|digits| u64::from_str_radix(digits, 16).ok())
+        .ok_or_else(|| format!("`{field}` is not a 0x… hex address: {text:?}"))
+}
+
+fn parse_state(text: &str, field: &str) -> Result<TcpState, String> {
+    TcpState::from_name(text).ok_or_else(|| format!("`{field}` is not a TCP state: {text:?}"))
+}
+
+fn parse_address(text: &str, field: &str) -> Result<SocketAddr, String> {
+    text.parse().map_err(|_| format!("`{field}` is not an IP:PORT address: {text:?}"))
+}
+
+impl Line<'_> {
+    fn into_item(self) -> Result<Item, String> {
+        let ts_ns = required(self.ts_ns, "ts_ns")?;
+        let kind = match self.kind.as_ref() {
+            "lost" => return Ok(Item::Lost { ts_ns, count: required(self.count, "count")? }),
+            "end" => return Ok(Item::End { ts_ns }),
+            "transition" => EventKind::Transition {
+                old: parse_state(&required(self.old, "old")?, "old")?,
+                new: parse_state(&required(self.new, "new")?, "new")?,
+                time_wait_timer: self
+                    .time_wait_timer
+                    .map(|t| parse_hex(&t, "time_wait_timer"))
+                    .transpose()?,
+            },
+            "time_wait_timer" => {
+                let timer = parse_hex(&required(self.timer, "timer")?, "timer")?;
+                match required(self.event, "event")?.as_ref() {
+                    "rearm" => EventKind::TimeWaitRearm {
+                        timer,
+                        timeout_jiffies: required(self.timeout_jiffies, "timeout_jiffies")?,
+                    },
+                    "cancel" => EventKind::TimeWaitCancel { timer },
+                    "expire" => EventKind::TimeWaitExpire { timer },
+                    other => return Err(format!("unknown time_wait_timer event {other:?}")),
+                }
+            }
+            "reset" => match required(self.direction, "direction")?.as_ref() {
+                "sent" => EventKind::ResetSent,
+                "received" => EventKind::ResetReceived,
+                other => return Err(format!("unknown reset direction {other:?}")),
+            },
+            HEADER_TYPE => return Err("a second recording header".into()),
+            other => return Err(format!("unknown record type {other:?}")),
+        };
+        let addresses = match (self.local, self.remote) {
+            (Some(local), Some(remote)) => {
+                Some((parse_address(&local, "local")?, parse_address(&remote, "remote")?))
+            }
+            (None, None) => None,
+            _ => return Err("`local` and `remote` come together".into()),
+        };
+        if addresses.is_none() && matches!(kind, EventKind::Transition { .. }) {
+            return Err("a transition needs `local` and `remote`".into());
+        }
+        Ok(Item::Event(TcpEvent {
+            ts_ns,
+            sk: parse_hex(&required(self.sk, "sk")?, "sk")?,
+            kind,
+            addresses,
+            task: Task {
+                pid: required(self.pid, "pid")?,
+                tid: required(self.tid, "tid")?,
+                comm: Comm::new(&required(self.comm, "comm")?),
+                process_context: required(self.process_context, "process_context")?,
+            },
+            cpu: self.cpu.unwrap_or(0),
+        }))
+    }
+}
+
+/// Reads a recording line by line.
+pub struct Reader<R: BufRead> {
+    input: R,
+    line_number: usize,
+    buffer: String,
+    pub header: Header,
+}
+
+impl<R: BufRead> Reader<R> {
+    /// Reads and checks the header.
+    pub fn new(mut input: R) -> Result<Reader<R>, ReadError> {
+        let mut buffer = String::new();
+        let read = input
+            .read_line(&mut buffer)
+            .map_err(|e| ReadError { line: 0, message: e.to_string() })?;
+        let not_ours = |why: String| ReadError {
+            line: 1,
+            message: format!(
+                "this is not a tcptrace recording ({why}); make one with `tcptrace --record FILE`"
+            ),
+        };
+        if read == 0 {
+            return Err(not_ours("the file is empty".into()));
+        }
+        let value: serde_json::Value =
+            serde_json::from_str(&buffer).map_err(|e| not_ours(format!("not JSON: {e}")))?;
+        if value.get("type").and_then(|t| t.as_str()) != Some(HEADER_TYPE) {
+            return Err(not_ours(format!("no \"type\":\"{HEADER_TYPE}\" header")));
+        }
+        let version = value.get("version").and_then(|v| v.as_u64()).unwrap_or(0);
+        if version != u64::from(FORMAT_VERSION) {
+            return Err(ReadError {
+                line: 1,
+                message: format!(
+                    "recording format version {version} is not supported: this tcptrace reads version {FORMAT_VERSION}"
+                ),
+            });
+        }
+        let header: HeaderLine =
+            serde_json::from_value(value).map_err(|e| not_ours(format!("bad header: {e}")))?;
+        debug_assert_eq!(header.kind, HEADER_TYPE);
+        let header = Header {
+            version: header.version,
+            ephemeral_ports: header.ephemeral_ports,
+            realtime_offset_ns: header.realtime_offset_ns,
+        };
+        Ok(Reader { input, line_number: 1, buffer, header })
+    }
+
+    /// The next item; `None` at the end of the file.
+    pub fn next_item(&mut self) -> Option<Result<Item, ReadError>> {
+        self.buffer.clear();
+        let read = match self.input.read_line(&mut self.buffer) {
+            Ok(read) => read,
+            Err(error) => {
+                return Some(Err(ReadError {
+                    line: self.line_number + 1,
+                    message: error.to_string(),
+                }));
+            }
+        };
+        if read == 0 {
+            return None;
+        }
+        self.line_number += 1;
+        let line = self.line_number;
+        let complete = self.buffer.ends_with('\n');
+        let text = self.buffer.trim_end();
+        if text.is_empty() {
+            return self.next_item();
+        }
+        let parsed = serde_json::from_str::<Line<'_>>(text).map_err(|error| {
+            if !complete && error.is_eof() {
+                "the line is cut short: the recording is truncated".to_owned()
+            } else {
+                format!("not a valid record: {error}")
+            }
+        });
+        Some(parsed.and_then(Line::into_item).map_err(|message| ReadError { line, message }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header() -> Header {
+        Header { version: FORMAT_VERSION, ephemeral_ports: (32768, 60999), realtime_offset_ns: 42 }
+    }
+
+    fn events() -> Vec<TcpEvent> {
+        let addresses = Some(("127.0.0.1:8080".parse().unwrap(), "[::1]:42020".parse().unwrap()));
+        let task =
+            Task { pid: 7, tid: 8, comm: Comm::new("we\"ird\\na\tme"), process_context: true };
+        let kinds = [
+            EventKind::Transition {
+                old: TcpState::FinWait2,
+                new: TcpState::Closed,
+                time_wait_timer: Some(0xffff_1234),
+            },
+            EventKind::Transition {
+                old: TcpState::Closed,
+                new: TcpState::SynSent,
+                time_wait_timer: None,
+            },
+            EventKind::TimeWaitRearm { timer: 0xabc, timeout_jiffies: 15000 },
+            EventKind::TimeWaitCancel { timer: 0xabc },
+            EventKind::TimeWaitExpire { timer: 0xabc },
+            EventKind::ResetSent,
+            EventKind::ResetReceived,
+        ];
+        kinds
+            .into_iter()
+            .enumerate()
+            .map(|(i, kind)| TcpEvent {
+                ts_ns: 1000 + i as u64,
+                sk: 0xffff_8880_0000_0000 + i as u64,
+                kind,
+                addresses: if matches!(kind, EventKind::Transition { .. } | EventKind::ResetSent) {
+                    addresses
+                } else {
+                    None
+                },
+                task,
+                cpu: 1,
+            })
+            .collect()
+    }
+
+    fn record(events: &[TcpEvent]) -> Vec<u8> {
+        let mut recorder = Recorder::new(Vec::new(), &header()).unwrap();
+        for event in events {
+            recorder.event(event).unwrap();
+        }
+        recorder.lost(2000, 3).unwrap();
+        recorder.end(3000).unwrap();
+        recorder.out
+    }
+
+    fn read_all(bytes: &[u8]) -> Result<(Header, Vec<Item>), ReadError> {
+        let mut reader = Reader::new(bytes)?;
+        let mut items = Vec::new();
+        while let Some(item) = reader.next_item() {
+            items.push(item?);
+        }
+        Ok((reader.header, items))
+    }
+
+    #[test]
+    fn every_event_kind_round_trips() {
+        let events = events();
+        let (read_header, items) = read_all(&record(&events)).unwrap();
+        assert_eq!(read_header, header());
+        let mut expected: Vec<Item> = events.into_iter().map(Item::Event).collect();
+        expected.push(Item::Lost { ts_ns: 2000, count: 3 });
+        expected.push(Item::End { ts_ns: 3000 });
+        assert_eq!(items, expected);
+    }
+
+    fn error_of(bytes: &[u8]) -> String {
+        read_all(bytes).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn wrong_files_are_named_as_such() {
+        assert!(error_of(b"").contains("not a tcptrace recording"));
+        assert!(error_of(b"hello\n").contains("line 1: this is not a tcptrace recording"));
+        assert!(error_of(b"{\"type\":\"transition\"}\n").contains("not a tcptrace recording"));
+        let newer = br#"{"type":"tcptrace_recording","version":2,"ephemeral_ports":[1,2],"realtime_offset_ns":0}"#;
+        assert!(error_of(newer).contains("version 2 is not supported"), "{}", error_of(newer));
+    }
+
+    #[test]
+    fn truncated_and_corrupt_lines_name_the_line() {
+        let good = record(&events());
+        let cut = &good[..good.len() - 30];
+        let error = error_of(cut);
+        assert!(error.starts_with("line 9:") && error.contains("truncated"), "{error}");
+
+        let text = String::from_utf8(good.clone()).unwrap();
+        let corrupt = text.replacen("\"old\":\"FIN_WAIT2\"", "\"old\":\"FIN_WAIT9\"", 1);
+        assert_eq!(error_of(corrupt.as_bytes()), "line 2: `old` is not a TCP state: \"FIN_WAIT9\"");
+        let garbage = text.replacen("{\"type\":\"reset\"", "{\"type\":\"reset\"}}}", 1);
+        assert!(error_of(garbage.as_bytes()).starts_with("line 7: not a valid record"));
+        let missing = text.replacen("\"sk\":", "\"skk\":", 1);
+        assert_eq!(error_of(missing.as_bytes()), "line 2: missing field `sk`");
+    }
+}

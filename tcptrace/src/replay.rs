@@ -1,0 +1,45 @@
+//! `tcptrace replay FILE`: a recording through the same pipeline as live tracing.
+
+use std::{
+    fs::File,
+    io::{self, BufReader, BufWriter},
+};
+
+use anyhow::{Context, Result, anyhow};
+
+use crate::{
+    cli::ReplayArgs,
+    lifecycle::EngineOptions,
+    output::WallClock,
+    pipeline::Pipeline,
+    recording::{Item, Reader},
+};
+
+pub fn run(args: &ReplayArgs) -> Result<()> {
+    let path = &args.file;
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut reader = Reader::new(BufReader::with_capacity(1 << 16, file))
+        .map_err(|error| anyhow!("{}: {error}", path.display()))?;
+    let header = reader.header;
+    let stdout = BufWriter::with_capacity(1 << 16, io::stdout().lock());
+    let engine = EngineOptions {
+        max_connections: args.output.max_connections,
+        ephemeral_ports: header.ephemeral_ports,
+    };
+    let clock = WallClock::from_offset(header.realtime_offset_ns);
+    let mut pipeline = Pipeline::new(stdout, clock, engine, &args.output);
+    pipeline.start()?;
+    let mut end_ns = 0;
+    while let Some(item) = reader.next_item() {
+        match item.map_err(|error| anyhow!("{}: {error}", path.display()))? {
+            Item::Event(event) => {
+                let ts_ns = event.ts_ns;
+                pipeline.push(event);
+                pipeline.advance(ts_ns)?;
+            }
+            Item::Lost { count, .. } => pipeline.lost(count)?,
+            Item::End { ts_ns } => end_ns = ts_ns,
+        }
+    }
+    pipeline.finish(end_ns)
+}

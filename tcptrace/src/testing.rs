@@ -1,0 +1,144 @@
+//! Builders of recorded event streams for tests (the engine's, the exporters').
+
+use crate::{
+    event::{Comm, EventKind, Task, TcpEvent, TcpState, TcpState::*},
+    lifecycle::{Attribution, Connection, Engine, EngineOptions, Output},
+};
+
+pub const S: u64 = 1_000_000_000;
+
+/// A recorded stream, built one event at a time.
+#[derive(Default)]
+pub struct Recording {
+    pub events: Vec<TcpEvent>,
+}
+
+pub fn task(pid: Option<u32>) -> Task {
+    Task {
+        pid: pid.unwrap_or(4242), // in softirq: some unrelated task
+        tid: pid.unwrap_or(4242),
+        comm: Comm::new(if pid.is_some() { "owner" } else { "bystander" }),
+        process_context: pid.is_some(),
+    }
+}
+
+impl Recording {
+    /// `at` in seconds (as the notes print them); `pid` only for process-context events.
+    pub fn transition(
+        &mut self,
+        at: f64,
+        sk: u64,
+        old: TcpState,
+        new: TcpState,
+        (local, remote): (&str, &str),
+        pid: Option<u32>,
+    ) -> &mut Self {
+        self.push(
+            at,
+            sk,
+            EventKind::Transition { old, new, time_wait_timer: None },
+            Some((local, remote)),
+            pid,
+        )
+    }
+
+    pub fn hand_over_to_time_wait(
+        &mut self,
+        at: f64,
+        sk: u64,
+        old: TcpState,
+        (local, remote): (&str, &str),
+        timer: u64,
+    ) -> &mut Self {
+        let kind = EventKind::Transition { old, new: Closed, time_wait_timer: Some(timer) };
+        self.push(at, sk, kind, Some((local, remote)), None)
+    }
+
+    pub fn timer(&mut self, at: f64, sk: u64, kind: EventKind) -> &mut Self {
+        self.push(at, sk, kind, None, None)
+    }
+
+    pub fn reset(
+        &mut self,
+        at: f64,
+        sk: u64,
+        sent: bool,
+        (local, remote): (&str, &str),
+        pid: Option<u32>,
+    ) -> &mut Self {
+        let kind = if sent { EventKind::ResetSent } else { EventKind::ResetReceived };
+        self.push(at, sk, kind, Some((local, remote)), pid)
+    }
+
+    fn push(
+        &mut self,
+        at: f64,
+        sk: u64,
+        kind: EventKind,
+        addresses: Option<(&str, &str)>,
+        pid: Option<u32>,
+    ) -> &mut Self {
+        self.events.push(TcpEvent {
+            ts_ns: (at * S as f64).round() as u64,
+            sk,
+            kind,
+            addresses: addresses.map(|(l, r)| (l.parse().unwrap(), r.parse().unwrap())),
+            task: task(pid),
+            cpu: 0,
+        });
+        self
+    }
+
+    /// Runs the engine as live tracing does (advance after each event), ending at `end`.
+    pub fn run(&self, end: f64) -> (Vec<Connection>, Vec<(TcpEvent, Attribution)>, Engine) {
+        run_events(self.events.iter().copied(), end, EngineOptions::default())
+    }
+}
+
+pub fn run_events(
+    events: impl IntoIterator<Item = TcpEvent>,
+    end: f64,
+    options: EngineOptions,
+) -> (Vec<Connection>, Vec<(TcpEvent, Attribution)>, Engine) {
+    let mut engine = Engine::new(options);
+    let mut connections = Vec::new();
+    let mut attributed = Vec::new();
+    let mut collect = |output: Output<'_>| match output {
+        Output::Event(event, attribution) => attributed.push((*event, attribution)),
+        Output::Connection(connection) => connections.push(connection.clone()),
+    };
+    for event in events {
+        let ts = event.ts_ns;
+        engine.push(event);
+        engine.advance(ts, &mut collect);
+    }
+    engine.finish((end * S as f64) as u64, &mut collect);
+    (connections, attributed, engine)
+}
+
+pub const CURL: (&str, &str) = ("127.0.0.1:58466", "127.0.0.1:18084");
+pub const CURL_CONNECT: (&str, &str) = ("127.0.0.1:0", "127.0.0.1:18084");
+pub const SERVER: (&str, &str) = ("127.0.0.1:18084", "127.0.0.1:58466");
+pub const CLIENT_SK: u64 = 0xffff_8880_0000_2e40;
+pub const SERVER_SK: u64 = 0xffff_8880_0000_2500;
+
+/// The notes' curl vs `python3 -m http.server`: both closed within 13 µs.
+pub fn simultaneous_close() -> Recording {
+    let mut r = Recording::default();
+    r.transition(1293.602893, CLIENT_SK, Closed, SynSent, CURL_CONNECT, Some(2910))
+        .transition(1293.602971, CLIENT_SK, SynSent, Established, CURL, None)
+        .transition(1293.602979, SERVER_SK, Listen, SynReceived, SERVER, None)
+        .transition(1293.602988, SERVER_SK, SynReceived, Established, SERVER, None)
+        .transition(1293.604595, SERVER_SK, Established, FinWait1, SERVER, Some(1743))
+        .transition(1293.604608, CLIENT_SK, Established, FinWait1, CURL, Some(2910))
+        .transition(1293.604620, SERVER_SK, FinWait1, Closing, SERVER, None)
+        .transition(1293.604622, SERVER_SK, Closing, Closing, SERVER, None)
+        .hand_over_to_time_wait(1293.604636, SERVER_SK, Closing, SERVER, 0x22a0)
+        .transition(1293.604643, CLIENT_SK, FinWait1, Closing, CURL, None)
+        .hand_over_to_time_wait(1293.604648, CLIENT_SK, Closing, CURL, 0x21a0)
+        .timer(1354.972091, CLIENT_SK, EventKind::TimeWaitCancel { timer: 0x21a0 })
+        .timer(1354.972116, CLIENT_SK, EventKind::TimeWaitExpire { timer: 0x21a0 })
+        .timer(1354.972124, SERVER_SK, EventKind::TimeWaitCancel { timer: 0x22a0 })
+        .timer(1354.972125, SERVER_SK, EventKind::TimeWaitExpire { timer: 0x22a0 });
+    r
+}
