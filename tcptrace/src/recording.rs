@@ -276,15 +276,16 @@ impl<R: BufRead> Reader<R> {
     /// Reads and checks the header.
     pub fn new(mut input: R) -> Result<Reader<R>, ReadError> {
         let mut buffer = String::new();
-        let read = input
-            .read_line(&mut buffer)
-            .map_err(|e| ReadError { line: 0, message: e.to_string() })?;
         let not_ours = |why: String| ReadError {
             line: 1,
             message: format!(
                 "this is not a tcptrace recording ({why}); make one with `tcptrace --record FILE`"
             ),
         };
+        let read = input.read_line(&mut buffer).map_err(|error| match error.kind() {
+            io::ErrorKind::InvalidData => not_ours("not text".into()),
+            _ => ReadError { line: 0, message: error.to_string() },
+        })?;
         if read == 0 {
             return Err(not_ours("the file is empty".into()));
         }
@@ -319,10 +320,13 @@ impl<R: BufRead> Reader<R> {
         let read = match self.input.read_line(&mut self.buffer) {
             Ok(read) => read,
             Err(error) => {
-                return Some(Err(ReadError {
-                    line: self.line_number + 1,
-                    message: error.to_string(),
-                }));
+                let message = match error.kind() {
+                    io::ErrorKind::InvalidData => {
+                        "not text (invalid UTF-8): the file is corrupt".into()
+                    }
+                    _ => error.to_string(),
+                };
+                return Some(Err(ReadError { line: self.line_number + 1, message }));
             }
         };
         if read == 0 {

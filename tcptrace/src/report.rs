@@ -47,7 +47,7 @@ pub fn by_role(connection: &Connection) -> (Option<&Endpoint>, Option<&Endpoint>
     (client, server)
 }
 
-fn closer_sentence(closer: Closer) -> &'static str {
+pub fn closer_sentence(closer: Closer) -> &'static str {
     match closer {
         Closer::Client => "client closed first",
         Closer::Server => "server closed first",

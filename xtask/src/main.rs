@@ -32,7 +32,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Build the eBPF object, then run every test (the kernel tests need root).
+    /// Build the eBPF object, install the test peers (python3, curl, iproute2, util-linux,
+    /// chromium) if missing, then run every test. Needs root.
     Test {
         /// Extra arguments for `cargo test`, e.g. a test name filter.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -61,6 +62,7 @@ fn run(task: Task) -> Result<()> {
         }
         Task::Test { args } => {
             build_ebpf(&root)?;
+            tools::ensure_test_programs()?;
             run_command(
                 cargo().current_dir(&root).args(["test", "--release", "--all-targets"]).args(&args),
             )

@@ -138,3 +138,38 @@ fn install_bpf_linker(tools_dir: &Path) -> Result<()> {
             .env_remove("CARGO_TARGET_DIR"),
     )
 }
+
+/// Programs the kernel and export tests drive, with the Debian package that has each.
+const TEST_PROGRAMS: [(&str, &str); 5] = [
+    ("python3", "python3"),
+    ("curl", "curl"),
+    ("ip", "iproute2"),
+    ("setpriv", "util-linux"),
+    ("chromium", "chromium"),
+];
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+}
+
+/// Installs, with apt-get, what the tests need and the machine lacks.
+pub fn ensure_test_programs() -> Result<()> {
+    let missing: Vec<&str> = TEST_PROGRAMS
+        .iter()
+        .filter(|(program, _)| !on_path(program))
+        .map(|&(_, package)| package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing what the tests need: {}", missing.join(" "));
+    run_command(Command::new("apt-get").args(["update", "-qq"]))?;
+    run_command(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(Stdio::null()),
+    )
+}

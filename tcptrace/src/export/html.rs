@@ -15,7 +15,7 @@ use super::{ExportInput, Timeline, html_escape};
 use crate::{
     event::TcpState,
     explain::{self, Lang},
-    report::Human,
+    report::{Human, closer_sentence},
 };
 
 /// Colours of the states, also the legend.
@@ -37,27 +37,28 @@ const STYLE: &str = r#"
 body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; }
 h1 { font-size: 1.4em; margin: 0 0 .3em; }
 h2 { font-size: 1.05em; margin: 1.2em 0 .3em; }
+.conn { padding-right: 2.5em; }
 .controls button { font: inherit; padding: .1em .7em; border: 1px solid #888; background: #f4f4f4; cursor: pointer; }
 .controls button.on { background: #333; color: #fff; }
 .legend { margin: .6em 0; display: flex; flex-wrap: wrap; gap: .4em 1em; }
 .legend span::before { content: ""; display: inline-block; width: 1em; height: 1em; margin-right: .3em; vertical-align: -.15em; background: var(--c); border: 1px solid #0003; }
 .notes p { margin: .3em 0; max-width: 70em; }
 .lane { display: flex; align-items: center; margin: 2px 0; }
-.label { width: 22em; flex: none; font-family: ui-monospace, monospace; font-size: 12px; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; padding-right: .5em; }
+.label { width: 26em; flex: none; font-family: ui-monospace, monospace; font-size: 12px; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; padding-right: .5em; }
 .track { position: relative; flex: 1; height: 26px; background: #fafafa; border: 1px solid #ddd; }
 .bar { position: absolute; top: 2px; bottom: 2px; border: 1px solid #0004; box-sizing: border-box; font-size: 11px; line-height: 20px; overflow: hidden; white-space: nowrap; padding: 0 2px; cursor: default; }
 .bar.open { border-right: 3px dashed #000; }
 .mark { position: absolute; top: -3px; bottom: -3px; width: 2px; background: #000; }
 .mark.rst { background: #c00; }
-.axis { position: relative; margin-left: 22em; height: 1.4em; font-size: 11px; color: #555; }
-.axis span { position: absolute; transform: translateX(-50%); }
+.axis { position: relative; margin-left: 26em; height: 1.4em; font-size: 11px; color: #555; }
+.axis span { position: absolute; transform: translateX(-50%); white-space: nowrap; }
 .tip { position: fixed; max-width: 32em; background: #fff; border: 1px solid #888; padding: .4em .6em; box-shadow: 0 2px 6px #0003; font-size: 12px; pointer-events: none; white-space: pre-line; }
 "#;
 
 /// Draws the page from the embedded data; `document.body.dataset.rendered` says it finished.
 const SCRIPT: &str = r#"
 const data = JSON.parse(document.getElementById('data').textContent);
-let scale = 'log';
+let scale = 'steps';
 const tip = document.getElementById('tip');
 function el(tag, cls) { const e = document.createElement(tag); if (cls) e.className = cls; return e; }
 function fmt(us) {
@@ -65,9 +66,29 @@ function fmt(us) {
   if (us < 1e6) return (us / 1000).toFixed(1) + ' ms';
   return (us / 1e6).toFixed(2) + ' s';
 }
-function pos(t, max) {
+// 'steps' is a broken axis: every gap between two events gets room that grows with the
+// log of its own length, so a 10 us state and a 60 s TIME-WAIT are both visible.
+function stepsAxis(c) {
+  const points = new Set([0, c.span]);
+  for (const lane of c.lanes) {
+    for (const iv of lane.intervals) { points.add(iv.start); points.add(iv.end); }
+    for (const m of lane.instants) points.add(m.t);
+  }
+  const at = [...points].sort((a, b) => a - b);
+  const room = [0];
+  for (let i = 1; i < at.length; i++) room.push(room[i - 1] + 0.3 + Math.log10(1 + at[i] - at[i - 1]));
+  return { at, room, total: room[room.length - 1] };
+}
+function pos(t, c) {
+  const max = c.span;
   if (max <= 0) return 0;
-  return scale === 'log' ? Math.log10(1 + t) / Math.log10(1 + max) : t / max;
+  if (scale === 'log') return Math.log10(1 + t) / Math.log10(1 + max);
+  if (scale === 'linear') return t / max;
+  const { at, room, total } = c.axis;
+  let i = 1;
+  while (i < at.length - 1 && at[i] < t) i++;
+  const part = at[i] > at[i - 1] ? (t - at[i - 1]) / (at[i] - at[i - 1]) : 0;
+  return (room[i - 1] + part * (room[i] - room[i - 1])) / total;
 }
 function hover(target, text) {
   target.addEventListener('mousemove', ev => {
@@ -81,6 +102,7 @@ function render() {
   const main = document.getElementById('connections');
   main.replaceChildren();
   for (const c of data.connections) {
+    c.axis = c.axis || stepsAxis(c);
     const section = el('section', 'conn');
     const title = el('h2'); title.textContent = c.title; section.append(title);
     if (c.note) { const p = el('div', 'note'); p.textContent = c.note; section.append(p); }
@@ -90,7 +112,7 @@ function render() {
       const track = el('div', 'track');
       for (const iv of lane.intervals) {
         const bar = el('div', 'bar' + (iv.open ? ' open' : ''));
-        const left = pos(iv.start, c.span) * 100, right = pos(iv.end, c.span) * 100;
+        const left = pos(iv.start, c) * 100, right = pos(iv.end, c) * 100;
         bar.style.left = left + '%';
         bar.style.width = Math.max(right - left, 0.25) + '%';
         bar.style.background = data.colours[iv.state] || '#ccc';
@@ -101,7 +123,7 @@ function render() {
       }
       for (const m of lane.instants) {
         const mark = el('div', 'mark' + (m.name.startsWith('RST') ? ' rst' : ''));
-        mark.style.left = pos(m.t, c.span) * 100 + '%';
+        mark.style.left = pos(m.t, c) * 100 + '%';
         hover(mark, m.name + ' at +' + fmt(m.t));
         track.append(mark);
       }
@@ -109,11 +131,15 @@ function render() {
       section.append(row);
     }
     const axis = el('div', 'axis');
-    const ticks = scale === 'log'
-      ? [0, 100, 1000, 1e4, 1e5, 1e6, 1e7, 6e7].filter(t => t <= c.span)
-      : [0, 0.25, 0.5, 0.75, 1].map(f => f * c.span);
+    const ticks = scale === 'log' ? [0, 100, 1000, 1e4, 1e5, 1e6, 1e7, 6e7].filter(t => t <= c.span)
+      : scale === 'linear' ? [0, 0.25, 0.5, 0.75, 1].map(f => f * c.span)
+      : c.axis.at;
+    let last = -1;
     for (const t of ticks) {
-      const s = el('span'); s.style.left = pos(t, c.span) * 100 + '%'; s.textContent = fmt(t);
+      const x = pos(t, c);
+      if (x - last < 0.07) continue; // keep labels apart
+      last = x;
+      const s = el('span'); s.style.left = x * 100 + '%'; s.textContent = (t > 0 ? '+' : '') + fmt(t);
       axis.append(s);
     }
     section.append(axis);
@@ -121,7 +147,7 @@ function render() {
   }
   document.body.dataset.rendered = 'yes';
 }
-for (const which of ['log', 'linear']) {
+for (const which of ['steps', 'log', 'linear']) {
   document.getElementById(which).addEventListener('click', () => {
     scale = which;
     document.querySelectorAll('.controls button').forEach(b => b.classList.toggle('on', b.id === which));
@@ -167,11 +193,8 @@ fn connection_data(timeline: &Timeline<'_>, lang: Lang) -> Value {
         })
         .collect();
     let connection = timeline.connection;
-    let mut title = format!(
-        "Connection {}: {}",
-        connection.id,
-        connection.closed_first.name().replace('_', " ")
-    );
+    let mut title =
+        format!("Connection {}: {}", connection.id, closer_sentence(connection.closed_first));
     for lane in &timeline.lanes {
         if let Some(tw) = &lane.endpoint.time_wait {
             match tw.duration_ns() {
@@ -224,8 +247,9 @@ pub fn write(out: &mut impl Write, input: &ExportInput<'_>) -> io::Result<()> {
     writeln!(out, "<h1>tcptrace: {} connection(s)</h1>", input.connections.len())?;
     writeln!(
         out,
-        "<div class=\"controls\">Time scale: <button id=\"log\" class=\"on\">log</button> <button id=\"linear\">linear</button> \
-         (each connection from its first event; hover a bar for details)</div>"
+        "<div class=\"controls\">Time scale: <button id=\"steps\" class=\"on\">steps</button> <button id=\"log\">log</button> \
+         <button id=\"linear\">linear</button> (steps: each gap between two events gets room by the log \
+         of its length; time runs from each connection's first event; hover a bar for details)</div>"
     )?;
     write!(out, "<div class=\"legend\">")?;
     for (state, colour) in STATE_COLOURS {

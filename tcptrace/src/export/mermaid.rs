@@ -5,7 +5,10 @@
 use std::io::{self, Write};
 
 use super::{ExportInput, Lane, Timeline};
-use crate::{event::TcpState, report::Human};
+use crate::{
+    event::TcpState,
+    report::{Human, closer_sentence},
+};
 
 /// A sequence diagram of more connections than this is unreadable.
 pub const MAX_CONNECTIONS: usize = 5;
@@ -56,7 +59,7 @@ pub fn write(out: &mut impl Write, input: &ExportInput<'_>) -> io::Result<()> {
             "    Note over {}: connection {}: {}",
             aliases.join(","),
             connection.id,
-            connection.closed_first.name()
+            text(closer_sentence(connection.closed_first))
         )?;
         for (_, _, line) in steps {
             writeln!(out, "    {line}")?;
