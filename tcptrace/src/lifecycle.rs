@@ -305,10 +305,36 @@ pub struct Stats {
 
 type Slot = (u64, usize);
 
+/// An event waiting in the reorder window, ordered by time, then arrival.
+struct Queued {
+    ts_ns: u64,
+    seq: u64,
+    event: TcpEvent,
+}
+
+impl PartialEq for Queued {
+    fn eq(&self, other: &Self) -> bool {
+        (self.ts_ns, self.seq) == (other.ts_ns, other.seq)
+    }
+}
+
+impl Eq for Queued {}
+
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Queued {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.ts_ns, self.seq).cmp(&(other.ts_ns, other.seq))
+    }
+}
+
 pub struct Engine {
     options: EngineOptions,
-    pending: BinaryHeap<Reverse<(u64, u64)>>,
-    pending_events: HashMap<u64, TcpEvent>,
+    pending: BinaryHeap<Reverse<Queued>>,
     arrival: u64,
     next_id: u64,
     connections: HashMap<u64, Live>,
@@ -339,7 +365,6 @@ impl Engine {
         Engine {
             options,
             pending: BinaryHeap::new(),
-            pending_events: HashMap::new(),
             arrival: 0,
             next_id: 1,
             connections: HashMap::new(),
@@ -375,8 +400,7 @@ impl Engine {
         let seq = self.arrival;
         self.arrival += 1;
         self.newest_ns = self.newest_ns.max(event.ts_ns);
-        self.pending.push(Reverse((event.ts_ns, seq)));
-        self.pending_events.insert(seq, event);
+        self.pending.push(Reverse(Queued { ts_ns: event.ts_ns, seq, event }));
     }
 
     /// Events were lost before reaching us: any connection tracked now, or touched by an
@@ -424,12 +448,11 @@ impl Engine {
     }
 
     fn process_until(&mut self, until_ns: u64, out: &mut impl FnMut(Output<'_>)) {
-        while let Some(&Reverse((ts, seq))) = self.pending.peek() {
-            if ts > until_ns {
+        while let Some(Reverse(queued)) = self.pending.peek() {
+            if queued.ts_ns > until_ns {
                 break;
             }
-            self.pending.pop();
-            let event = self.pending_events.remove(&seq).expect("queued event");
+            let Some(Reverse(Queued { ts_ns: ts, event, .. })) = self.pending.pop() else { break };
             self.settle(ts, out);
             self.process(&event, out);
         }

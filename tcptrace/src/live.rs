@@ -145,6 +145,7 @@ pub async fn run(trace: &TraceArgs, output: &OutputArgs) -> Result<()> {
     }
     live.report_lost(&tracer)?;
     live.pipeline.counts.untracked_time_waits = tracer.untracked_time_waits()?;
+    live.pipeline.counts.programs = tracer.program_stats();
     drop(tracer); // detaches every program
     let end_ns = monotonic_now_ns();
     if let Some(recorder) = &mut live.recorder {

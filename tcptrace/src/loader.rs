@@ -87,6 +87,14 @@ fn timer_offsets(start: &Format, cancel: &Format, expire: &Format) -> Result<Tim
     })
 }
 
+/// How much kernel time one program took (see [`Tracer::program_stats`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProgramStats {
+    pub name: String,
+    pub runs: u64,
+    pub run_time_ns: u64,
+}
+
 /// An optional tracepoint group that could not be used, and why.
 #[derive(Debug)]
 pub struct Degraded {
@@ -97,7 +105,7 @@ pub struct Degraded {
 /// The attached programs. Dropping it detaches them all.
 pub struct Tracer {
     // Owns the programs and their links: dropping it detaches everything.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
     counters: PerCpuArray<MapData, u64>,
     /// Optional parts that are off on this kernel (reset or time-wait tracking).
     pub degraded: Vec<Degraded>,
@@ -190,12 +198,28 @@ impl Tracer {
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
         let counters =
             PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("COUNTERS map missing")?)?;
-        Ok((Tracer { _ebpf: ebpf, counters, degraded }, ring))
+        Ok((Tracer { ebpf, counters, degraded }, ring))
     }
 
     /// Events the kernel could not queue because the ring buffer was full, since start.
     pub fn lost_events(&self) -> Result<u64> {
         self.counter(counter::LOST)
+    }
+
+    /// Per attached program: (name, times run, total run time in ns). The kernel counts
+    /// only while `kernel.bpf_stats_enabled` is 1; otherwise both are 0.
+    pub fn program_stats(&self) -> Vec<ProgramStats> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, program)| {
+                let info = program.info().ok()?;
+                Some(ProgramStats {
+                    name: name.to_owned(),
+                    runs: info.run_count(),
+                    run_time_ns: info.run_time().as_nanos() as u64,
+                })
+            })
+            .collect()
     }
 
     /// Time-wait timers not tracked because the kernel's timer table was full.

@@ -11,6 +11,7 @@ use crate::{
     event::Owner,
     explain::{self, Lang},
     lifecycle::{Closer, Connection, Endpoint, Role, Stats, TimeWait, TimeWaitEnd},
+    loader::ProgramStats,
     output::write_json_string_body,
 };
 
@@ -253,12 +254,14 @@ pub fn write_connection_json(
 }
 
 /// Counters the loader adds to the engine's own statistics.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct TraceCounts {
     pub events: u64,
     pub lost: u64,
     pub undecodable: u64,
     pub untracked_time_waits: u64,
+    /// Kernel run statistics of the eBPF programs (live only).
+    pub programs: Vec<ProgramStats>,
 }
 
 /// TIME-WAIT durations of one local endpoint, summarised.
@@ -424,6 +427,9 @@ pub fn write_summary_json(
         "time_wait_by_local": time_wait,
         "ephemeral_ports": [ephemeral_ports.0, ephemeral_ports.1],
         "pile_ups": pile_ups,
+        "kernel_programs": counts.programs.iter().map(|p| serde_json::json!({
+            "name": p.name, "runs": p.runs, "run_time_ns": p.run_time_ns,
+        })).collect::<Vec<_>>(),
     });
     serde_json::to_writer(&mut *out, &summary)?;
     writeln!(out)

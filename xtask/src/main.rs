@@ -4,6 +4,7 @@
 //! `bpf-linker` built against that toolchain's own LLVM. Neither is on a fresh machine, so
 //! this installs them into the project-local `.tools/` folder before building.
 
+mod bench;
 mod tools;
 
 use std::{
@@ -41,6 +42,13 @@ enum Task {
     },
     /// Install rust-src and bpf-linker into .tools/ if missing.
     InstallTools,
+    /// Measure what tracing costs on a churn workload and how fast the engine is; writes
+    /// docs/BENCHMARKS.md. Needs root; installs nginx, wrk and bpftrace if missing.
+    Bench {
+        /// Length of each churn run.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
 }
 
 fn main() {
@@ -59,6 +67,11 @@ fn run(task: Task) -> Result<()> {
         Task::Run { args } => {
             let binary = build(&root)?;
             run_command(Command::new(binary).args(args))
+        }
+        Task::Bench { seconds } => {
+            let binary = build(&root)?;
+            bench::ensure_tools()?;
+            bench::run(&root, &binary, seconds)
         }
         Task::Test { args } => {
             build_ebpf(&root)?;
