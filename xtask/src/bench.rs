@@ -104,10 +104,10 @@ fn signal(child: &Child, signal: libc::c_int) {
 fn wait_for_line(lines: &mpsc::Receiver<String>, needle: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
-        if let Ok(line) = lines.recv_timeout(Duration::from_millis(200)) {
-            if line.contains(needle) {
-                return Ok(());
-            }
+        if let Ok(line) = lines.recv_timeout(Duration::from_millis(200))
+            && line.contains(needle)
+        {
+            return Ok(());
         }
     }
     bail!("no {needle:?} within 60 s")
