@@ -59,7 +59,8 @@ pub struct Event {
     pub sk: u64,
     /// Kernel address of the time-wait timer (0 when the event has none).
     pub timer: u64,
-    /// Thread group id (the user-visible pid) of the current task.
+    /// Thread group id (the user-visible pid) of the current task; with `tid` and `comm`,
+    /// only filled in process context (0 otherwise).
     pub pid: u32,
     /// Thread id of the current task.
     pub tid: u32,

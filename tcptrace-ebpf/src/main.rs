@@ -52,9 +52,21 @@ static STARTED_TIMER: PerCpuArray<TimerSlot> = PerCpuArray::with_max_entries(1, 
 #[map]
 static CANCELLED_TIMER: PerCpuArray<TimerSlot> = PerCpuArray::with_max_entries(1, 0);
 
-/// Per CPU, the `pt_regs` pointer perf hands to programs run in process context.
+/// Bytes of a tracepoint record copied at once (the longest record we read,
+/// `inet_sock_set_state`, is 72 bytes).
+const RECORD_BYTES: usize = 128;
+
+/// What `inet_sock_set_state` keeps per CPU, in one map value so that one lookup finds it.
+#[repr(C)]
+struct CpuState {
+    /// A copy of the current tracepoint record: one helper call instead of one per field.
+    record: [u8; RECORD_BYTES],
+    /// The `pt_regs` pointer perf hands to programs run in process context on this CPU.
+    process_context_regs: u64,
+}
+
 #[map]
-static PROCESS_CONTEXT_REGS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+static CPU_STATE: PerCpuArray<CpuState> = PerCpuArray::with_max_entries(1, 0);
 
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
@@ -69,6 +81,43 @@ fn config() -> &'static Config {
 #[inline(always)]
 fn field<T>(ctx: &TracePointContext, offset: u16) -> Result<T, i32> {
     unsafe { ctx.read_at::<T>(offset as usize) }
+}
+
+/// The current record, copied once. Fields are read from the copy at offsets masked to the
+/// buffer, which is what lets the verifier accept offsets only known at load time.
+struct Record(&'static [u8; RECORD_BYTES]);
+
+impl Record {
+    /// Copies the record into this CPU's state, which it also returns.
+    #[inline(always)]
+    fn copy(ctx: &TracePointContext) -> Option<(Record, &'static mut u64)> {
+        let state = unsafe { &mut *CPU_STATE.get_ptr_mut(0)? };
+        unsafe { bpf_probe_read_kernel_buf(ctx.as_ptr() as *const u8, &mut state.record) }.ok()?;
+        Some((Record(&state.record), &mut state.process_context_regs))
+    }
+
+    #[inline(always)]
+    fn get<T: Copy + Default>(&self, offset: u16) -> T {
+        let offset = offset as usize & (RECORD_BYTES - 1);
+        if offset + size_of::<T>() > RECORD_BYTES {
+            return T::default();
+        }
+        unsafe { core::ptr::read_unaligned(self.0.as_ptr().add(offset) as *const T) }
+    }
+
+    /// Copies `to.len()` (4 or 16) bytes at `offset`.
+    #[inline(always)]
+    fn copy_to(&self, offset: u16, to: &mut [u8; 16], len: usize) {
+        let offset = offset as usize & (RECORD_BYTES - 1);
+        if offset + 16 > RECORD_BYTES {
+            return;
+        }
+        let from = unsafe { &*(self.0.as_ptr().add(offset) as *const [u8; 16]) };
+        to[..4].copy_from_slice(&from[..4]);
+        if len == 16 {
+            to[4..].copy_from_slice(&from[4..]);
+        }
+    }
 }
 
 #[inline(always)]
@@ -164,30 +213,37 @@ fn in_process_context(ctx: &TracePointContext, learn: bool) -> bool {
     let Ok(regs) = field::<u64>(ctx, 0) else {
         return false;
     };
-    let Some(known) = PROCESS_CONTEXT_REGS.get_ptr_mut(0) else {
+    let Some(state) = CPU_STATE.get_ptr_mut(0) else {
         return false;
     };
-    unsafe {
-        if learn {
-            *known = regs;
-        }
-        regs != 0 && *known == regs
-    }
+    same_as_process_context(regs, unsafe { &mut (*state).process_context_regs }, learn)
 }
 
-/// Fills in what every event carries: time, CPU, current task, and execution context.
+/// Compares `regs` with this CPU's process-context pointer, after learning it if `learn`.
+#[inline(always)]
+fn same_as_process_context(regs: u64, known: &mut u64, learn: bool) -> bool {
+    if learn {
+        *known = regs;
+    }
+    regs != 0 && *known == regs
+}
+
+/// Fills in what every event carries: time, CPU, execution context, and the current task
+/// in process context (elsewhere it is whoever the interrupt landed on: not worth reading).
 #[inline(always)]
 fn new_event(event_kind: u8, sk: u64, process_context: bool) -> Event {
-    let pid_tgid = bpf_get_current_pid_tgid();
     let mut event = Event::ZERO;
     event.ts_ns = unsafe { bpf_ktime_get_ns() };
     event.cpu = unsafe { bpf_get_smp_processor_id() } as u8;
     event.kind = event_kind;
     event.sk = sk;
-    event.pid = (pid_tgid >> 32) as u32;
-    event.tid = pid_tgid as u32;
-    event.process_context = process_context as u8;
-    event.comm = bpf_get_current_comm().unwrap_or_default();
+    if process_context {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        event.pid = (pid_tgid >> 32) as u32;
+        event.tid = pid_tgid as u32;
+        event.comm = bpf_get_current_comm().unwrap_or_default();
+        event.process_context = 1;
+    }
     event
 }
 
@@ -238,12 +294,13 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
     let config = config();
     let offsets = &config.set_state;
-    if field::<u16>(ctx, offsets.protocol)? != IPPROTO_TCP {
+    let (record, process_context_regs) = Record::copy(ctx).ok_or(0)?;
+    if record.get::<u16>(offsets.protocol) != IPPROTO_TCP {
         return Ok(());
     }
-    let family: u16 = field(ctx, offsets.family)?;
-    let old = field::<i32>(ctx, offsets.oldstate)? as u8;
-    let new = field::<i32>(ctx, offsets.newstate)? as u8;
+    let family: u16 = record.get(offsets.family);
+    let old = record.get::<i32>(offsets.oldstate) as u8;
+    let new = record.get::<i32>(offsets.newstate) as u8;
     // A hand-over to a time-wait socket takes the timer started just before, kept or not,
     // so that a later hand-over on this CPU never takes a stale one.
     let time_wait_timer = if new == tcp_state::CLOSE
@@ -258,13 +315,14 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
     // Learn from every socket (the loader's calibration sockets are filtered out below).
     let known_process_context =
         new == tcp_state::LISTEN || (old == tcp_state::CLOSE && new == tcp_state::SYN_SENT);
-    let process_context = in_process_context(ctx, known_process_context);
+    let process_context =
+        same_as_process_context(record.get(0), process_context_regs, known_process_context);
     if !family_kept(config, family) {
         return Ok(());
     }
-    let sk: u64 = field(ctx, offsets.skaddr)?;
-    let sport: u16 = field(ctx, offsets.sport)?;
-    let dport: u16 = field(ctx, offsets.dport)?;
+    let sk: u64 = record.get(offsets.skaddr);
+    let sport: u16 = record.get(offsets.sport);
+    let dport: u16 = record.get(offsets.dport);
     if config.filters_sockets() {
         let pid = process_context.then(|| (bpf_get_current_pid_tgid() >> 32) as u32);
         if !keep_socket(config, sk, sport, dport, pid, new) {
@@ -282,12 +340,13 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
     event.sport = sport;
     event.dport = dport;
     event.timer = time_wait_timer;
-    read_addresses(
-        ctx,
-        &mut event,
-        (offsets.saddr, offsets.daddr),
-        (offsets.saddr_v6, offsets.daddr_v6),
-    );
+    let (src, dst, len) = if family == AF_INET {
+        (offsets.saddr, offsets.daddr, 4)
+    } else {
+        (offsets.saddr_v6, offsets.daddr_v6, 16)
+    };
+    record.copy_to(src, &mut event.saddr, len);
+    record.copy_to(dst, &mut event.daddr, len);
     emit(config, &event);
     Ok(())
 }

@@ -178,6 +178,8 @@ impl Tracer {
         };
 
         let mut ebpf = EbpfLoader::new()
+            // No CO-RE relocations: skip parsing the kernel's BTF (tens of MiB of memory).
+            .btf(None)
             .override_global("CONFIG", &config, true)
             .map_max_entries("EVENTS", options.ring_size)
             .load(OBJECT)

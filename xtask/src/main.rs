@@ -49,6 +49,20 @@ enum Task {
         #[arg(long, default_value_t = 5)]
         seconds: u64,
     },
+    /// Write a generated recording of loopback churn (server closes first, TIME-WAIT 61 s),
+    /// for replay, profiling and memory tests.
+    GenRecording {
+        /// Where to write it (`-` for stdout).
+        file: PathBuf,
+        #[arg(long, default_value_t = 100_000)]
+        connections: u64,
+        /// New connections per second of recorded time.
+        #[arg(long, default_value_t = 1000)]
+        per_second: u64,
+        /// Leave every connection ESTABLISHED.
+        #[arg(long)]
+        open: bool,
+    },
 }
 
 fn main() {
@@ -67,6 +81,16 @@ fn run(task: Task) -> Result<()> {
         Task::Run { args } => {
             let binary = build(&root)?;
             run_command(Command::new(binary).args(args))
+        }
+        Task::GenRecording { file, connections, per_second, open } => {
+            let out: Box<dyn std::io::Write> = if file.as_os_str() == "-" {
+                Box::new(std::io::stdout().lock())
+            } else {
+                Box::new(std::fs::File::create(&file)?)
+            };
+            let events = bench::write_recording(out, connections, per_second, !open)?;
+            eprintln!("xtask: {events} events");
+            Ok(())
         }
         Task::Bench { seconds } => {
             let binary = build(&root)?;
