@@ -112,9 +112,13 @@ impl Family {
 pub struct Comm([u8; COMM_LEN]);
 
 impl Comm {
+    /// From text, cut (like the kernel) to 15 bytes, but never inside a character.
     pub fn new(name: &str) -> Comm {
         let mut bytes = [0; COMM_LEN];
-        let len = name.len().min(COMM_LEN - 1);
+        let mut len = name.len().min(COMM_LEN - 1);
+        while !name.is_char_boundary(len) {
+            len -= 1;
+        }
         bytes[..len].copy_from_slice(&name.as_bytes()[..len]);
         Comm(bytes)
     }
@@ -384,6 +388,14 @@ mod tests {
     fn idle_task_is_never_an_owner() {
         let task = Task { pid: 0, tid: 0, comm: Comm::new("swapper/0"), process_context: true };
         assert_eq!(task.as_owner(), None);
+    }
+
+    #[test]
+    fn comm_is_cut_at_15_bytes_on_a_character_boundary() {
+        assert_eq!(Comm::new("a-very-long-process-name").to_string(), "a-very-long-pro");
+        // 7 two-byte letters make 14 bytes; an 8th would end past byte 15.
+        assert_eq!(Comm::new("щщщщщщщщ").to_string(), "щщщщщщщ");
+        assert_eq!(Comm::new("").as_bytes(), b"");
     }
 
     #[test]

@@ -18,6 +18,9 @@ use std::{
 
 use crate::event::{EventKind, Owner, TcpEvent, TcpState};
 
+/// Fast, randomly seeded hashing: some keys (4-tuples of remote peers) are chosen by others.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// TCP_TIMEWAIT_LEN: the kernel's fixed TIME-WAIT length (2 × MSL on Linux).
 pub const TIME_WAIT_LEN_NS: u64 = 60_000_000_000;
 /// Events are processed in timestamp order once they are this old (events from different
@@ -30,6 +33,8 @@ const CANCEL_GRACE_NS: u64 = 1_000_000;
 /// ended: the kernel reports some things just after (a RST's `tcp_send_reset` fires after
 /// the packet went out, when on loopback the peer has already closed).
 const FINISH_GRACE_NS: u64 = 1_000_000;
+/// How often connections are checked for being stuck (their events lost).
+const SWEEP_INTERVAL_NS: u64 = 10_000_000_000;
 /// A closed connection whose time-wait end was never seen (lost events) is given up after this.
 const TIME_WAIT_GIVE_UP_NS: u64 = 3 * TIME_WAIT_LEN_NS;
 
@@ -171,7 +176,7 @@ pub struct Endpoint {
     pub role: Role,
     pub owner: Option<Owner>,
     pub states: Vec<StateSpan>,
-    pub time_wait: Option<TimeWait>,
+    pub time_wait: Option<Box<TimeWait>>,
     pub reset_sent_ns: Option<u64>,
     pub reset_received_ns: Option<u64>,
     /// Events of this endpoint may be missing (a gap in its states, or events lost).
@@ -337,13 +342,13 @@ pub struct Engine {
     pending: BinaryHeap<Reverse<Queued>>,
     arrival: u64,
     next_id: u64,
-    connections: HashMap<u64, Live>,
-    by_sk: HashMap<u64, Slot>,
+    connections: Map<u64, Live>,
+    by_sk: Map<u64, Slot>,
     /// Sockets that reached CLOSED, until their connection is handed out: the kernel may
     /// send a RST just after (an abort sets CLOSED first).
-    closed_sk: HashMap<u64, Slot>,
-    by_timer: HashMap<u64, Slot>,
-    by_tuple: HashMap<(SocketAddr, SocketAddr), Slot>,
+    closed_sk: Map<u64, Slot>,
+    by_timer: Map<u64, Slot>,
+    by_tuple: Map<(SocketAddr, SocketAddr), Slot>,
     /// (cancel time, timer), in time order.
     pending_cancels: VecDeque<(u64, u64)>,
     /// (time it finished, connection id), in time order, waiting out `FINISH_GRACE_NS`.
@@ -367,11 +372,11 @@ impl Engine {
             pending: BinaryHeap::new(),
             arrival: 0,
             next_id: 1,
-            connections: HashMap::new(),
-            by_sk: HashMap::new(),
-            closed_sk: HashMap::new(),
-            by_timer: HashMap::new(),
-            by_tuple: HashMap::new(),
+            connections: Map::default(),
+            by_sk: Map::default(),
+            closed_sk: Map::default(),
+            by_timer: Map::default(),
+            by_tuple: Map::default(),
             pending_cancels: VecDeque::new(),
             finishing: VecDeque::new(),
             last_sweep_ns: 0,
@@ -418,7 +423,7 @@ impl Engine {
     pub fn advance(&mut self, now_ns: u64, out: &mut impl FnMut(Output<'_>)) {
         self.process_until(now_ns.saturating_sub(REORDER_WINDOW_NS), out);
         self.settle(now_ns, out);
-        if now_ns.saturating_sub(self.last_sweep_ns) >= 1_000_000_000 {
+        if now_ns.saturating_sub(self.last_sweep_ns) >= SWEEP_INTERVAL_NS {
             self.last_sweep_ns = now_ns;
             self.sweep(now_ns, out);
         }
@@ -593,7 +598,8 @@ impl Engine {
             }
             _ => Role::Unknown,
         };
-        let mut states = Vec::with_capacity(8);
+        // A whole life is 5 states (SYN_SENT … CLOSED).
+        let mut states = Vec::with_capacity(5);
         if role == Role::Unknown {
             // Seen mid-way: the state it was in, since an unknown time.
             states.push(StateSpan { state: old, enter_ns: None, duration_ns: None });
@@ -618,7 +624,12 @@ impl Engine {
             Live {
                 connection: Connection {
                     id,
-                    endpoints: vec![endpoint],
+                    endpoints: {
+                        // Room for the peer, which pairing may add.
+                        let mut endpoints = Vec::with_capacity(2);
+                        endpoints.push(endpoint);
+                        endpoints
+                    },
                     closed_first: Closer::Unknown,
                     incomplete: false,
                 },
@@ -702,7 +713,7 @@ impl Engine {
             self.port_pressure(key, true);
         }
         if let Some(endpoint) = self.endpoint_mut(slot) {
-            endpoint.time_wait = Some(TimeWait {
+            endpoint.time_wait = Some(Box::new(TimeWait {
                 start_ns: ts,
                 end_ns: None,
                 rearmed: 0,
@@ -713,7 +724,7 @@ impl Engine {
                 timer,
                 last_armed_ns: ts,
                 pending_cancel_ns: None,
-            });
+            }));
         }
     }
 

@@ -112,6 +112,10 @@ impl<W: Write> Recorder<W> {
     pub fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
     }
+
+    pub fn into_inner(self) -> W {
+        self.out
+    }
 }
 
 /// One item of a recording.

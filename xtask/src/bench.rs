@@ -615,3 +615,76 @@ pub fn ensure_tools() -> Result<()> {
             .stdout(Stdio::null()),
     )
 }
+
+/// `cargo xtask soak`: live churn until `connections` connections have been traced;
+/// prints the tracer's RSS as the count passes 100 000 and at the end, and lost events.
+pub fn soak(root: &Path, tcptrace: &Path, connections: u64) -> Result<()> {
+    let dir = root.join("target/soak");
+    fs::create_dir_all(&dir)?;
+    let bench = Bench { dir: dir.clone(), tcptrace: tcptrace.to_path_buf(), seconds: 20 };
+    let mut nginx = bench.start_nginx()?;
+    let output = dir.join("soak.jsonl");
+    let mut tracer = Command::new(tcptrace)
+        .args(["--json", "--connections-only", "--port", &PORT.to_string()])
+        .stdout(fs::File::create(&output)?)
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting tcptrace")?;
+    let lines = lines_of(tracer.stderr.take().unwrap());
+    wait_for_line(&lines, "tracing TCP state transitions")?;
+    let rss_kib = |pid: u32| -> u64 {
+        fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:")?.trim().split(' ').next()?.parse().ok())
+            })
+            .unwrap_or(0)
+    };
+    let started = Instant::now();
+    let mut done = 0u64;
+    let mut samples: Vec<(u64, u64)> = Vec::new();
+    let result = (|| -> Result<()> {
+        while done < connections {
+            let (count, per_s) = bench.churn()?;
+            done += count;
+            let rss = rss_kib(tracer.id());
+            samples.push((done, rss));
+            eprintln!(
+                "soak: {done} connections ({per_s:.0}/s), tracer RSS {:.1} MiB",
+                rss as f64 / 1024.0
+            );
+        }
+        Ok(())
+    })();
+    signal(&tracer, libc::SIGINT);
+    let (status, cpu_s, max_rss) = wait_with_usage(&mut tracer)?;
+    signal(&nginx, libc::SIGQUIT);
+    let _ = nginx.wait();
+    result?;
+    let text = fs::read_to_string(&output)?;
+    let summary: serde_json::Value = text
+        .lines()
+        .rev()
+        .find_map(|l| {
+            serde_json::from_str(l).ok().filter(|v: &serde_json::Value| v["type"] == "summary")
+        })
+        .context("no summary from tcptrace")?;
+    let at_100k = samples.iter().find(|(n, _)| *n >= 100_000).map_or(0, |s| s.1);
+    let at_end = samples.last().map_or(0, |s| s.1);
+    println!(
+        "soak: {done} connections in {:.0} s; tracer exit {status}, CPU {cpu_s:.1} s, peak RSS {:.1} MiB; \
+         RSS {:.1} MiB after 100 000 connections, {:.1} MiB at the end ({:+.1} %); events {}, lost {}, incomplete {}, aged out {}",
+        started.elapsed().as_secs_f64(),
+        max_rss as f64 / 1024.0,
+        at_100k as f64 / 1024.0,
+        at_end as f64 / 1024.0,
+        (at_end as f64 / at_100k.max(1) as f64 - 1.0) * 100.0,
+        summary["events"],
+        summary["lost"],
+        summary["incomplete"],
+        summary["aged_out"],
+    );
+    let _ = fs::remove_file(&output);
+    Ok(())
+}

@@ -49,6 +49,21 @@ enum Task {
         #[arg(long, default_value_t = 5)]
         seconds: u64,
     },
+    /// Churn at least this many connections through nginx with tcptrace attached; reports
+    /// the tracer's RSS over time and lost events (minutes; not part of CI).
+    Soak {
+        #[arg(long, default_value_t = 1_000_000)]
+        connections: u64,
+    },
+    /// Run the property tests (engine and recording parser) with many random cases, again
+    /// and again until the time is up. Failures are saved as regression cases.
+    Fuzz {
+        #[arg(long, default_value_t = 5)]
+        minutes: u64,
+        /// Cases per property per round.
+        #[arg(long, default_value_t = 20_000)]
+        cases: u64,
+    },
     /// Write a generated recording of loopback churn (server closes first, TIME-WAIT 61 s),
     /// for replay, profiling and memory tests.
     GenRecording {
@@ -90,6 +105,34 @@ fn run(task: Task) -> Result<()> {
             };
             let events = bench::write_recording(out, connections, per_second, !open)?;
             eprintln!("xtask: {events} events");
+            Ok(())
+        }
+        Task::Soak { connections } => {
+            let binary = build(&root)?;
+            bench::ensure_tools()?;
+            bench::soak(&root, &binary, connections)
+        }
+        Task::Fuzz { minutes, cases } => {
+            build_ebpf(&root)?;
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(minutes * 60);
+            let mut round = 0;
+            while std::time::Instant::now() < deadline {
+                round += 1;
+                eprintln!("xtask: fuzz round {round}: {cases} cases per property");
+                run_command(
+                    cargo()
+                        .current_dir(&root)
+                        .args([
+                            "test",
+                            "--release",
+                            "--package",
+                            "tcptrace",
+                            "--test",
+                            "properties",
+                        ])
+                        .env("PROPTEST_CASES", cases.to_string()),
+                )?;
+            }
             Ok(())
         }
         Task::Bench { seconds } => {

@@ -1,0 +1,155 @@
+//! Property tests: the lifecycle engine and the recording reader take any input without
+//! panicking or growing without bound. CI runs the default number of cases; `cargo xtask
+//! fuzz` runs many more. Failing cases proptest finds are kept in
+//! `tests/properties.proptest-regressions` and rerun first, as regression tests.
+
+use std::net::SocketAddr;
+
+use proptest::prelude::*;
+use tcptrace::{
+    event::{Comm, EventKind, Task, TcpEvent, TcpState},
+    lifecycle::{Engine, EngineOptions, Output},
+    recording::{FORMAT_VERSION, Header, Item, Reader, Recorder},
+};
+
+fn address() -> impl Strategy<Value = SocketAddr> {
+    prop_oneof![
+        Just("127.0.0.1:8080"),
+        Just("127.0.0.1:40000"),
+        Just("127.0.0.1:0"),
+        Just("[::1]:8080"),
+        Just("[::1]:40000"),
+        Just("10.0.0.1:443"),
+    ]
+    .prop_map(|text| text.parse().unwrap())
+}
+
+fn state() -> impl Strategy<Value = TcpState> {
+    proptest::sample::select(TcpState::ALL.to_vec())
+}
+
+fn kind() -> impl Strategy<Value = EventKind> {
+    let timer = 1..5u64;
+    prop_oneof![
+        4 => (state(), state(), proptest::option::of(timer.clone()))
+            .prop_map(|(old, new, time_wait_timer)| EventKind::Transition { old, new, time_wait_timer }),
+        1 => (timer.clone(), any::<u32>()).prop_map(|(timer, timeout_jiffies)| EventKind::TimeWaitRearm { timer, timeout_jiffies }),
+        1 => timer.clone().prop_map(|timer| EventKind::TimeWaitCancel { timer }),
+        1 => timer.prop_map(|timer| EventKind::TimeWaitExpire { timer }),
+        1 => Just(EventKind::ResetSent),
+        1 => Just(EventKind::ResetReceived),
+    ]
+}
+
+/// Events from a few sockets, timers and addresses, so that they collide and reuse each
+/// other the way real ones do; times wander, so some arrive out of order.
+fn event() -> impl Strategy<Value = (i64, TcpEvent)> {
+    (
+        -3_000_000i64..20_000_000,
+        1..8u64,
+        kind(),
+        proptest::option::of((address(), address())),
+        any::<bool>(),
+        0..3u32,
+    )
+        .prop_map(|(step, sk, kind, addresses, process_context, pid)| {
+            let addresses = match kind {
+                EventKind::Transition { .. } => addresses
+                    .or(Some(("127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap()))),
+                _ => addresses,
+            };
+            let task = Task { pid, tid: pid, comm: Comm::new("p"), process_context };
+            (step, TcpEvent { ts_ns: 0, sk, kind, addresses, task, cpu: 0 })
+        })
+}
+
+fn stream() -> impl Strategy<Value = Vec<(i64, TcpEvent)>> {
+    proptest::collection::vec(event(), 0..300)
+}
+
+proptest! {
+    #[test]
+    fn the_engine_takes_any_stream(events in stream(), losses in proptest::collection::vec(0..300usize, 0..3)) {
+        let max_connections = 16;
+        let mut engine = Engine::new(EngineOptions { max_connections, ..EngineOptions::default() });
+        let mut emitted = 0u64;
+        let mut lost = false;
+        let mut now: i64 = 1_000_000_000;
+        for (index, (step, mut event)) in events.into_iter().enumerate() {
+            now = (now + step).max(0);
+            event.ts_ns = now as u64;
+            engine.push(event);
+            if losses.contains(&index) {
+                engine.lost(1);
+                lost = true;
+            }
+            engine.advance(now as u64, &mut |output| {
+                if let Output::Connection(connection) = output {
+                    emitted += 1;
+                    assert!((1..=2).contains(&connection.endpoints.len()));
+                }
+            });
+            prop_assert!(engine.tracked() <= max_connections + 1);
+        }
+        engine.finish(now as u64 + 1, &mut |output| {
+            if let Output::Connection(connection) = output {
+                emitted += 1;
+                assert!(!connection.endpoints.is_empty());
+            }
+        });
+        prop_assert_eq!(engine.tracked(), 0);
+        prop_assert_eq!(engine.stats().connections, emitted);
+        prop_assert_eq!(engine.stats().lost_events > 0, lost);
+    }
+
+    #[test]
+    fn recordings_round_trip(events in proptest::collection::vec(event(), 0..50), name in "\\PC{0,15}") {
+        let header = Header { version: FORMAT_VERSION, ephemeral_ports: (32768, 60999), realtime_offset_ns: -5 };
+        let mut recorder = Recorder::new(Vec::new(), &header).unwrap();
+        let mut expected = Vec::new();
+        for (i, (_, mut event)) in events.into_iter().enumerate() {
+            event.ts_ns = i as u64;
+            event.task.comm = Comm::new(&name);
+            recorder.event(&event).unwrap();
+            expected.push(Item::Event(event));
+        }
+        recorder.end(99).unwrap();
+        expected.push(Item::End { ts_ns: 99 });
+        let bytes = recorder.into_inner();
+        let mut reader = Reader::new(bytes.as_slice()).unwrap();
+        let mut items = Vec::new();
+        while let Some(item) = reader.next_item() {
+            items.push(item.unwrap());
+        }
+        prop_assert_eq!(reader.header, header);
+        prop_assert_eq!(items, expected);
+    }
+
+    #[test]
+    fn the_reader_takes_any_damage(events in proptest::collection::vec(event(), 1..20), cut in any::<prop::sample::Index>(), flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4)) {
+        let header = Header { version: FORMAT_VERSION, ephemeral_ports: (1, 2), realtime_offset_ns: 0 };
+        let mut recorder = Recorder::new(Vec::new(), &header).unwrap();
+        for (_, event) in &events {
+            recorder.event(event).unwrap();
+        }
+        let mut bytes = recorder.into_inner();
+        let cut = cut.index(bytes.len());
+        bytes.truncate(cut.max(1));
+        for (at, value) in flips {
+            let at = at.index(bytes.len());
+            bytes[at] = value;
+        }
+        // Any outcome but a panic: an error names a line, or the items read are valid.
+        match Reader::new(bytes.as_slice()) {
+            Ok(mut reader) => {
+                while let Some(item) = reader.next_item() {
+                    if let Err(error) = item {
+                        prop_assert!(error.line > 0, "{}", error);
+                        break;
+                    }
+                }
+            }
+            Err(error) => prop_assert_eq!(error.line, 1),
+        }
+    }
+}
