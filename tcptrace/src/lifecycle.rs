@@ -106,6 +106,22 @@ pub struct StateSpan {
     pub duration_ns: Option<u64>,
 }
 
+/// One state as stored: durations follow from the next state's entry, so 16 bytes do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Step {
+    state: TcpState,
+    /// [`UNKNOWN_NS`] for the state a socket was in when tracing first saw it.
+    enter_ns: u64,
+}
+
+const UNKNOWN_NS: u64 = u64::MAX;
+
+impl Step {
+    fn enter(&self) -> Option<u64> {
+        (self.enter_ns != UNKNOWN_NS).then_some(self.enter_ns)
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TimeWaitEnd {
     /// The timer ran out.
@@ -175,7 +191,8 @@ pub struct Endpoint {
     pub remote: SocketAddr,
     pub role: Role,
     pub owner: Option<Owner>,
-    pub states: Vec<StateSpan>,
+    /// Every state in order (see [`Endpoint::states`]).
+    steps: Vec<Step>,
     pub time_wait: Option<Box<TimeWait>>,
     pub reset_sent_ns: Option<u64>,
     pub reset_received_ns: Option<u64>,
@@ -187,8 +204,20 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    /// Every state the endpoint passed through, in order, with entry times and durations.
+    pub fn states(&self) -> impl Iterator<Item = StateSpan> + '_ {
+        self.steps.iter().enumerate().map(|(i, step)| {
+            let next = self.steps.get(i + 1).map(|next| next.enter_ns);
+            StateSpan {
+                state: step.state,
+                enter_ns: step.enter(),
+                duration_ns: step.enter().zip(next).map(|(enter, next)| next.saturating_sub(enter)),
+            }
+        })
+    }
+
     pub fn current_state(&self) -> Option<TcpState> {
-        self.states.last().map(|span| span.state)
+        self.steps.last().map(|step| step.state)
     }
 
     pub fn is_closed(&self) -> bool {
@@ -196,12 +225,12 @@ impl Endpoint {
     }
 
     pub fn passed(&self, state: TcpState) -> bool {
-        self.states.iter().any(|span| span.state == state)
+        self.steps.iter().any(|step| step.state == state)
     }
 
     /// When this endpoint first entered `state`.
     pub fn entered(&self, state: TcpState) -> Option<u64> {
-        self.states.iter().find(|span| span.state == state).and_then(|span| span.enter_ns)
+        self.steps.iter().find(|step| step.state == state).and_then(Step::enter)
     }
 
     /// When this side sent its FIN (entered FIN_WAIT1 or LAST_ACK).
@@ -539,22 +568,17 @@ impl Engine {
         endpoint.owner = task_owner.or(endpoint.owner);
         let owner = endpoint.owner;
         let mut old_state_ns = None;
-        if let Some(last) = endpoint.states.last_mut() {
+        if let Some(last) = endpoint.steps.last() {
             if last.state != old {
                 endpoint.incomplete = true; // a gap: some transitions were not seen
             }
-            old_state_ns = last.enter_ns.map(|enter| event.ts_ns.saturating_sub(enter));
+            old_state_ns = last.enter().map(|enter| event.ts_ns.saturating_sub(enter));
             if old == new && last.state == new {
                 // The kernel reports some same-state changes (CLOSING → CLOSING).
                 return (Attribution { owner, old_state_ns, addresses: None }, Some(slot.0));
             }
-            last.duration_ns = old_state_ns;
         }
-        endpoint.states.push(StateSpan {
-            state: new,
-            enter_ns: Some(event.ts_ns),
-            duration_ns: None,
-        });
+        endpoint.steps.push(Step { state: new, enter_ns: event.ts_ns });
         if remote.port() != 0 && local.port() != 0 {
             endpoint.local = local;
             endpoint.remote = remote;
@@ -599,17 +623,17 @@ impl Engine {
             _ => Role::Unknown,
         };
         // A whole life is 5 states (SYN_SENT … CLOSED).
-        let mut states = Vec::with_capacity(5);
+        let mut steps = Vec::with_capacity(5);
         if role == Role::Unknown {
             // Seen mid-way: the state it was in, since an unknown time.
-            states.push(StateSpan { state: old, enter_ns: None, duration_ns: None });
+            steps.push(Step { state: old, enter_ns: UNKNOWN_NS });
         }
         let endpoint = Endpoint {
             local,
             remote,
             role,
             owner: None,
-            states,
+            steps,
             time_wait: None,
             reset_sent_ns: None,
             reset_received_ns: None,

@@ -8,7 +8,7 @@ use crate::{
 };
 
 fn states(endpoint: &Endpoint) -> Vec<TcpState> {
-    endpoint.states.iter().map(|span| span.state).collect()
+    endpoint.states().map(|span| span.state).collect()
 }
 
 #[test]
@@ -36,7 +36,7 @@ fn simultaneous_close_has_a_time_wait_on_both_sides() {
         assert_eq!(tw.rearmed, 0);
     }
     // Durations of each state are the gaps between transitions.
-    assert_eq!(client.states[0].duration_ns, Some(78_000));
+    assert_eq!(client.states().next().unwrap().duration_ns, Some(78_000));
     assert_eq!(engine.stats().closed_first[&Closer::Simultaneous], 1);
     assert_eq!(engine.tracked(), 0);
 }
@@ -293,7 +293,7 @@ fn mid_way_sockets_have_unknown_roles_and_are_incomplete() {
     let endpoint = &connections[0].endpoints[0];
     assert_eq!(endpoint.role, Role::Unknown);
     assert_eq!(
-        endpoint.states[0],
+        endpoint.states().next().unwrap(),
         StateSpan { state: Established, enter_ns: None, duration_ns: None }
     );
     assert!(connections[0].incomplete);

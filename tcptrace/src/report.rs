@@ -98,7 +98,7 @@ pub fn write_connection_text(
     writeln!(out)?;
     for (name, endpoint) in &sides {
         write!(out, "   {name:<6}")?;
-        for (i, span) in endpoint.states.iter().enumerate() {
+        for (i, span) in endpoint.states().enumerate() {
             if i > 0 {
                 write!(out, " →")?;
             }
@@ -187,7 +187,7 @@ fn write_endpoint_json(
     )?;
     write_owner_json(out, endpoint.owner)?;
     write!(out, r#","states":["#)?;
-    for (i, span) in endpoint.states.iter().enumerate() {
+    for (i, span) in endpoint.states().enumerate() {
         if i > 0 {
             write!(out, ",")?;
         }

@@ -75,10 +75,12 @@ fn lane_steps(lane: &Lane<'_>, me: &str, other: &str, steps: &mut Vec<(u64, usiz
         order += 1;
         steps.push((ts, order, line));
     };
-    let states = &lane.endpoint.states;
-    for (i, span) in states.iter().enumerate() {
-        let Some(ts) = span.enter_ns else { continue };
-        let previous = i.checked_sub(1).map(|p| states[p].state);
+    let mut previous = None;
+    for span in lane.endpoint.states() {
+        let Some(ts) = span.enter_ns else {
+            previous = Some(span.state);
+            continue;
+        };
         let sent = match (previous, span.state) {
             (_, TcpState::SynSent) => Some("SYN"),
             (_, TcpState::SynReceived) => Some("SYN+ACK"),
@@ -95,6 +97,7 @@ fn lane_steps(lane: &Lane<'_>, me: &str, other: &str, steps: &mut Vec<(u64, usiz
         if let Some(segment) = sent {
             push(ts, format!("{me}->>{other}: {segment}"));
         }
+        previous = Some(span.state);
     }
     if let Some(ts) = lane.endpoint.reset_sent_ns {
         push(ts, format!("{me}-x{other}: RST"));

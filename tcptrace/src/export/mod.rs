@@ -153,8 +153,8 @@ impl<'a> Timeline<'a> {
 }
 
 fn intervals(endpoint: &Endpoint, end_ns: u64) -> Vec<Interval> {
-    let mut intervals = Vec::with_capacity(endpoint.states.len() + 1);
-    for span in &endpoint.states {
+    let mut intervals = Vec::with_capacity(8);
+    for span in endpoint.states() {
         let Some(start_ns) = span.enter_ns else { continue }; // seen mid-way: start unknown
         let (span_end, open) = match span.duration_ns {
             Some(duration) => (start_ns + duration, false),
