@@ -40,7 +40,8 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT
 #[map]
 static KEPT_SOCKETS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
 
-/// Live time-wait timers of kept sockets: timer address → socket address.
+/// Live time-wait timers of kept sockets: timer address → socket address. The loader sizes
+/// it to `net.ipv4.tcp_max_tw_buckets`, the most time-wait sockets the kernel keeps.
 #[map]
 static TIME_WAIT_TIMERS: HashMap<u64, u64> = HashMap::with_max_entries(65536, 0);
 
@@ -303,7 +304,7 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
     let new = record.get::<i32>(offsets.newstate) as u8;
     // A hand-over to a time-wait socket takes the timer started just before, kept or not,
     // so that a later hand-over on this CPU never takes a stale one.
-    let time_wait_timer = if new == tcp_state::CLOSE
+    let mut time_wait_timer = if new == tcp_state::CLOSE
         && (old == tcp_state::FIN_WAIT2 || old == tcp_state::CLOSING)
         && config.tw_timer_handler != 0
     {
@@ -329,8 +330,10 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
             return Ok(());
         }
     }
+    // A timer is named only when it is tracked: otherwise its end would never be reported.
     if time_wait_timer != 0 && TIME_WAIT_TIMERS.insert(&time_wait_timer, &sk, 0).is_err() {
         count(counter::TW_TABLE_FULL);
+        time_wait_timer = 0;
     }
 
     let mut event = new_event(kind::TRANSITION, sk, process_context);

@@ -182,6 +182,7 @@ impl Tracer {
             .btf(None)
             .override_global("CONFIG", &config, true)
             .map_max_entries("EVENTS", options.ring_size)
+            .map_max_entries("TIME_WAIT_TIMERS", time_wait_table_size())
             .load(OBJECT)
             .map_err(|error| explain_permission(anyhow::Error::new(error)))
             .context("loading the eBPF program failed")?;
@@ -322,6 +323,15 @@ fn explain_permission(error: anyhow::Error) -> anyhow::Error {
     } else {
         error
     }
+}
+
+/// Room for every time-wait socket the kernel may keep at once (`tcp_max_tw_buckets`).
+fn time_wait_table_size() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_max_tw_buckets")
+        .ok()
+        .and_then(|text| text.trim().parse::<u32>().ok())
+        .unwrap_or(0)
+        .clamp(65536, 1 << 20)
 }
 
 /// Fails early, with advice, when the process can't load and attach tracing programs.
