@@ -9,6 +9,7 @@ pub mod cli;
 pub mod event;
 pub mod explain;
 pub mod export;
+pub mod json_line;
 pub mod lifecycle;
 pub mod live;
 pub mod loader;

@@ -10,6 +10,7 @@ use std::{
 use crate::{
     event::{EventKind, Family, TcpEvent},
     explain::{self, Lang},
+    json_line::JsonLine,
     lifecycle::{Attribution, Connection, Stats},
     report::{self, TraceCounts},
 };
@@ -70,11 +71,20 @@ pub struct Stream<W: Write> {
     explain: Option<Lang>,
     /// The general TIME-WAIT notes are shown once, with the first TIME-WAIT.
     explained_time_wait: bool,
+    /// Reused for every JSON line.
+    line: JsonLine,
 }
 
 impl<W: Write> Stream<W> {
     pub fn new(out: W, format: StreamFormat, clock: WallClock) -> Stream<W> {
-        Stream { out, format, clock, explain: None, explained_time_wait: false }
+        Stream {
+            out,
+            format,
+            clock,
+            explain: None,
+            explained_time_wait: false,
+            line: JsonLine::new(),
+        }
     }
 
     pub fn with_explain(mut self, explain: Option<Lang>) -> Stream<W> {
@@ -127,9 +137,12 @@ impl<W: Write> Stream<W> {
                 }
                 Ok(())
             }
-            StreamFormat::Json => {
-                report::write_connection_json(&mut self.out, connection, self.explain)
-            }
+            StreamFormat::Json => report::write_connection_json(
+                &mut self.out,
+                &mut self.line,
+                connection,
+                self.explain,
+            ),
         }
     }
 
@@ -202,77 +215,69 @@ impl<W: Write> Stream<W> {
     }
 
     fn json_event(&mut self, event: &TcpEvent, attribution: &Attribution) -> io::Result<()> {
-        let out = &mut self.out;
-        let type_name = match event.kind {
-            EventKind::Transition { .. } => "transition",
-            EventKind::TimeWaitRearm { .. }
-            | EventKind::TimeWaitCancel { .. }
-            | EventKind::TimeWaitExpire { .. } => "time_wait_timer",
-            EventKind::ResetSent | EventKind::ResetReceived => "reset",
-        };
-        write!(out, r#"{{"type":"{type_name}","ts_ns":{},"sk":"{:#x}""#, event.ts_ns, event.sk)?;
-        if let Some((local, remote)) = event.addresses.or(attribution.addresses) {
-            let family = Family::of(&local).name();
-            write!(out, r#","family":"{family}","local":"{local}","remote":"{remote}""#)?;
-        }
-        match event.kind {
-            EventKind::Transition { old, new, time_wait_timer } => {
-                write!(out, r#","old":"{old}","new":"{new}""#)?;
-                write_optional(out, "old_state_ns", attribution.old_state_ns)?;
-                if let Some(timer) = time_wait_timer {
-                    write!(out, r#","time_wait_timer":"{timer:#x}""#)?;
-                }
-                if let Some(lang) = self.explain {
-                    let note = explain::transition(lang, old, new, time_wait_timer.is_some());
-                    write!(out, r#","note":""#)?;
-                    write_json_string_body(out, note.as_bytes())?;
-                    write!(out, "\"")?;
-                }
+        let line = self.line.clear();
+        event_fields(line, event, event.addresses.or(attribution.addresses));
+        if let EventKind::Transition { old, new, time_wait_timer } = event.kind {
+            line.raw(",\"old_state_ns\":").optional(attribution.old_state_ns);
+            if let Some(lang) = self.explain {
+                let note = explain::transition(lang, old, new, time_wait_timer.is_some());
+                line.raw(",\"note\":").string(note.as_bytes());
             }
-            EventKind::TimeWaitRearm { timer, timeout_jiffies } => write!(
-                out,
-                r#","event":"rearm","timer":"{timer:#x}","timeout_jiffies":{timeout_jiffies}"#
-            )?,
-            EventKind::TimeWaitCancel { timer } => {
-                write!(out, r#","event":"cancel","timer":"{timer:#x}""#)?
-            }
-            EventKind::TimeWaitExpire { timer } => {
-                write!(out, r#","event":"expire","timer":"{timer:#x}""#)?
-            }
-            EventKind::ResetSent => write!(out, r#","direction":"sent""#)?,
-            EventKind::ResetReceived => write!(out, r#","direction":"received""#)?,
         }
         match attribution.owner {
             Some(owner) => {
-                write!(out, r#","pid":{},"comm":""#, owner.pid)?;
-                write_json_string_body(out, owner.comm.as_bytes())?;
-                write!(out, "\"")?;
+                line.raw(",\"pid\":").u64(u64::from(owner.pid));
+                line.raw(",\"comm\":").string(owner.comm.as_bytes());
             }
-            None => write!(out, r#","pid":null,"comm":null"#)?,
+            None => {
+                line.raw(",\"pid\":null,\"comm\":null");
+            }
         }
-        writeln!(out, r#","process_context":{}}}"#, event.task.process_context)
+        line.raw(",\"process_context\":").bool(event.task.process_context).raw("}");
+        line.write_to(&mut self.out)
     }
 }
 
-fn write_optional(out: &mut impl Write, key: &str, value: Option<u64>) -> io::Result<()> {
-    match value {
-        Some(value) => write!(out, r#","{key}":{value}"#),
-        None => write!(out, r#","{key}":null"#),
+/// The fields every JSON form of an event has (the live stream's and the recording's):
+/// type, time, socket, addresses, and what happened. The caller adds the rest and the `}`.
+pub fn event_fields(
+    line: &mut JsonLine,
+    event: &TcpEvent,
+    addresses: Option<(SocketAddr, SocketAddr)>,
+) {
+    let (type_name, detail) = match event.kind {
+        EventKind::Transition { .. } => ("transition", None),
+        EventKind::TimeWaitRearm { .. } => ("time_wait_timer", Some(("event", "rearm"))),
+        EventKind::TimeWaitCancel { .. } => ("time_wait_timer", Some(("event", "cancel"))),
+        EventKind::TimeWaitExpire { .. } => ("time_wait_timer", Some(("event", "expire"))),
+        EventKind::ResetSent => ("reset", Some(("direction", "sent"))),
+        EventKind::ResetReceived => ("reset", Some(("direction", "received"))),
+    };
+    line.raw("{\"type\":\"").raw(type_name).raw("\"");
+    if let Some((key, value)) = detail {
+        line.raw(",\"").raw(key).raw("\":\"").raw(value).raw("\"");
     }
-}
-
-/// Writes bytes as the inside of a JSON string: invalid UTF-8 becomes U+FFFD, and quotes,
-/// backslashes and control characters are escaped.
-pub fn write_json_string_body(out: &mut impl Write, bytes: &[u8]) -> io::Result<()> {
-    for c in String::from_utf8_lossy(bytes).chars() {
-        match c {
-            '"' => out.write_all(b"\\\"")?,
-            '\\' => out.write_all(b"\\\\")?,
-            c if (c as u32) < 0x20 => write!(out, "\\u{:04x}", c as u32)?,
-            c => write!(out, "{c}")?,
+    line.raw(",\"ts_ns\":").u64(event.ts_ns).raw(",\"sk\":").hex(event.sk);
+    if let Some((local, remote)) = addresses {
+        line.raw(",\"family\":\"").raw(Family::of(&local).name()).raw("\"");
+        line.raw(",\"local\":").address(&local).raw(",\"remote\":").address(&remote);
+    }
+    match event.kind {
+        EventKind::Transition { old, new, time_wait_timer } => {
+            line.raw(",\"old\":\"").raw(old.name()).raw("\",\"new\":\"").raw(new.name()).raw("\"");
+            if let Some(timer) = time_wait_timer {
+                line.raw(",\"time_wait_timer\":").hex(timer);
+            }
         }
+        EventKind::TimeWaitRearm { timer, timeout_jiffies } => {
+            line.raw(",\"timer\":").hex(timer);
+            line.raw(",\"timeout_jiffies\":").u64(u64::from(timeout_jiffies));
+        }
+        EventKind::TimeWaitCancel { timer } | EventKind::TimeWaitExpire { timer } => {
+            line.raw(",\"timer\":").hex(timer);
+        }
+        EventKind::ResetSent | EventKind::ResetReceived => {}
     }
-    Ok(())
 }
 
 /// `SocketAddr`'s `Display` ignores width; this pads it.

@@ -24,7 +24,8 @@ use serde::Deserialize;
 
 use crate::{
     event::{Comm, EventKind, Task, TcpEvent, TcpState},
-    output::write_json_string_body,
+    json_line::JsonLine,
+    output::event_fields,
 };
 
 pub const FORMAT_VERSION: u32 = 1;
@@ -42,10 +43,7 @@ pub struct Header {
 /// Writes a recording. Buffered: call [`Recorder::flush`] with every batch.
 pub struct Recorder<W: Write> {
     out: W,
-}
-
-fn hex(value: u64) -> impl fmt::Display {
-    fmt::from_fn(move |f| write!(f, "{value:#x}"))
+    line: JsonLine,
 }
 
 impl<W: Write> Recorder<W> {
@@ -58,45 +56,18 @@ impl<W: Write> Recorder<W> {
             header.ephemeral_ports.1,
             header.realtime_offset_ns
         )?;
-        Ok(Recorder { out })
+        Ok(Recorder { out, line: JsonLine::new() })
     }
 
     pub fn event(&mut self, event: &TcpEvent) -> io::Result<()> {
-        let out = &mut self.out;
-        let (type_name, detail) = match event.kind {
-            EventKind::Transition { .. } => ("transition", None),
-            EventKind::TimeWaitRearm { .. } => ("time_wait_timer", Some(("event", "rearm"))),
-            EventKind::TimeWaitCancel { .. } => ("time_wait_timer", Some(("event", "cancel"))),
-            EventKind::TimeWaitExpire { .. } => ("time_wait_timer", Some(("event", "expire"))),
-            EventKind::ResetSent => ("reset", Some(("direction", "sent"))),
-            EventKind::ResetReceived => ("reset", Some(("direction", "received"))),
-        };
-        write!(out, r#"{{"type":"{type_name}""#)?;
-        if let Some((key, value)) = detail {
-            write!(out, r#","{key}":"{value}""#)?;
-        }
-        write!(out, r#","ts_ns":{},"sk":"{}""#, event.ts_ns, hex(event.sk))?;
-        if let Some((local, remote)) = event.addresses {
-            write!(out, r#","local":"{local}","remote":"{remote}""#)?;
-        }
-        match event.kind {
-            EventKind::Transition { old, new, time_wait_timer } => {
-                write!(out, r#","old":"{old}","new":"{new}""#)?;
-                if let Some(timer) = time_wait_timer {
-                    write!(out, r#","time_wait_timer":"{}""#, hex(timer))?;
-                }
-            }
-            EventKind::TimeWaitRearm { timer, timeout_jiffies } => {
-                write!(out, r#","timer":"{}","timeout_jiffies":{timeout_jiffies}"#, hex(timer))?
-            }
-            EventKind::TimeWaitCancel { timer } | EventKind::TimeWaitExpire { timer } => {
-                write!(out, r#","timer":"{}""#, hex(timer))?
-            }
-            EventKind::ResetSent | EventKind::ResetReceived => {}
-        }
-        write!(out, r#","pid":{},"tid":{},"comm":""#, event.task.pid, event.task.tid)?;
-        write_json_string_body(out, event.task.comm.as_bytes())?;
-        writeln!(out, r#"","process_context":{},"cpu":{}}}"#, event.task.process_context, event.cpu)
+        let line = self.line.clear();
+        event_fields(line, event, event.addresses);
+        line.raw(",\"pid\":").u64(u64::from(event.task.pid));
+        line.raw(",\"tid\":").u64(u64::from(event.task.tid));
+        line.raw(",\"comm\":").string(event.task.comm.as_bytes());
+        line.raw(",\"process_context\":").bool(event.task.process_context);
+        line.raw(",\"cpu\":").u64(u64::from(event.cpu)).raw("}");
+        line.write_to(&mut self.out)
     }
 
     pub fn lost(&mut self, ts_ns: u64, count: u64) -> io::Result<()> {

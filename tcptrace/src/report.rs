@@ -10,9 +10,9 @@ use std::{
 use crate::{
     event::Owner,
     explain::{self, Lang},
+    json_line::JsonLine,
     lifecycle::{Closer, Connection, Endpoint, Role, Stats, TimeWait, TimeWaitEnd},
     loader::ProgramStats,
-    output::write_json_string_body,
 };
 
 /// A duration for people: `0.080 ms`, `12.3 ms`, `61.37 s`.
@@ -152,105 +152,77 @@ fn write_time_wait_sentence(
     Ok(())
 }
 
-fn write_owner_json(out: &mut impl Write, owner: Option<Owner>) -> io::Result<()> {
-    match owner {
-        Some(owner) => {
-            write!(out, r#""pid":{},"comm":""#, owner.pid)?;
-            write_json_string_body(out, owner.comm.as_bytes())?;
-            write!(out, "\"")
-        }
-        None => write!(out, r#""pid":null,"comm":null"#),
-    }
-}
-
-fn write_optional(out: &mut impl Write, value: Option<u64>) -> io::Result<()> {
-    match value {
-        Some(value) => write!(out, "{value}"),
-        None => write!(out, "null"),
-    }
-}
-
-fn write_endpoint_json(
-    out: &mut impl Write,
-    connection: &Connection,
-    endpoint: Option<&Endpoint>,
-) -> io::Result<()> {
+fn endpoint_json(line: &mut JsonLine, connection: &Connection, endpoint: Option<&Endpoint>) {
     let Some(endpoint) = endpoint else {
-        return write!(out, "null");
+        line.raw("null");
+        return;
     };
-    write!(
-        out,
-        r#"{{"addr":"{}","remote":"{}","role":"{}","#,
-        endpoint.local,
-        endpoint.remote,
-        connection.role_of(endpoint).name()
-    )?;
-    write_owner_json(out, endpoint.owner)?;
-    write!(out, r#","states":["#)?;
+    line.raw("{\"addr\":").address(&endpoint.local).raw(",\"remote\":").address(&endpoint.remote);
+    line.raw(",\"role\":\"").raw(connection.role_of(endpoint).name()).raw("\"");
+    match endpoint.owner {
+        Some(owner) => {
+            line.raw(",\"pid\":")
+                .u64(u64::from(owner.pid))
+                .raw(",\"comm\":")
+                .string(owner.comm.as_bytes());
+        }
+        None => {
+            line.raw(",\"pid\":null,\"comm\":null");
+        }
+    }
+    line.raw(",\"states\":[");
     for (i, span) in endpoint.states().enumerate() {
-        if i > 0 {
-            write!(out, ",")?;
-        }
-        write!(out, r#"{{"state":"{}","enter_ns":"#, span.state)?;
-        write_optional(out, span.enter_ns)?;
-        write!(out, r#","duration_ns":"#)?;
-        write_optional(out, span.duration_ns)?;
-        write!(out, "}}")?;
+        line.raw(if i > 0 { ",{\"state\":\"" } else { "{\"state\":\"" }).raw(span.state.name());
+        line.raw("\",\"enter_ns\":").optional(span.enter_ns);
+        line.raw(",\"duration_ns\":").optional(span.duration_ns).raw("}");
     }
-    write!(out, r#"],"time_wait":"#)?;
+    line.raw("],\"time_wait\":");
     match &endpoint.time_wait {
-        None => write!(out, "null")?,
+        None => {
+            line.raw("null");
+        }
         Some(tw) => {
-            write!(out, r#"{{"start_ns":{},"end_ns":"#, tw.start_ns)?;
-            write_optional(out, tw.end_ns)?;
-            write!(out, r#","duration_ns":"#)?;
-            write_optional(out, tw.duration_ns())?;
-            write!(
-                out,
-                r#","rearmed":{},"end":"{}","kind":"{}","became_time_wait_ns":"#,
-                tw.rearmed,
-                tw.end.name(),
-                tw.kind.name()
-            )?;
-            write_optional(out, tw.became_time_wait_ns)?;
-            write!(out, r#","time_left_ns":"#)?;
-            write_optional(out, tw.time_left_ns)?;
-            write!(out, "}}")?;
+            line.raw("{\"start_ns\":").u64(tw.start_ns);
+            line.raw(",\"end_ns\":").optional(tw.end_ns);
+            line.raw(",\"duration_ns\":").optional(tw.duration_ns());
+            line.raw(",\"rearmed\":").u64(u64::from(tw.rearmed));
+            line.raw(",\"end\":\"").raw(tw.end.name());
+            line.raw("\",\"kind\":\"").raw(tw.kind.name()).raw("\"");
+            line.raw(",\"became_time_wait_ns\":").optional(tw.became_time_wait_ns);
+            line.raw(",\"time_left_ns\":").optional(tw.time_left_ns).raw("}");
         }
     }
-    write!(out, r#","reset_sent_ns":"#)?;
-    write_optional(out, endpoint.reset_sent_ns)?;
-    write!(out, r#","reset_received_ns":"#)?;
-    write_optional(out, endpoint.reset_received_ns)?;
-    write!(out, r#","incomplete":{}}}"#, endpoint.incomplete)
+    line.raw(",\"reset_sent_ns\":").optional(endpoint.reset_sent_ns);
+    line.raw(",\"reset_received_ns\":").optional(endpoint.reset_received_ns);
+    line.raw(",\"incomplete\":").bool(endpoint.incomplete).raw("}");
 }
 
+/// One connection record as a JSON line (with notes for learners when `explain`).
 pub fn write_connection_json(
     out: &mut impl Write,
+    line: &mut JsonLine,
     connection: &Connection,
     explain: Option<Lang>,
 ) -> io::Result<()> {
     let (client, server) = by_role(connection);
-    write!(out, r#"{{"type":"connection","id":{},"client":"#, connection.id)?;
-    write_endpoint_json(out, connection, client)?;
-    write!(out, r#","server":"#)?;
-    write_endpoint_json(out, connection, server)?;
-    write!(
-        out,
-        r#","closed_first":"{}","incomplete":{}"#,
-        connection.closed_first.name(),
-        connection.incomplete
-    )?;
+    line.clear().raw("{\"type\":\"connection\",\"id\":").u64(connection.id);
+    line.raw(",\"client\":");
+    endpoint_json(line, connection, client);
+    line.raw(",\"server\":");
+    endpoint_json(line, connection, server);
+    line.raw(",\"closed_first\":\"").raw(connection.closed_first.name()).raw("\"");
+    line.raw(",\"incomplete\":").bool(connection.incomplete);
     if let Some(lang) = explain {
-        write!(out, r#","notes":["#)?;
+        line.raw(",\"notes\":[");
         for (i, note) in explain::connection(lang, connection).iter().enumerate() {
-            write!(out, "{}\"", if i > 0 { "," } else { "" })?;
-            write_json_string_body(out, note.as_bytes())?;
-            write!(out, "\"")?;
+            if i > 0 {
+                line.raw(",");
+            }
+            line.string(note.as_bytes());
         }
-        write!(out, "]")?;
+        line.raw("]");
     }
-    writeln!(out, "}}")
+    line.raw("}").write_to(out)
 }
 
 /// Counters the loader adds to the engine's own statistics.

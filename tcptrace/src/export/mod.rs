@@ -17,6 +17,7 @@ use anyhow::{Context, Result};
 use crate::{
     event::{Owner, TcpState},
     explain::Lang,
+    json_line::JsonLine,
     lifecycle::{Connection, Endpoint, Role, TimeWaitEnd, TimeWaitKind},
     report::{self, by_role},
 };
@@ -60,10 +61,12 @@ pub fn write(path: &Path, format: ExportFormat, input: &ExportInput<'_>) -> Resu
     let file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     let mut out = BufWriter::new(file);
     let result = match format {
-        ExportFormat::Jsonl => input
-            .connections
-            .iter()
-            .try_for_each(|connection| report::write_connection_json(&mut out, connection, None)),
+        ExportFormat::Jsonl => {
+            let mut line = JsonLine::new();
+            input.connections.iter().try_for_each(|connection| {
+                report::write_connection_json(&mut out, &mut line, connection, None)
+            })
+        }
         ExportFormat::Csv => csv::write(&mut out, input),
         ExportFormat::ChromeTrace => chrome::write(&mut out, input),
         ExportFormat::Mermaid => mermaid::write(&mut out, input),

@@ -1,0 +1,183 @@
+//! A JSON line built in a reusable buffer: the hot path formats events and connection
+//! records without `fmt` machinery or per-event allocation, and writes each line once.
+
+use std::{
+    io::{self, Write},
+    net::{IpAddr, SocketAddr},
+};
+
+#[derive(Default)]
+pub struct JsonLine {
+    buffer: Vec<u8>,
+}
+
+impl JsonLine {
+    pub fn new() -> JsonLine {
+        JsonLine { buffer: Vec::with_capacity(1024) }
+    }
+
+    /// Starts a new line (the buffer's capacity is kept).
+    pub fn clear(&mut self) -> &mut Self {
+        self.buffer.clear();
+        self
+    }
+
+    /// Text that needs no escaping (keys, punctuation, state names).
+    pub fn raw(&mut self, text: &str) -> &mut Self {
+        self.buffer.extend_from_slice(text.as_bytes());
+        self
+    }
+
+    pub fn u64(&mut self, value: u64) -> &mut Self {
+        self.buffer.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+        self
+    }
+
+    pub fn i128(&mut self, value: i128) -> &mut Self {
+        self.buffer.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+        self
+    }
+
+    /// A number, or `null`.
+    pub fn optional(&mut self, value: Option<u64>) -> &mut Self {
+        match value {
+            Some(value) => self.u64(value),
+            None => self.raw("null"),
+        }
+    }
+
+    pub fn bool(&mut self, value: bool) -> &mut Self {
+        self.raw(if value { "true" } else { "false" })
+    }
+
+    /// `"0x…"`, lowercase, as `{:#x}` writes it.
+    pub fn hex(&mut self, value: u64) -> &mut Self {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut digits = [0u8; 16];
+        let mut at = digits.len();
+        let mut rest = value;
+        loop {
+            at -= 1;
+            digits[at] = DIGITS[(rest & 0xf) as usize];
+            rest >>= 4;
+            if rest == 0 {
+                break;
+            }
+        }
+        self.buffer.extend_from_slice(b"\"0x");
+        self.buffer.extend_from_slice(&digits[at..]);
+        self.buffer.push(b'"');
+        self
+    }
+
+    /// `"IP:PORT"` (`"[IPv6]:PORT"`), as `SocketAddr`'s `Display` writes it.
+    pub fn address(&mut self, address: &SocketAddr) -> &mut Self {
+        self.buffer.push(b'"');
+        match address.ip() {
+            IpAddr::V4(ip) => {
+                for (i, octet) in ip.octets().iter().enumerate() {
+                    if i > 0 {
+                        self.buffer.push(b'.');
+                    }
+                    self.u64(u64::from(*octet));
+                }
+            }
+            IpAddr::V6(ip) => {
+                // Rare enough on the hot path to use the standard formatting.
+                let _ = write!(self.buffer, "[{ip}]");
+            }
+        }
+        self.buffer.push(b':');
+        self.u64(u64::from(address.port()));
+        self.buffer.push(b'"');
+        self
+    }
+
+    /// A quoted JSON string of bytes: invalid UTF-8 becomes U+FFFD; quotes, backslashes and
+    /// control characters are escaped.
+    pub fn string(&mut self, bytes: &[u8]) -> &mut Self {
+        self.buffer.push(b'"');
+        if bytes.iter().all(|&b| b >= 0x20 && b < 0x7f && b != b'"' && b != b'\\') {
+            self.buffer.extend_from_slice(bytes); // the common case: plain ASCII
+        } else {
+            for c in String::from_utf8_lossy(bytes).chars() {
+                match c {
+                    '"' => self.buffer.extend_from_slice(b"\\\""),
+                    '\\' => self.buffer.extend_from_slice(b"\\\\"),
+                    c if (c as u32) < 0x20 => {
+                        let _ = write!(self.buffer, "\\u{:04x}", c as u32);
+                    }
+                    c => {
+                        let mut utf8 = [0; 4];
+                        self.buffer.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+                    }
+                }
+            }
+        }
+        self.buffer.push(b'"');
+        self
+    }
+
+    /// Ends the line and writes it.
+    pub fn write_to(&mut self, out: &mut impl Write) -> io::Result<()> {
+        self.buffer.push(b'\n');
+        out.write_all(&self.buffer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(build: impl FnOnce(&mut JsonLine)) -> String {
+        let mut line = JsonLine::new();
+        build(&mut line);
+        String::from_utf8(line.buffer).unwrap()
+    }
+
+    #[test]
+    fn writes_what_std_formatting_writes() {
+        for value in [0u64, 1, 0xffff_8880_1234_2500, u64::MAX] {
+            assert_eq!(
+                text(|l| {
+                    l.hex(value);
+                }),
+                format!("\"{value:#x}\"")
+            );
+            assert_eq!(
+                text(|l| {
+                    l.u64(value);
+                }),
+                value.to_string()
+            );
+        }
+        for address in
+            ["127.0.0.1:8080", "0.0.0.0:0", "255.255.255.255:65535", "[::1]:80", "[fe80::1:2]:443"]
+        {
+            let address: SocketAddr = address.parse().unwrap();
+            assert_eq!(
+                text(|l| {
+                    l.address(&address);
+                }),
+                format!("\"{address}\"")
+            );
+        }
+        assert_eq!(
+            text(|l| {
+                l.optional(None).raw(",").optional(Some(7));
+            }),
+            "null,7"
+        );
+    }
+
+    #[test]
+    fn strings_are_escaped_and_valid_json() {
+        for bytes in [&b"curl"[..], b"we\"ird\\n\tme", b"\xff\xfebad", "щука".as_bytes()] {
+            let json = text(|l| {
+                l.string(bytes);
+            });
+            let parsed: String = serde_json::from_str(&json).unwrap();
+            assert_eq!(parsed, String::from_utf8_lossy(bytes));
+        }
+    }
+}
