@@ -97,7 +97,7 @@ impl JsonLine {
     /// control characters are escaped.
     pub fn string(&mut self, bytes: &[u8]) -> &mut Self {
         self.buffer.push(b'"');
-        if bytes.iter().all(|&b| b >= 0x20 && b < 0x7f && b != b'"' && b != b'\\') {
+        if bytes.iter().all(|&b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\') {
             self.buffer.extend_from_slice(bytes); // the common case: plain ASCII
         } else {
             for c in String::from_utf8_lossy(bytes).chars() {
