@@ -11,8 +11,7 @@
 //! - Who closed first is read from the states and resets themselves ([`Closer`]).
 
 use std::{
-    cmp::Reverse,
-    collections::{BinaryHeap, HashMap, VecDeque},
+    collections::{HashMap, VecDeque},
     net::{IpAddr, SocketAddr},
 };
 
@@ -339,37 +338,11 @@ pub struct Stats {
 
 type Slot = (u64, usize);
 
-/// An event waiting in the reorder window, ordered by time, then arrival.
-struct Queued {
-    ts_ns: u64,
-    seq: u64,
-    event: TcpEvent,
-}
-
-impl PartialEq for Queued {
-    fn eq(&self, other: &Self) -> bool {
-        (self.ts_ns, self.seq) == (other.ts_ns, other.seq)
-    }
-}
-
-impl Eq for Queued {}
-
-impl PartialOrd for Queued {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Queued {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.ts_ns, self.seq).cmp(&(other.ts_ns, other.seq))
-    }
-}
-
 pub struct Engine {
     options: EngineOptions,
-    pending: BinaryHeap<Reverse<Queued>>,
-    arrival: u64,
+    /// Events waiting out the reorder window, sorted by time, then arrival. They nearly
+    /// always arrive in order, so this is a queue with the odd insertion near its back.
+    pending: VecDeque<TcpEvent>,
     next_id: u64,
     connections: Map<u64, Live>,
     by_sk: Map<u64, Slot>,
@@ -398,8 +371,7 @@ impl Engine {
     pub fn new(options: EngineOptions) -> Engine {
         Engine {
             options,
-            pending: BinaryHeap::new(),
-            arrival: 0,
+            pending: VecDeque::new(),
             next_id: 1,
             connections: Map::default(),
             by_sk: Map::default(),
@@ -431,10 +403,14 @@ impl Engine {
     /// Queues an event; it is processed by [`Engine::advance`] once it is out of the
     /// reorder window.
     pub fn push(&mut self, event: TcpEvent) {
-        let seq = self.arrival;
-        self.arrival += 1;
         self.newest_ns = self.newest_ns.max(event.ts_ns);
-        self.pending.push(Reverse(Queued { ts_ns: event.ts_ns, seq, event }));
+        if self.pending.back().is_none_or(|last| last.ts_ns <= event.ts_ns) {
+            self.pending.push_back(event);
+        } else {
+            // After every queued event of the same time or earlier: ties keep arrival order.
+            let at = self.pending.partition_point(|queued| queued.ts_ns <= event.ts_ns);
+            self.pending.insert(at, event);
+        }
     }
 
     /// Events were lost before reaching us: any connection tracked now, or touched by an
@@ -482,11 +458,9 @@ impl Engine {
     }
 
     fn process_until(&mut self, until_ns: u64, out: &mut impl FnMut(Output<'_>)) {
-        while let Some(Reverse(queued)) = self.pending.peek() {
-            if queued.ts_ns > until_ns {
-                break;
-            }
-            let Some(Reverse(Queued { ts_ns: ts, event, .. })) = self.pending.pop() else { break };
+        while self.pending.front().is_some_and(|queued| queued.ts_ns <= until_ns) {
+            let Some(event) = self.pending.pop_front() else { break };
+            let ts = event.ts_ns;
             self.settle(ts, out);
             self.process(&event, out);
         }
