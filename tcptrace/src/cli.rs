@@ -105,8 +105,9 @@ pub struct TraceArgs {
     #[arg(long, value_name = "FILE")]
     pub record: Option<PathBuf>,
 
-    /// Ring-buffer size in bytes (a power of two, at least 4096). Each event takes 104
-    /// bytes in it; the default 4 MiB holds about 40 000 events.
+    /// Ring-buffer size in bytes (a power of two, at least 4096): kernel memory, mapped
+    /// into tcptrace. Each event takes 104 bytes; the default 4 MiB holds about 40 000
+    /// events. Raise it if events are lost (docs/sizing.md).
     #[arg(long, value_name = "BYTES", default_value_t = 4 << 20, value_parser = parse_ring_size)]
     pub ring_size: u32,
 
@@ -141,8 +142,8 @@ pub struct OutputArgs {
     #[arg(long, value_enum, default_value_t = Lang::En)]
     pub lang: Lang,
 
-    /// Connections tracked at once; past it the least recently active are aged out
-    /// (counted in the summary). Each costs a few hundred bytes.
+    /// Connections followed at once; past it the least recently active are aged out
+    /// (counted in the summary). Each costs about 1 KiB (docs/sizing.md).
     #[arg(long, value_name = "N", default_value_t = 1 << 18)]
     pub max_connections: usize,
 }

@@ -20,8 +20,6 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::run_command;
-
 const PORT: u16 = 18090;
 const NO_MATCH_PORT: &str = "9";
 const ROUNDS: usize = 3;
@@ -232,25 +230,21 @@ impl Bench {
             }
             run.cpu_s = Some(cpu_s);
             run.max_rss_kib = Some(max_rss_kib);
-            let text = fs::read_to_string(&output)?;
             if config == Config::Bpftrace {
-                let transitions = text.lines().filter(|l| l.split(' ').count() == 5).count() as u64;
-                let lost = text
-                    .lines()
-                    .filter_map(|l| l.strip_prefix("Lost ")?.split(' ').next()?.parse::<u64>().ok())
-                    .sum();
+                let (mut transitions, mut lost) = (0, 0);
+                for line in BufReader::new(fs::File::open(&output)?).lines() {
+                    let line = line?;
+                    if line.split(' ').count() == 5 {
+                        transitions += 1;
+                    } else if let Some(n) = line.strip_prefix("Lost ") {
+                        lost +=
+                            n.split(' ').next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+                    }
+                }
                 run.events = Some(transitions);
                 run.lost = Some(lost);
             } else {
-                let summary: serde_json::Value = text
-                    .lines()
-                    .rev()
-                    .find_map(|l| {
-                        serde_json::from_str(l)
-                            .ok()
-                            .filter(|v: &serde_json::Value| v["type"] == "summary")
-                    })
-                    .context("no summary from tcptrace")?;
+                let summary = summary_of(&tail(&output)?)?;
                 run.events = summary["events"].as_u64();
                 run.lost = summary["lost"].as_u64();
                 run.kernel_ns_per_event = summary["kernel_programs"]
@@ -394,6 +388,28 @@ fn replay(
         bail!("replay failed: {status}");
     }
     Ok((started.elapsed().as_secs_f64(), rss, events))
+}
+
+/// The end of a file, where tcptrace writes its summary. Reading only that keeps this
+/// process small: a child's peak RSS (from `wait4`) counts what it inherits at `fork()`.
+fn tail(path: &Path) -> Result<String> {
+    use std::io::{Seek, SeekFrom};
+    let mut file = fs::File::open(path)?;
+    let length = file.metadata()?.len();
+    file.seek(SeekFrom::Start(length.saturating_sub(256 << 10)))?;
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut file, &mut bytes)?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// The `summary` line of tcptrace's `--json` output.
+fn summary_of(output: &str) -> Result<serde_json::Value> {
+    output
+        .lines()
+        .rev()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|value| value["type"] == "summary")
+        .context("no summary from tcptrace")
 }
 
 fn met(ok: bool) -> &'static str {
@@ -592,27 +608,9 @@ fn machine() -> String {
 
 /// Installs nginx, wrk and bpftrace when missing.
 pub fn ensure_tools() -> Result<()> {
-    let missing: Vec<&str> = ["nginx", "wrk", "bpftrace"]
-        .into_iter()
-        .filter(|tool| {
-            Command::new("sh")
-                .args(["-c", &format!("command -v {tool}")])
-                .stdout(Stdio::null())
-                .status()
-                .map_or(true, |s| !s.success())
-        })
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    eprintln!("bench: installing {}", missing.join(" "));
-    run_command(Command::new("apt-get").args(["update", "-qq"]))?;
-    run_command(
-        Command::new("apt-get")
-            .args(["install", "-y", "-qq"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdout(Stdio::null()),
+    crate::tools::install_missing(
+        "the benchmark",
+        &[("nginx", "nginx"), ("wrk", "wrk"), ("bpftrace", "bpftrace")],
     )
 }
 
@@ -662,14 +660,7 @@ pub fn soak(root: &Path, tcptrace: &Path, connections: u64) -> Result<()> {
     signal(&nginx, libc::SIGQUIT);
     let _ = nginx.wait();
     result?;
-    let text = fs::read_to_string(&output)?;
-    let summary: serde_json::Value = text
-        .lines()
-        .rev()
-        .find_map(|l| {
-            serde_json::from_str(l).ok().filter(|v: &serde_json::Value| v["type"] == "summary")
-        })
-        .context("no summary from tcptrace")?;
+    let summary = summary_of(&tail(&output)?)?;
     let at_100k = samples.iter().find(|(n, _)| *n >= 100_000).map_or(0, |s| s.1);
     let at_end = samples.last().map_or(0, |s| s.1);
     println!(

@@ -153,9 +153,10 @@ fn on_path(program: &str) -> bool {
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
 }
 
-/// Installs, with apt-get, what the tests need and the machine lacks.
-pub fn ensure_test_programs() -> Result<()> {
-    let missing: Vec<&str> = TEST_PROGRAMS
+/// Installs, with apt-get, the Debian packages of the `(program, package)` pairs whose
+/// program is not on PATH.
+pub fn install_missing(purpose: &str, programs: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = programs
         .iter()
         .filter(|(program, _)| !on_path(program))
         .map(|&(_, package)| package)
@@ -163,7 +164,7 @@ pub fn ensure_test_programs() -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    eprintln!("xtask: installing what the tests need: {}", missing.join(" "));
+    eprintln!("xtask: installing what {purpose} needs: {}", missing.join(" "));
     run_command(Command::new("apt-get").args(["update", "-qq"]))?;
     run_command(
         Command::new("apt-get")
@@ -172,4 +173,9 @@ pub fn ensure_test_programs() -> Result<()> {
             .env("DEBIAN_FRONTEND", "noninteractive")
             .stdout(Stdio::null()),
     )
+}
+
+/// What the tests drive and the machine may lack.
+pub fn ensure_test_programs() -> Result<()> {
+    install_missing("the tests", &TEST_PROGRAMS)
 }
