@@ -307,11 +307,44 @@ impl Default for EngineOptions {
     }
 }
 
-/// TIME-WAIT durations of one local endpoint.
+/// How many TIME-WAIT durations a local endpoint keeps for its median: memory stays
+/// bounded however long tcptrace runs.
+const DURATION_SAMPLE: usize = 1024;
+
+/// TIME-WAIT durations of one local endpoint: exact count, minimum and maximum, and a
+/// uniform sample (reservoir) of at most [`DURATION_SAMPLE`] durations for the median.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TimeWaitStats {
-    pub durations_ns: Vec<u64>,
+    pub count: u64,
+    pub min_ns: u64,
+    pub max_ns: u64,
+    sample: Vec<u64>,
     pub open: u64,
+}
+
+impl TimeWaitStats {
+    fn add(&mut self, duration_ns: u64) {
+        self.count += 1;
+        self.min_ns = if self.count == 1 { duration_ns } else { self.min_ns.min(duration_ns) };
+        self.max_ns = self.max_ns.max(duration_ns);
+        if self.sample.len() < DURATION_SAMPLE {
+            self.sample.push(duration_ns);
+        } else {
+            // Keep each of the `count` durations with equal chance (Algorithm R), with a
+            // cheap deterministic generator: no need for cryptographic randomness here.
+            let slot = (self.count.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 11) % self.count;
+            if let Some(kept) = self.sample.get_mut(slot as usize) {
+                *kept = duration_ns;
+            }
+        }
+    }
+
+    /// The median: exact up to [`DURATION_SAMPLE`] durations, then that of the sample.
+    pub fn median_ns(&self) -> Option<u64> {
+        let mut sorted = self.sample.clone();
+        sorted.sort_unstable();
+        sorted.get(sorted.len() / 2).copied()
+    }
 }
 
 /// TIME-WAIT sockets on ephemeral ports toward one remote endpoint from one local address:
@@ -858,7 +891,7 @@ impl Engine {
             let entry = stats.time_wait_by_local.entry(endpoint.local).or_default();
             match (tw.end, tw.duration_ns()) {
                 (TimeWaitEnd::Open, _) | (_, None) => entry.open += 1,
-                (_, Some(duration)) => entry.durations_ns.push(duration),
+                (_, Some(duration)) => entry.add(duration),
             }
         }
     }

@@ -361,3 +361,20 @@ fn time_wait_pile_up_toward_one_remote_is_measured() {
     let pressure = engine.stats().time_wait_toward_remote[&key];
     assert_eq!(pressure, PortPressure { now: 0, peak: 50 }, "all released by the end");
 }
+
+#[test]
+fn time_wait_statistics_stay_bounded_and_exact_where_they_can() {
+    let mut stats = TimeWaitStats::default();
+    for duration in (1..=100_000u64).rev() {
+        stats.add(duration * 1000);
+    }
+    assert_eq!((stats.count, stats.min_ns, stats.max_ns), (100_000, 1000, 100_000_000));
+    assert!(stats.sample.len() <= DURATION_SAMPLE);
+    let median = stats.median_ns().unwrap() as f64 / 1000.0;
+    assert!((40_000.0..60_000.0).contains(&median), "a fair sample's median: {median}");
+    let mut small = TimeWaitStats::default();
+    for duration in [5, 1, 3] {
+        small.add(duration);
+    }
+    assert_eq!(small.median_ns(), Some(3), "exact for few durations");
+}

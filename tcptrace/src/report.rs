@@ -250,17 +250,13 @@ fn time_wait_rows(stats: &Stats) -> Vec<TimeWaitRow> {
     let mut rows: Vec<TimeWaitRow> = stats
         .time_wait_by_local
         .iter()
-        .map(|(&local, tw)| {
-            let mut sorted = tw.durations_ns.clone();
-            sorted.sort_unstable();
-            TimeWaitRow {
-                local,
-                count: sorted.len(),
-                min: sorted.first().copied().unwrap_or(0),
-                median: sorted.get(sorted.len() / 2).copied().unwrap_or(0),
-                max: sorted.last().copied().unwrap_or(0),
-                open: tw.open,
-            }
+        .map(|(&local, tw)| TimeWaitRow {
+            local,
+            count: tw.count as usize,
+            min: tw.min_ns,
+            median: tw.median_ns().unwrap_or(0),
+            max: tw.max_ns,
+            open: tw.open,
         })
         .collect();
     rows.sort_by_key(|row| (std::cmp::Reverse(row.count as u64 + row.open), row.local));
