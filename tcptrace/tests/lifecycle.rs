@@ -91,7 +91,7 @@ fn client_closes_first_leaves_time_wait_on_its_ephemeral_port() {
 }
 
 #[test]
-fn curl_against_python_http_server_is_server_first_or_simultaneous() {
+fn curl_against_python_http_server_is_classified_by_what_each_side_did() {
     let mut server = Command::new("python3")
         .args(["-u", "-m", "http.server", "0", "--bind", "127.0.0.1"])
         .stdout(Stdio::piped())
@@ -136,6 +136,15 @@ fn curl_against_python_http_server_is_server_first_or_simultaneous() {
                 );
                 assert_eq!(time_wait(side)["end"], "open", "both sides hold a TIME-WAIT");
             }
+        }
+        // curl knows the body's length and may close before python's handler returns and
+        // closes: seen under load (CI runs tests in parallel). Rarer, but as real.
+        "client" => {
+            let client_closes = ["FIN_WAIT1", "FIN_WAIT2", "CLOSED"];
+            assert_eq!(endpoint_states(client)[2..], client_closes, "{record:#}");
+            assert_eq!(endpoint_states(server_side)[2..], ["CLOSE_WAIT", "LAST_ACK", "CLOSED"]);
+            assert_eq!(time_wait(client)["end"], "open");
+            assert!(time_wait(server_side).is_null());
         }
         other => panic!("curl vs http.server closed by {other}: {record:#}"),
     }
