@@ -21,7 +21,7 @@ use crate::{
     event::decode,
     lifecycle::EngineOptions,
     loader::{TraceOptions, Tracer, drain, is_own_event},
-    output::WallClock,
+    output::{WallClock, clock_ns},
     pipeline::Pipeline,
     recording::{FORMAT_VERSION, Header, Recorder},
 };
@@ -34,12 +34,13 @@ const POLL_INTERVAL: Duration = Duration::from_millis(10);
 struct Live<W: Write> {
     pipeline: Pipeline<W>,
     recorder: Option<Recorder<BufWriter<File>>>,
+    own_pid: u32,
 }
 
 impl<W: Write> Live<W> {
     fn record(&mut self, bytes: &[u8]) -> io::Result<()> {
         match decode(bytes) {
-            Ok(event) if is_own_event(&event) => Ok(()),
+            Ok(event) if is_own_event(&event, self.own_pid) => Ok(()),
             Ok(event) => {
                 if let Some(recorder) = &mut self.recorder {
                     recorder.event(&event)?;
@@ -93,10 +94,7 @@ impl<W: Write> Live<W> {
 
 /// CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns()`.
 pub fn monotonic_now_ns() -> u64 {
-    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: valid pointer to a timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+    clock_ns(libc::CLOCK_MONOTONIC) as u64
 }
 
 /// `net.ipv4.ip_local_port_range`, or Linux's default when it can't be read.
@@ -134,7 +132,11 @@ pub async fn run(trace: &TraceArgs, output: &OutputArgs) -> Result<()> {
     }
     let stdout = BufWriter::with_capacity(1 << 16, io::stdout().lock());
     let engine = EngineOptions { max_connections: output.max_connections, ephemeral_ports };
-    let mut live = Live { pipeline: Pipeline::new(stdout, clock, engine, output), recorder };
+    let mut live = Live {
+        pipeline: Pipeline::new(stdout, clock, engine, output),
+        recorder,
+        own_pid: std::process::id(),
+    };
     live.pipeline.start()?;
     eprintln!("tcptrace: tracing TCP state transitions{}; Ctrl-C to stop", describe(trace));
 

@@ -272,9 +272,10 @@ fn calibrate_process_context() {
     }
 }
 
-/// Whether `event` is one of tcptrace's own calibration sockets.
-pub fn is_own_event(event: &crate::event::TcpEvent) -> bool {
-    event.task.process_context && event.task.pid == std::process::id()
+/// Whether `event` is one of tcptrace's own calibration sockets (`own_pid`: ours, looked
+/// up once: `std::process::id()` is a system call).
+pub fn is_own_event(event: &crate::event::TcpEvent, own_pid: u32) -> bool {
+    event.task.process_context && event.task.pid == own_pid
 }
 
 fn apply_filters(config: &mut Config, filters: &Filters) {

@@ -27,7 +27,8 @@ pub struct WallClock {
     realtime_minus_monotonic_ns: i128,
 }
 
-fn clock_ns(clock: libc::clockid_t) -> i128 {
+/// A clock's current time in nanoseconds.
+pub fn clock_ns(clock: libc::clockid_t) -> i128 {
     let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: valid pointer to a timespec.
     unsafe { libc::clock_gettime(clock, &mut now) };
