@@ -106,7 +106,16 @@ impl Record {
         unsafe { core::ptr::read_unaligned(self.0.as_ptr().add(offset) as *const T) }
     }
 
-    /// Copies `to.len()` (4 or 16) bytes at `offset`.
+    /// Copies the event's source and destination addresses: at `v4` (4 bytes each) or `v6`
+    /// (16 bytes each) offsets, by the event's family.
+    #[inline(always)]
+    fn read_addresses(&self, event: &mut Event, v4: (u16, u16), v6: (u16, u16)) {
+        let ((src, dst), len) = if event.family as u16 == AF_INET { (v4, 4) } else { (v6, 16) };
+        self.copy_to(src, &mut event.saddr, len);
+        self.copy_to(dst, &mut event.daddr, len);
+    }
+
+    /// Copies an address of `len` (4 or 16) bytes at `offset` into `to`.
     #[inline(always)]
     fn copy_to(&self, offset: u16, to: &mut [u8; 16], len: usize) {
         let offset = offset as usize & (RECORD_BYTES - 1);
@@ -248,17 +257,6 @@ fn new_event(event_kind: u8, sk: u64, process_context: bool) -> Event {
     event
 }
 
-/// Copies the 4- or 16-byte addresses of an `inet_sock_set_state`-style record.
-#[inline(always)]
-fn read_addresses(ctx: &TracePointContext, event: &mut Event, v4: (u16, u16), v6: (u16, u16)) {
-    let base = ctx.as_ptr() as *const u8;
-    let ((src, dst), len) = if event.family as u16 == AF_INET { (v4, 4) } else { (v6, 16) };
-    unsafe {
-        let _ = bpf_probe_read_kernel_buf(base.add(src as usize), &mut event.saddr[..len]);
-        let _ = bpf_probe_read_kernel_buf(base.add(dst as usize), &mut event.daddr[..len]);
-    }
-}
-
 /// Takes this CPU's noted timer if it is younger than `ttl_ns` (and is `timer`, if given).
 #[inline(always)]
 fn take_slot(
@@ -343,13 +341,11 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
     event.sport = sport;
     event.dport = dport;
     event.timer = time_wait_timer;
-    let (src, dst, len) = if family == AF_INET {
-        (offsets.saddr, offsets.daddr, 4)
-    } else {
-        (offsets.saddr_v6, offsets.daddr_v6, 16)
-    };
-    record.copy_to(src, &mut event.saddr, len);
-    record.copy_to(dst, &mut event.daddr, len);
+    record.read_addresses(
+        &mut event,
+        (offsets.saddr, offsets.daddr),
+        (offsets.saddr_v6, offsets.daddr_v6),
+    );
     emit(config, &event);
     Ok(())
 }
@@ -460,27 +456,24 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
 fn try_tcp_send_reset(ctx: &TracePointContext) -> Result<(), i32> {
     let config = config();
     let offsets = &config.send_reset;
-    let family: u16 = field(ctx, offsets.saddr_sockaddr)?;
+    let (record, process_context_regs) = Record::copy(ctx).ok_or(0)?;
+    let family: u16 = record.get(offsets.saddr_sockaddr);
     if !family_kept(config, family) {
         return Ok(());
     }
-    let sk: u64 = field(ctx, offsets.skaddr)?;
-    let sport = u16::from_be(field(ctx, offsets.saddr_sockaddr + 2)?);
-    let dport = u16::from_be(field(ctx, offsets.daddr_sockaddr + 2)?);
+    let sk: u64 = record.get(offsets.skaddr);
+    let sport = u16::from_be(record.get(offsets.saddr_sockaddr + 2));
+    let dport = u16::from_be(record.get(offsets.daddr_sockaddr + 2));
     if !keep_reset(config, sk, sport, dport) {
         return Ok(());
     }
-    let mut event = new_event(kind::RESET_SENT, sk, in_process_context(ctx, false));
+    let process_context = same_as_process_context(record.get(0), process_context_regs, false);
+    let mut event = new_event(kind::RESET_SENT, sk, process_context);
     event.family = family as u8;
     event.sport = sport;
     event.dport = dport;
-    let address_at = if family == AF_INET { 4 } else { 8 };
-    read_addresses(
-        ctx,
-        &mut event,
-        (offsets.saddr_sockaddr + address_at, offsets.daddr_sockaddr + address_at),
-        (offsets.saddr_sockaddr + address_at, offsets.daddr_sockaddr + address_at),
-    );
+    let (saddr, daddr) = (offsets.saddr_sockaddr, offsets.daddr_sockaddr);
+    record.read_addresses(&mut event, (saddr + 4, daddr + 4), (saddr + 8, daddr + 8));
     emit(config, &event);
     Ok(())
 }
@@ -494,22 +487,23 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
 fn try_tcp_receive_reset(ctx: &TracePointContext) -> Result<(), i32> {
     let config = config();
     let offsets = &config.receive_reset;
-    let family: u16 = field(ctx, offsets.family)?;
+    let (record, process_context_regs) = Record::copy(ctx).ok_or(0)?;
+    let family: u16 = record.get(offsets.family);
     if !family_kept(config, family) {
         return Ok(());
     }
-    let sk: u64 = field(ctx, offsets.skaddr)?;
-    let sport: u16 = field(ctx, offsets.sport)?;
-    let dport: u16 = field(ctx, offsets.dport)?;
+    let sk: u64 = record.get(offsets.skaddr);
+    let sport: u16 = record.get(offsets.sport);
+    let dport: u16 = record.get(offsets.dport);
     if !keep_reset(config, sk, sport, dport) {
         return Ok(());
     }
-    let mut event = new_event(kind::RESET_RECEIVED, sk, in_process_context(ctx, false));
+    let process_context = same_as_process_context(record.get(0), process_context_regs, false);
+    let mut event = new_event(kind::RESET_RECEIVED, sk, process_context);
     event.family = family as u8;
     event.sport = sport;
     event.dport = dport;
-    read_addresses(
-        ctx,
+    record.read_addresses(
         &mut event,
         (offsets.saddr, offsets.daddr),
         (offsets.saddr_v6, offsets.daddr_v6),
