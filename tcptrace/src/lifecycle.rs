@@ -724,6 +724,8 @@ impl Engine {
                 tw.end_ns = Some(tw.pending_cancel_ns.unwrap_or(ts));
             }
             self.time_wait_ended(timer);
+            // Its connection may be over now, like after any other kill.
+            self.finish_if_done(stale.0, ts);
         }
         self.by_timer.insert(timer, slot);
         let ephemeral = self.options.ephemeral_ports;

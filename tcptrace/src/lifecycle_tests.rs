@@ -378,3 +378,34 @@ fn time_wait_statistics_stay_bounded_and_exact_where_they_can() {
     }
     assert_eq!(small.median_ns(), Some(3), "exact for few durations");
 }
+
+/// At high churn the next time-wait socket often reuses a killed one's memory, timer and
+/// all, before the kill's grace period: the killed connection is still handed out as soon
+/// as it is over, not held until the end of the trace.
+#[test]
+fn a_connection_whose_time_wait_is_killed_by_reuse_is_handed_out_at_once() {
+    let a = ("127.0.0.1:40300", "127.0.0.1:80");
+    let b = ("127.0.0.1:40301", "127.0.0.1:80");
+    let mut r = Recording::default();
+    r.transition(1.0, 1, Closed, SynSent, a, Some(7))
+        .transition(1.001, 1, SynSent, Established, a, None)
+        .transition(1.002, 1, Established, FinWait1, a, Some(7))
+        .transition(1.003, 1, FinWait1, FinWait2, a, None)
+        .hand_over_to_time_wait(1.004, 1, FinWait2, a, 0x77)
+        .timer(3.0, 1, EventKind::TimeWaitCancel { timer: 0x77 })
+        .hand_over_to_time_wait(3.0002, 2, FinWait2, b, 0x77);
+    let mut engine = Engine::new(EngineOptions::default());
+    let mut handed_out = Vec::new();
+    for event in &r.events {
+        engine.push(*event);
+    }
+    engine.advance(4 * S, &mut |output| {
+        if let Output::Connection(connection) = output {
+            handed_out.push(connection.clone());
+        }
+    });
+    assert_eq!(handed_out.len(), 1, "the killed one, before the trace ends");
+    let tw = handed_out[0].endpoints[0].time_wait.as_ref().unwrap();
+    assert_eq!((tw.end, tw.end_ns), (TimeWaitEnd::Killed, Some(3 * S)));
+    assert_eq!(engine.tracked(), 1, "only the new TIME-WAIT is still followed");
+}
