@@ -12,10 +12,10 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, Ipv6Addr, SocketAddr},
 };
 
-use crate::event::{EventKind, Owner, TcpEvent, TcpState};
+use crate::event::{Comm, EventKind, Owner, Task, TcpEvent, TcpState};
 
 /// Fast, randomly seeded hashing: some keys (4-tuples of remote peers) are chosen by others.
 type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
@@ -105,7 +105,7 @@ pub struct StateSpan {
     pub duration_ns: Option<u64>,
 }
 
-/// One state as stored: durations follow from the next state's entry, so 16 bytes do.
+/// One state: durations follow from the next state's entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Step {
     state: TcpState,
@@ -118,6 +118,71 @@ const UNKNOWN_NS: u64 = u64::MAX;
 impl Step {
     fn enter(&self) -> Option<u64> {
         (self.enter_ns != UNKNOWN_NS).then_some(self.enter_ns)
+    }
+}
+
+/// States stored inline: a whole life is 5 states (SYN_SENT … CLOSED), so almost no
+/// endpoint allocates; longer ones spill the rest to the heap.
+const INLINE_STEPS: usize = 5;
+
+/// An endpoint's states in order, without a heap allocation for the usual five.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Steps {
+    enter_ns: [u64; INLINE_STEPS],
+    states: [TcpState; INLINE_STEPS],
+    len: u8,
+    more: Option<Box<Vec<Step>>>,
+}
+
+impl Steps {
+    fn new() -> Steps {
+        Steps {
+            enter_ns: [0; INLINE_STEPS],
+            states: [TcpState::Closed; INLINE_STEPS],
+            len: 0,
+            more: None,
+        }
+    }
+
+    fn push(&mut self, step: Step) {
+        let len = usize::from(self.len);
+        if len < INLINE_STEPS {
+            self.enter_ns[len] = step.enter_ns;
+            self.states[len] = step.state;
+            self.len += 1;
+        } else {
+            self.more.get_or_insert_default().push(step);
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = Step> + '_ {
+        let inline = (0..usize::from(self.len))
+            .map(|i| Step { state: self.states[i], enter_ns: self.enter_ns[i] });
+        inline.chain(self.more.iter().flat_map(|more| more.iter().copied()))
+    }
+
+    fn last(&self) -> Option<Step> {
+        match (&self.more, usize::from(self.len)) {
+            (Some(more), _) if !more.is_empty() => more.last().copied(),
+            (_, 0) => None,
+            (_, len) => Some(Step { state: self.states[len - 1], enter_ns: self.enter_ns[len - 1] }),
+        }
+    }
+
+    fn passed(&self, state: TcpState) -> bool {
+        self.iter().any(|step| step.state == state)
+    }
+
+    fn entered(&self, state: TcpState) -> Option<u64> {
+        self.iter().find(|step| step.state == state).and_then(|step| step.enter())
+    }
+
+    /// When this side sent its FIN (entered FIN_WAIT1 or LAST_ACK).
+    fn fin_sent_ns(&self) -> Option<u64> {
+        match (self.entered(TcpState::FinWait1), self.entered(TcpState::LastAck)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 }
 
@@ -183,6 +248,7 @@ impl TimeWait {
     }
 }
 
+/// One socket's life, as handed out with its [`Connection`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Endpoint {
     /// This socket's address and its peer's.
@@ -191,13 +257,12 @@ pub struct Endpoint {
     pub role: Role,
     pub owner: Option<Owner>,
     /// Every state in order (see [`Endpoint::states`]).
-    steps: Vec<Step>,
+    steps: Steps,
     pub time_wait: Option<Box<TimeWait>>,
     pub reset_sent_ns: Option<u64>,
     pub reset_received_ns: Option<u64>,
     /// Events of this endpoint may be missing (a gap in its states, or events lost).
     pub incomplete: bool,
-    sk: u64,
     /// (time, in process context) of a close straight to CLOSED without FIN: an abort or RST.
     abort: Option<(u64, bool)>,
 }
@@ -205,13 +270,15 @@ pub struct Endpoint {
 impl Endpoint {
     /// Every state the endpoint passed through, in order, with entry times and durations.
     pub fn states(&self) -> impl Iterator<Item = StateSpan> + '_ {
-        self.steps.iter().enumerate().map(|(i, step)| {
-            let next = self.steps.get(i + 1).map(|next| next.enter_ns);
-            StateSpan {
+        let mut steps = self.steps.iter().peekable();
+        std::iter::from_fn(move || {
+            let step = steps.next()?;
+            let next = steps.peek().map(|next| next.enter_ns);
+            Some(StateSpan {
                 state: step.state,
                 enter_ns: step.enter(),
                 duration_ns: step.enter().zip(next).map(|(enter, next)| next.saturating_sub(enter)),
-            }
+            })
         })
     }
 
@@ -224,24 +291,165 @@ impl Endpoint {
     }
 
     pub fn passed(&self, state: TcpState) -> bool {
-        self.steps.iter().any(|step| step.state == state)
+        self.steps.passed(state)
     }
 
     /// When this endpoint first entered `state`.
     pub fn entered(&self, state: TcpState) -> Option<u64> {
-        self.steps.iter().find(|step| step.state == state).and_then(Step::enter)
+        self.steps.entered(state)
+    }
+}
+
+/// An IP address and port in 19 bytes (a `SocketAddr` takes 32): IPv4 is kept as an
+/// IPv4-mapped IPv6 address, with `v6` telling the two families apart.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+struct Address {
+    ip: [u8; 16],
+    port: u16,
+    v6: bool,
+}
+
+impl From<SocketAddr> for Address {
+    fn from(address: SocketAddr) -> Address {
+        let (ip, v6) = match address.ip() {
+            IpAddr::V4(ip) => (ip.to_ipv6_mapped(), false),
+            IpAddr::V6(ip) => (ip, true),
+        };
+        Address { ip: ip.octets(), port: address.port(), v6 }
+    }
+}
+
+impl From<Address> for SocketAddr {
+    fn from(address: Address) -> SocketAddr {
+        let ip = Ipv6Addr::from(address.ip);
+        match ip.to_ipv4_mapped().filter(|_| !address.v6) {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), address.port),
+            None => SocketAddr::new(IpAddr::V6(ip), address.port),
+        }
+    }
+}
+
+/// No time yet, in [`Side`]'s optional times (an `Option<u64>` takes twice the room).
+const NEVER: u64 = u64::MAX;
+
+fn at(ns: u64) -> Option<u64> {
+    (ns != NEVER).then_some(ns)
+}
+
+/// An endpoint while the engine follows it: compact, in the engine's side table, and
+/// turned into an [`Endpoint`] when its connection is handed out.
+struct Side {
+    sk: u64,
+    steps: Steps,
+    reset_sent_ns: u64,
+    reset_received_ns: u64,
+    /// A close straight to CLOSED without FIN: an abort or RST ([`NEVER`] if none).
+    abort_ns: u64,
+    local: Address,
+    remote: Address,
+    /// The socket's owner; pid 0 while unknown (the idle task never owns one).
+    owner: Owner,
+    connection: Index,
+    /// Its time-wait socket in the engine's time-wait table, or [`NO_INDEX`].
+    time_wait: Index,
+    role: Role,
+    incomplete: bool,
+    abort_in_process: bool,
+}
+
+impl Side {
+    fn is_closed(&self) -> bool {
+        self.steps.last().is_some_and(|step| step.state == TcpState::Closed)
     }
 
-    /// When this side sent its FIN (entered FIN_WAIT1 or LAST_ACK).
-    fn fin_sent_ns(&self) -> Option<u64> {
-        match (self.entered(TcpState::FinWait1), self.entered(TcpState::LastAck)) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+    fn tuple(&self) -> (Address, Address) {
+        (self.local, self.remote)
+    }
+
+    fn owner(&self) -> Option<Owner> {
+        (self.owner.pid != 0).then_some(self.owner)
+    }
+
+    /// The current task becomes the owner when it can be trusted to be one.
+    fn learn_owner(&mut self, task: &Task) -> Option<Owner> {
+        if let Some(owner) = task.as_owner() {
+            self.owner = owner;
+        }
+        self.owner()
+    }
+
+    fn into_endpoint(self, time_wait: Option<TimeWait>) -> Endpoint {
+        Endpoint {
+            local: self.local.into(),
+            remote: self.remote.into(),
+            role: self.role,
+            owner: self.owner(),
+            steps: self.steps,
+            time_wait: time_wait.map(Box::new),
+            reset_sent_ns: at(self.reset_sent_ns),
+            reset_received_ns: at(self.reset_received_ns),
+            incomplete: self.incomplete,
+            abort: at(self.abort_ns).map(|ns| (ns, self.abort_in_process)),
+        }
+    }
+}
+
+/// A position in a [`Slab`].
+type Index = u32;
+const NO_INDEX: Index = Index::MAX;
+
+/// A table whose freed slots are reused: it stays at the size of the most entries live at
+/// once, and long churn fragments no heap (nothing is allocated per entry).
+struct Slab<T> {
+    entries: Vec<Option<T>>,
+    free: Vec<Index>,
+}
+
+impl<T> Slab<T> {
+    fn new() -> Slab<T> {
+        Slab { entries: Vec::new(), free: Vec::new() }
+    }
+
+    fn insert(&mut self, value: T) -> Index {
+        match self.free.pop() {
+            Some(index) => {
+                self.entries[index as usize] = Some(value);
+                index
+            }
+            None => {
+                self.entries.push(Some(value));
+                (self.entries.len() - 1) as Index
+            }
         }
     }
 
-    fn time_wait_done(&self) -> bool {
-        self.time_wait.as_ref().is_none_or(|tw| tw.end != TimeWaitEnd::Open)
+    fn remove(&mut self, index: Index) -> Option<T> {
+        let value = self.entries.get_mut(index as usize)?.take()?;
+        self.free.push(index);
+        Some(value)
+    }
+
+    fn get(&self, index: Index) -> Option<&T> {
+        self.entries.get(index as usize)?.as_ref()
+    }
+
+    fn get_mut(&mut self, index: Index) -> Option<&mut T> {
+        self.entries.get_mut(index as usize)?.as_mut()
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len() - self.free.len()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (Index, &T)> {
+        self.entries
+            .iter()
+            .enumerate()
+            .filter_map(|(index, entry)| Some((index as Index, entry.as_ref()?)))
+    }
+
+    fn values_mut(&mut self) -> impl Iterator<Item = &mut T> {
+        self.entries.iter_mut().flatten()
     }
 }
 
@@ -369,7 +577,20 @@ pub struct Stats {
     pub lost_events: u64,
 }
 
-type Slot = (u64, usize);
+/// A connection being followed: its sides sit in the engine's side table.
+struct Tracked {
+    id: u64,
+    last_activity_ns: u64,
+    /// One side, or two when both ends are on this host ([`NO_INDEX`] for none).
+    sides: [Index; 2],
+    incomplete: bool,
+}
+
+impl Tracked {
+    fn sides(&self) -> impl Iterator<Item = Index> + use<> {
+        self.sides.into_iter().filter(|&side| side != NO_INDEX)
+    }
+}
 
 pub struct Engine {
     options: EngineOptions,
@@ -377,27 +598,27 @@ pub struct Engine {
     /// always arrive in order, so this is a queue with the odd insertion near its back.
     pending: VecDeque<TcpEvent>,
     next_id: u64,
-    connections: Map<u64, Live>,
-    by_sk: Map<u64, Slot>,
+    connections: Slab<Tracked>,
+    sides: Slab<Side>,
+    time_waits: Slab<TimeWait>,
+    /// Indexes into `sides`. A lookup checks that the side still has the key, so that a
+    /// socket (or timer) address reused by the kernel never reaches another socket's side.
+    by_sk: Map<u64, Index>,
     /// Sockets that reached CLOSED, until their connection is handed out: the kernel may
     /// send a RST just after (an abort sets CLOSED first).
-    closed_sk: Map<u64, Slot>,
-    by_timer: Map<u64, Slot>,
-    by_tuple: Map<(SocketAddr, SocketAddr), Slot>,
+    closed_sk: Map<u64, Index>,
+    by_timer: Map<u64, Index>,
+    /// Sides not yet paired with their peer, by (local, remote).
+    by_tuple: Map<(Address, Address), Index>,
     /// (cancel time, timer), in time order.
     pending_cancels: VecDeque<(u64, u64)>,
-    /// (time it finished, connection id), in time order, waiting out `FINISH_GRACE_NS`.
-    finishing: VecDeque<(u64, u64)>,
+    /// (time it finished, connection, its id), in time order, waiting out `FINISH_GRACE_NS`.
+    finishing: VecDeque<(u64, Index, u64)>,
     last_sweep_ns: u64,
     newest_ns: u64,
     /// Events up to this time may have lost company: connections they touch are incomplete.
     loss_horizon_ns: Option<u64>,
     stats: Stats,
-}
-
-struct Live {
-    connection: Connection,
-    last_activity_ns: u64,
 }
 
 impl Engine {
@@ -406,7 +627,9 @@ impl Engine {
             options,
             pending: VecDeque::new(),
             next_id: 1,
-            connections: Map::default(),
+            connections: Slab::new(),
+            sides: Slab::new(),
+            time_waits: Slab::new(),
             by_sk: Map::default(),
             closed_sk: Map::default(),
             by_timer: Map::default(),
@@ -451,8 +674,8 @@ impl Engine {
     pub fn lost(&mut self, count: u64) {
         self.stats.lost_events += count;
         self.loss_horizon_ns = Some(self.newest_ns);
-        for live in self.connections.values_mut() {
-            live.connection.incomplete = true;
+        for tracked in self.connections.values_mut() {
+            tracked.incomplete = true;
         }
     }
 
@@ -473,20 +696,19 @@ impl Engine {
         let now_ns = now_ns.max(self.newest_ns);
         self.process_until(u64::MAX, out);
         self.settle(u64::MAX, out);
-        let mut ids: Vec<u64> = self.connections.keys().copied().collect();
-        ids.sort_unstable();
-        for id in ids {
-            if let Some(live) = self.connections.get_mut(&id) {
-                for endpoint in &mut live.connection.endpoints {
-                    if let Some(tw) =
-                        endpoint.time_wait.as_mut().filter(|tw| tw.end == TimeWaitEnd::Open)
-                    {
-                        let expires = tw.last_armed_ns + TIME_WAIT_LEN_NS;
-                        tw.time_left_ns = Some(expires.saturating_sub(now_ns));
-                    }
+        let mut by_id: Vec<(u64, Index)> =
+            self.connections.iter().map(|(index, tracked)| (tracked.id, index)).collect();
+        by_id.sort_unstable();
+        for (_, index) in by_id {
+            let sides = self.connections.get(index).map(Tracked::sides);
+            for side in sides.into_iter().flatten() {
+                if let Some(tw) = self.time_wait_mut(side).filter(|tw| tw.end == TimeWaitEnd::Open)
+                {
+                    let expires = tw.last_armed_ns + TIME_WAIT_LEN_NS;
+                    tw.time_left_ns = Some(expires.saturating_sub(now_ns));
                 }
             }
-            self.emit(id, out);
+            self.emit(index, out);
         }
     }
 
@@ -535,18 +757,39 @@ impl Engine {
             EventKind::ResetSent | EventKind::ResetReceived => self.reset(event),
         };
         out(Output::Event(event, attribution));
-        if let Some(id) = touched {
+        if let Some(index) = touched {
             let lossy = self.loss_horizon_ns.is_some_and(|horizon| event.ts_ns <= horizon);
-            if let Some(live) = self.connections.get_mut(&id) {
-                live.last_activity_ns = event.ts_ns;
-                live.connection.incomplete |= lossy;
+            if let Some(tracked) = self.connections.get_mut(index) {
+                tracked.last_activity_ns = event.ts_ns;
+                tracked.incomplete |= lossy;
             }
-            self.finish_if_done(id, event.ts_ns);
+            self.finish_if_done(index, event.ts_ns);
         }
     }
 
-    fn endpoint_mut(&mut self, (id, index): Slot) -> Option<&mut Endpoint> {
-        self.connections.get_mut(&id)?.connection.endpoints.get_mut(index)
+    /// The side `index` points to in `map` under `sk`, if it is still that socket's.
+    fn side_of_socket(&self, map: &Map<u64, Index>, sk: u64) -> Option<Index> {
+        map.get(&sk).copied().filter(|&side| self.sides.get(side).is_some_and(|s| s.sk == sk))
+    }
+
+    /// The live side whose time-wait socket has `timer`.
+    fn side_of_timer(&self, timer: u64) -> Option<Index> {
+        let side = *self.by_timer.get(&timer)?;
+        let tw = self.time_waits.get(self.sides.get(side)?.time_wait)?;
+        (tw.timer == timer).then_some(side)
+    }
+
+    fn side(&self, index: Index) -> &Side {
+        self.sides.get(index).expect("indexed sides exist")
+    }
+
+    fn side_mut(&mut self, index: Index) -> &mut Side {
+        self.sides.get_mut(index).expect("indexed sides exist")
+    }
+
+    fn time_wait_mut(&mut self, side: Index) -> Option<&mut TimeWait> {
+        let index = self.sides.get(side)?.time_wait;
+        self.time_waits.get_mut(index)
     }
 
     fn transition(
@@ -555,40 +798,40 @@ impl Engine {
         old: TcpState,
         new: TcpState,
         time_wait_timer: Option<u64>,
-    ) -> (Attribution, Option<u64>) {
+    ) -> (Attribution, Option<Index>) {
         let task_owner = event.task.as_owner();
-        let slot = match self.by_sk.get(&event.sk) {
-            Some(&slot) => slot,
+        let Some((local, remote)) = event.addresses else {
+            return (Attribution::owner(task_owner), None);
+        };
+        let index = match self.side_of_socket(&self.by_sk, event.sk) {
+            Some(index) => index,
             None => {
                 // Listening sockets are not connections; a fresh socket that is not yet
                 // anything (CLOSED → CLOSED) neither.
                 if new == TcpState::Listen || old == TcpState::Listen && new == TcpState::Closed {
                     return (Attribution::owner(task_owner), None);
                 }
-                self.new_endpoint(event, old)
+                self.new_side(event, old, (local, remote))
             }
         };
-        let Some((local, remote)) = event.addresses else {
-            return (Attribution::owner(task_owner), None);
-        };
-        let endpoint = self.endpoint_mut(slot).expect("indexed endpoint exists");
-        endpoint.owner = task_owner.or(endpoint.owner);
-        let owner = endpoint.owner;
+        let side = self.side_mut(index);
+        let owner = side.learn_owner(&event.task);
         let mut old_state_ns = None;
-        if let Some(last) = endpoint.steps.last() {
+        if let Some(last) = side.steps.last() {
             if last.state != old {
-                endpoint.incomplete = true; // a gap: some transitions were not seen
+                side.incomplete = true; // a gap: some transitions were not seen
             }
             old_state_ns = last.enter().map(|enter| event.ts_ns.saturating_sub(enter));
             if old == new && last.state == new {
                 // The kernel reports some same-state changes (CLOSING → CLOSING).
-                return (Attribution { owner, old_state_ns, addresses: None }, Some(slot.0));
+                let attribution = Attribution { owner, old_state_ns, addresses: None };
+                return (attribution, Some(side.connection));
             }
         }
-        endpoint.steps.push(Step { state: new, enter_ns: event.ts_ns });
+        side.steps.push(Step { state: new, enter_ns: event.ts_ns });
         if remote.port() != 0 && local.port() != 0 {
-            endpoint.local = local;
-            endpoint.remote = remote;
+            side.local = local.into();
+            side.remote = remote.into();
         }
         let aborted = new == TcpState::Closed
             && matches!(
@@ -598,28 +841,30 @@ impl Engine {
                     | TcpState::SynReceived
                     | TcpState::CloseWait
             );
-        if aborted && endpoint.abort.is_none() {
-            endpoint.abort = Some((event.ts_ns, event.task.process_context));
+        if aborted && side.abort_ns == NEVER {
+            side.abort_ns = event.ts_ns;
+            side.abort_in_process = event.task.process_context;
         }
-        let tuple = (endpoint.local, endpoint.remote);
-        let tuple_known = tuple.0.port() != 0 && tuple.1.port() != 0;
+        let tuple = side.tuple();
+        let tuple_known = tuple.0.port != 0 && tuple.1.port != 0;
 
         if new == TcpState::Closed {
             self.by_sk.remove(&event.sk);
-            self.closed_sk.insert(event.sk, slot);
+            self.closed_sk.insert(event.sk, index);
             if let Some(timer) = time_wait_timer {
-                self.start_time_wait(slot, event.ts_ns, old, timer);
+                self.start_time_wait(index, event.ts_ns, old, timer);
             }
         }
-        let slot = if tuple_known { self.pair(slot, tuple) } else { slot };
-        if matches!(new, TcpState::LastAck | TcpState::FinWait1) {
-            self.peer_sent_fin(slot.0, tuple, event.ts_ns);
+        if tuple_known {
+            self.pair(index, tuple);
         }
-        (Attribution { owner, old_state_ns, addresses: None }, Some(slot.0))
+        if matches!(new, TcpState::LastAck | TcpState::FinWait1) {
+            self.peer_sent_fin(index, tuple, event.ts_ns);
+        }
+        (Attribution { owner, old_state_ns, addresses: None }, Some(self.side(index).connection))
     }
 
-    fn new_endpoint(&mut self, event: &TcpEvent, old: TcpState) -> Slot {
-        let (local, remote) = event.addresses.expect("transitions carry addresses");
+    fn new_side(&mut self, event: &TcpEvent, old: TcpState, tuple: (SocketAddr, SocketAddr)) -> Index {
         let role = match (old, event.kind) {
             (TcpState::Closed, EventKind::Transition { new: TcpState::SynSent, .. }) => {
                 Role::Client
@@ -629,95 +874,82 @@ impl Engine {
             }
             _ => Role::Unknown,
         };
-        // A whole life is 5 states (SYN_SENT … CLOSED).
-        let mut steps = Vec::with_capacity(5);
+        let mut steps = Steps::new();
         if role == Role::Unknown {
             // Seen mid-way: the state it was in, since an unknown time.
             steps.push(Step { state: old, enter_ns: UNKNOWN_NS });
         }
-        let endpoint = Endpoint {
-            local,
-            remote,
-            role,
-            owner: None,
-            steps,
-            time_wait: None,
-            reset_sent_ns: None,
-            reset_received_ns: None,
-            incomplete: role == Role::Unknown,
-            sk: event.sk,
-            abort: None,
-        };
         let id = self.next_id;
         self.next_id += 1;
-        self.connections.insert(
+        let connection = self.connections.insert(Tracked {
             id,
-            Live {
-                connection: Connection {
-                    id,
-                    endpoints: {
-                        // Room for the peer, which pairing may add.
-                        let mut endpoints = Vec::with_capacity(2);
-                        endpoints.push(endpoint);
-                        endpoints
-                    },
-                    closed_first: Closer::Unknown,
-                    incomplete: false,
-                },
-                last_activity_ns: event.ts_ns,
-            },
-        );
-        self.by_sk.insert(event.sk, (id, 0));
+            last_activity_ns: event.ts_ns,
+            sides: [NO_INDEX; 2],
+            incomplete: false,
+        });
+        let index = self.sides.insert(Side {
+            sk: event.sk,
+            steps,
+            reset_sent_ns: NEVER,
+            reset_received_ns: NEVER,
+            abort_ns: NEVER,
+            local: tuple.0.into(),
+            remote: tuple.1.into(),
+            owner: Owner { pid: 0, comm: Comm::default() },
+            connection,
+            time_wait: NO_INDEX,
+            role,
+            incomplete: role == Role::Unknown,
+            abort_in_process: false,
+        });
+        if let Some(tracked) = self.connections.get_mut(connection) {
+            tracked.sides[0] = index;
+        }
+        self.by_sk.insert(event.sk, index);
         self.closed_sk.remove(&event.sk);
         if self.connections.len() > self.options.max_connections {
-            self.age_out_least_recent(id);
+            self.age_out_least_recent(connection);
         }
-        (id, 0)
+        index
     }
 
-    /// Joins this endpoint with the one whose tuple mirrors it, if there is one; returns
-    /// where the endpoint lives now.
-    fn pair(&mut self, slot: Slot, tuple: (SocketAddr, SocketAddr)) -> Slot {
+    /// Joins this side's connection with the peer's, whose tuple mirrors it, if there is one.
+    fn pair(&mut self, index: Index, tuple: (Address, Address)) {
         let (local, remote) = tuple;
-        let Some(&peer_slot) = self.by_tuple.get(&(remote, local)) else {
-            // The newest endpoint with a tuple wins it: an older one has closed.
-            self.by_tuple.insert(tuple, slot);
-            return slot;
+        let peer = self
+            .by_tuple
+            .get(&(remote, local))
+            .copied()
+            .filter(|&peer| self.sides.get(peer).is_some_and(|s| s.tuple() == (remote, local)));
+        let Some(peer) = peer else {
+            // The newest side with a tuple wins it: an older one has closed.
+            self.by_tuple.insert(tuple, index);
+            return;
         };
-        let single =
-            |id: u64| self.connections.get(&id).is_some_and(|l| l.connection.endpoints.len() == 1);
-        if peer_slot.0 == slot.0 || !single(peer_slot.0) || !single(slot.0) {
-            return slot;
+        let mine = self.side(index).connection;
+        let theirs = self.side(peer).connection;
+        let single = |c: Index| self.connections.get(c).is_some_and(|t| t.sides[1] == NO_INDEX);
+        if mine == theirs || !single(mine) || !single(theirs) {
+            return;
         }
         self.by_tuple.remove(&(remote, local));
-        if self.by_tuple.get(&tuple) == Some(&slot) {
+        if self.by_tuple.get(&tuple) == Some(&index) {
             self.by_tuple.remove(&tuple);
         }
-        let mut mine = self.connections.remove(&slot.0).expect("checked above");
-        let peer = self.connections.get_mut(&peer_slot.0).expect("checked above");
-        let endpoint = mine.connection.endpoints.pop().expect("one endpoint");
-        let new_slot = (peer_slot.0, 1);
-        peer.connection.incomplete |= mine.connection.incomplete;
-        peer.last_activity_ns = peer.last_activity_ns.max(mine.last_activity_ns);
-        for index in [&mut self.by_sk, &mut self.closed_sk] {
-            if index.get(&endpoint.sk) == Some(&slot) {
-                index.insert(endpoint.sk, new_slot);
-            }
+        let Some(joining) = self.connections.remove(mine) else { return };
+        if let Some(tracked) = self.connections.get_mut(theirs) {
+            tracked.sides[1] = index;
+            tracked.incomplete |= joining.incomplete;
+            tracked.last_activity_ns = tracked.last_activity_ns.max(joining.last_activity_ns);
         }
-        if let Some(tw) = &endpoint.time_wait
-            && self.by_timer.get(&tw.timer) == Some(&slot)
-        {
-            self.by_timer.insert(tw.timer, new_slot);
-        }
-        peer.connection.endpoints.push(endpoint);
-        new_slot
+        self.side_mut(index).connection = theirs;
     }
 
-    fn start_time_wait(&mut self, slot: Slot, ts: u64, old: TcpState, timer: u64) {
+    fn start_time_wait(&mut self, index: Index, ts: u64, old: TcpState, timer: u64) {
         // A timer address still mapped belongs to an earlier time-wait socket that was
         // killed (its memory was reused): close that one first.
-        if let Some(&stale) = self.by_timer.get(&timer) {
-            if let Some(tw) = self.endpoint_mut(stale).and_then(|e| e.time_wait.as_mut())
+        if let Some(stale) = self.side_of_timer(timer) {
+            if let Some(tw) = self.time_wait_mut(stale)
                 && tw.end == TimeWaitEnd::Open
             {
                 tw.end = TimeWaitEnd::Killed;
@@ -725,51 +957,53 @@ impl Engine {
             }
             self.time_wait_ended(timer);
             // Its connection may be over now, like after any other kill.
-            self.finish_if_done(stale.0, ts);
+            let connection = self.side(stale).connection;
+            self.finish_if_done(connection, ts);
         }
-        self.by_timer.insert(timer, slot);
-        let ephemeral = self.options.ephemeral_ports;
-        let peer_fin = self.connections.get(&slot.0).and_then(|live| {
-            live.connection
-                .endpoints
-                .iter()
-                .enumerate()
-                .find(|(i, _)| *i != slot.1)
-                .and_then(|(_, peer)| peer.fin_sent_ns())
-        });
+        self.by_timer.insert(timer, index);
+        let side = self.side(index);
+        let peer_fin = self
+            .connections
+            .get(side.connection)
+            .into_iter()
+            .flat_map(Tracked::sides)
+            .filter(|&other| other != index)
+            .find_map(|other| self.side(other).steps.fin_sent_ns());
         let kind = if old == TcpState::Closing || peer_fin.is_some_and(|fin| fin <= ts) {
             TimeWaitKind::TimeWait
         } else {
             TimeWaitKind::FinWait2
         };
-        if let Some(key) = self.endpoint_mut(slot).and_then(|e| port_pressure_key(e, ephemeral)) {
+        if let Some(key) = port_pressure_key(side, self.options.ephemeral_ports) {
             self.port_pressure(key, true);
         }
-        if let Some(endpoint) = self.endpoint_mut(slot) {
-            endpoint.time_wait = Some(Box::new(TimeWait {
-                start_ns: ts,
-                end_ns: None,
-                rearmed: 0,
-                end: TimeWaitEnd::Open,
-                kind,
-                became_time_wait_ns: None,
-                time_left_ns: None,
-                timer,
-                last_armed_ns: ts,
-                pending_cancel_ns: None,
-            }));
-        }
+        let previous = self.side(index).time_wait;
+        self.time_waits.remove(previous);
+        let time_wait = self.time_waits.insert(TimeWait {
+            start_ns: ts,
+            end_ns: None,
+            rearmed: 0,
+            end: TimeWaitEnd::Open,
+            kind,
+            became_time_wait_ns: None,
+            time_left_ns: None,
+            timer,
+            last_armed_ns: ts,
+            pending_cancel_ns: None,
+        });
+        self.side_mut(index).time_wait = time_wait;
     }
 
-    /// The peer of the endpoint with `tuple` sent its FIN: an orphaned FIN_WAIT2 time-wait
+    /// The peer of the side with `tuple` sent its FIN: an orphaned FIN_WAIT2 time-wait
     /// socket on the other side becomes a real TIME-WAIT.
-    fn peer_sent_fin(&mut self, id: u64, tuple: (SocketAddr, SocketAddr), ts: u64) {
-        let Some(live) = self.connections.get_mut(&id) else { return };
-        for endpoint in &mut live.connection.endpoints {
-            if (endpoint.remote, endpoint.local) != tuple {
+    fn peer_sent_fin(&mut self, index: Index, tuple: (Address, Address), ts: u64) {
+        let Some(tracked) = self.connections.get(self.side(index).connection) else { return };
+        for side in tracked.sides() {
+            let side = self.side(side);
+            if (side.remote, side.local) != tuple {
                 continue;
             }
-            if let Some(tw) = endpoint.time_wait.as_mut()
+            if let Some(tw) = self.time_waits.get_mut(side.time_wait)
                 && tw.kind == TimeWaitKind::FinWait2
                 && tw.end == TimeWaitEnd::Open
             {
@@ -784,48 +1018,48 @@ impl Engine {
         event: &TcpEvent,
         timer: u64,
         update: impl FnOnce(&mut TimeWait, u64),
-    ) -> (Attribution, Option<u64>) {
-        let unknown = Attribution::owner(None);
-        let Some(&slot) = self.by_timer.get(&timer) else {
+    ) -> (Attribution, Option<Index>) {
+        let Some(index) = self.side_of_timer(timer) else {
             self.stats.unmatched_events += 1;
-            return (unknown, None);
+            return (Attribution::owner(None), None);
         };
-        let Some(endpoint) = self.endpoint_mut(slot) else {
-            return (unknown, None);
-        };
+        let side = self.side(index);
         let attribution = Attribution {
-            owner: endpoint.owner,
+            owner: side.owner(),
             old_state_ns: None,
-            addresses: Some((endpoint.local, endpoint.remote)),
+            addresses: Some((side.local.into(), side.remote.into())),
         };
-        match endpoint.time_wait.as_mut() {
-            Some(tw) if tw.timer == timer && tw.end == TimeWaitEnd::Open => update(tw, event.ts_ns),
+        let connection = side.connection;
+        match self.time_wait_mut(index) {
+            Some(tw) if tw.end == TimeWaitEnd::Open => update(tw, event.ts_ns),
             _ => return (attribution, None),
         }
-        (attribution, Some(slot.0))
+        (attribution, Some(connection))
     }
 
-    fn reset(&mut self, event: &TcpEvent) -> (Attribution, Option<u64>) {
+    fn reset(&mut self, event: &TcpEvent) -> (Attribution, Option<Index>) {
         let task_owner = event.task.as_owner();
-        let slot =
-            self.by_sk.get(&event.sk).or_else(|| self.closed_sk.get(&event.sk)).copied().or_else(
-                || {
-                    let (local, remote) = event.addresses?;
-                    self.by_tuple.get(&(local, remote)).copied()
-                },
-            );
-        let Some(endpoint) = slot.and_then(|slot| self.endpoint_mut(slot)) else {
+        let index = self
+            .side_of_socket(&self.by_sk, event.sk)
+            .or_else(|| self.side_of_socket(&self.closed_sk, event.sk))
+            .or_else(|| {
+                let (local, remote) = event.addresses?;
+                let tuple = (local.into(), remote.into());
+                let side = *self.by_tuple.get(&tuple)?;
+                (self.sides.get(side)?.tuple() == tuple).then_some(side)
+            });
+        let Some(index) = index else {
             self.stats.unmatched_events += 1;
             return (Attribution::owner(task_owner), None);
         };
+        let side = self.side_mut(index);
         let sent = event.kind == EventKind::ResetSent;
-        let field =
-            if sent { &mut endpoint.reset_sent_ns } else { &mut endpoint.reset_received_ns };
-        field.get_or_insert(event.ts_ns);
-        if sent {
-            endpoint.owner = task_owner.or(endpoint.owner);
+        let field = if sent { &mut side.reset_sent_ns } else { &mut side.reset_received_ns };
+        if *field == NEVER {
+            *field = event.ts_ns;
         }
-        (Attribution::owner(endpoint.owner), slot.map(|s| s.0))
+        let owner = if sent { side.learn_owner(&event.task) } else { side.owner() };
+        (Attribution::owner(owner), Some(side.connection))
     }
 
     /// Cancels older than `until_ns` with no expiry or re-arm after them were early kills.
@@ -835,15 +1069,14 @@ impl Engine {
                 break;
             }
             self.pending_cancels.pop_front();
-            let Some(&slot) = self.by_timer.get(&timer) else { continue };
-            let Some(tw) = self.endpoint_mut(slot).and_then(|e| e.time_wait.as_mut()) else {
-                continue;
-            };
+            let Some(index) = self.side_of_timer(timer) else { continue };
+            let Some(tw) = self.time_wait_mut(index) else { continue };
             if tw.end == TimeWaitEnd::Open && tw.pending_cancel_ns == Some(ts) {
                 tw.end = TimeWaitEnd::Killed;
                 tw.end_ns = Some(ts);
                 self.time_wait_ended(timer);
-                self.finish_if_done(slot.0, ts);
+                let connection = self.side(index).connection;
+                self.finish_if_done(connection, ts);
             }
         }
     }
@@ -852,31 +1085,42 @@ impl Engine {
     /// it was a kill, and finished connections past their grace are handed out.
     fn settle(&mut self, now_ns: u64, out: &mut impl FnMut(Output<'_>)) {
         self.resolve_cancels(now_ns.saturating_sub(CANCEL_GRACE_NS));
-        while let Some(&(ts, id)) = self.finishing.front() {
+        while let Some(&(ts, index, id)) = self.finishing.front() {
             if ts > now_ns.saturating_sub(FINISH_GRACE_NS) {
                 break;
             }
             self.finishing.pop_front();
-            if self.is_done(id) {
-                self.emit(id, out);
+            // The slot may hold another connection by now (this one was joined or aged out).
+            let same = self.connections.get(index).is_some_and(|tracked| tracked.id == id);
+            if same && self.is_done(index) {
+                self.emit(index, out);
             }
         }
     }
 
-    fn is_done(&self, id: u64) -> bool {
-        self.connections.get(&id).is_some_and(|live| {
-            live.connection.endpoints.iter().all(|e| e.is_closed() && e.time_wait_done())
+    fn is_done(&self, index: Index) -> bool {
+        self.connections.get(index).is_some_and(|tracked| {
+            tracked.sides().all(|side| {
+                let side = self.side(side);
+                let time_wait_over = self
+                    .time_waits
+                    .get(side.time_wait)
+                    .is_none_or(|tw| tw.end != TimeWaitEnd::Open);
+                side.is_closed() && time_wait_over
+            })
         })
     }
 
-    fn finish_if_done(&mut self, id: u64, ts: u64) {
-        if self.is_done(id) {
-            self.finishing.push_back((ts, id));
+    fn finish_if_done(&mut self, index: Index, ts: u64) {
+        if self.is_done(index)
+            && let Some(tracked) = self.connections.get(index)
+        {
+            self.finishing.push_back((ts, index, tracked.id));
         }
     }
 
-    fn emit(&mut self, id: u64, out: &mut impl FnMut(Output<'_>)) {
-        let Some(mut connection) = self.forget(id) else { return };
+    fn emit(&mut self, index: Index, out: &mut impl FnMut(Output<'_>)) {
+        let Some(mut connection) = self.forget(index) else { return };
         connection.closed_first = closed_first(&connection);
         connection.incomplete |= connection.endpoints.iter().any(|e| e.incomplete);
         self.record_stats(&connection);
@@ -901,9 +1145,9 @@ impl Engine {
     /// A time-wait socket with this timer ended (expired or killed): forget the timer and
     /// release its ephemeral port.
     fn time_wait_ended(&mut self, timer: u64) {
-        let Some(slot) = self.by_timer.remove(&timer) else { return };
-        let ephemeral = self.options.ephemeral_ports;
-        if let Some(key) = self.endpoint_mut(slot).and_then(|e| port_pressure_key(e, ephemeral)) {
+        let Some(index) = self.by_timer.remove(&timer) else { return };
+        let key = self.sides.get(index).and_then(|side| port_pressure_key(side, self.options.ephemeral_ports));
+        if let Some(key) = key {
             self.port_pressure(key, false);
         }
     }
@@ -920,67 +1164,80 @@ impl Engine {
 
     fn sweep(&mut self, now_ns: u64, out: &mut impl FnMut(Output<'_>)) {
         // Closed connections whose time-wait end never came (its events were lost).
-        let stuck: Vec<u64> = self
+        let stuck: Vec<Index> = self
             .connections
             .iter()
-            .filter(|(_, live)| {
-                live.connection.endpoints.iter().all(Endpoint::is_closed)
-                    && now_ns.saturating_sub(live.last_activity_ns) > TIME_WAIT_GIVE_UP_NS
+            .filter(|(_, tracked)| {
+                tracked.sides().all(|side| self.side(side).is_closed())
+                    && now_ns.saturating_sub(tracked.last_activity_ns) > TIME_WAIT_GIVE_UP_NS
             })
-            .map(|(&id, _)| id)
+            .map(|(index, _)| index)
             .collect();
-        for id in stuck {
-            if let Some(live) = self.connections.get_mut(&id) {
-                live.connection.incomplete = true;
+        for index in stuck {
+            if let Some(tracked) = self.connections.get_mut(index) {
+                tracked.incomplete = true;
             }
             self.stats.aged_out += 1;
-            self.emit(id, out);
+            self.emit(index, out);
         }
     }
 
     /// Drops the least recently active eighth of the table (never `keep`).
-    fn age_out_least_recent(&mut self, keep: u64) {
-        let mut by_age: Vec<(u64, u64)> =
-            self.connections.iter().map(|(&id, live)| (live.last_activity_ns, id)).collect();
+    fn age_out_least_recent(&mut self, keep: Index) {
+        let mut by_age: Vec<(u64, Index)> = self
+            .connections
+            .iter()
+            .map(|(index, tracked)| (tracked.last_activity_ns, index))
+            .collect();
         by_age.sort_unstable();
         let count = (by_age.len() / 8).max(1);
-        for &(_, id) in by_age.iter().filter(|(_, id)| *id != keep).take(count) {
-            if self.forget(id).is_some() {
+        for &(_, index) in by_age.iter().filter(|(_, index)| *index != keep).take(count) {
+            if self.forget(index).is_some() {
                 self.stats.aged_out += 1;
             }
         }
     }
 
-    /// Removes a connection and every index entry that points to it.
-    fn forget(&mut self, id: u64) -> Option<Connection> {
-        let connection = self.connections.remove(&id)?.connection;
-        for endpoint in &connection.endpoints {
-            let tuple = (endpoint.local, endpoint.remote);
-            if self.by_tuple.get(&tuple).is_some_and(|slot| slot.0 == id) {
+    /// Removes a connection, its sides and every index entry that points to them.
+    fn forget(&mut self, index: Index) -> Option<Connection> {
+        let tracked = self.connections.remove(index)?;
+        let mut endpoints = Vec::with_capacity(2);
+        for side_index in tracked.sides() {
+            let Some(side) = self.sides.remove(side_index) else { continue };
+            let tuple = side.tuple();
+            if self.by_tuple.get(&tuple) == Some(&side_index) {
                 self.by_tuple.remove(&tuple);
             }
-            for index in [&mut self.by_sk, &mut self.closed_sk] {
-                if index.get(&endpoint.sk).is_some_and(|slot| slot.0 == id) {
-                    index.remove(&endpoint.sk);
+            for map in [&mut self.by_sk, &mut self.closed_sk] {
+                if map.get(&side.sk) == Some(&side_index) {
+                    map.remove(&side.sk);
                 }
             }
-            if let Some(tw) = &endpoint.time_wait
-                && self.by_timer.get(&tw.timer).is_some_and(|slot| slot.0 == id)
+            let time_wait = self.time_waits.remove(side.time_wait);
+            if let Some(tw) = &time_wait
+                && self.by_timer.get(&tw.timer) == Some(&side_index)
             {
                 self.by_timer.remove(&tw.timer);
-                if let Some(key) = port_pressure_key(endpoint, self.options.ephemeral_ports) {
+                if let Some(key) = port_pressure_key(&side, self.options.ephemeral_ports) {
                     self.port_pressure(key, false);
                 }
             }
+            endpoints.push(side.into_endpoint(time_wait));
         }
-        Some(connection)
+        Some(Connection {
+            id: tracked.id,
+            endpoints,
+            closed_first: Closer::Unknown,
+            incomplete: tracked.incomplete,
+        })
     }
 }
 
 /// The (local address, remote endpoint) whose ephemeral ports a time-wait socket on this
-/// endpoint holds, if its local port is ephemeral.
-fn port_pressure_key(endpoint: &Endpoint, (low, high): (u16, u16)) -> Option<(IpAddr, SocketAddr)> {
-    (low..=high).contains(&endpoint.local.port()).then(|| (endpoint.local.ip(), endpoint.remote))
+/// side holds, if its local port is ephemeral.
+fn port_pressure_key(side: &Side, (low, high): (u16, u16)) -> Option<(IpAddr, SocketAddr)> {
+    let local = SocketAddr::from(side.local);
+    (low..=high).contains(&local.port()).then(|| (local.ip(), side.remote.into()))
 }
 
 /// Who closed first, from what each endpoint did.

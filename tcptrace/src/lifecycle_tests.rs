@@ -409,3 +409,7 @@ fn a_connection_whose_time_wait_is_killed_by_reuse_is_handed_out_at_once() {
     assert_eq!((tw.end, tw.end_ns), (TimeWaitEnd::Killed, Some(3 * S)));
     assert_eq!(engine.tracked(), 1, "only the new TIME-WAIT is still followed");
 }
+#[test]
+fn print_sizes() {
+    eprintln!("Side {} OptSide {} Tracked {} OptTracked {} TimeWait {} Steps {} Address {} TcpEvent {}", size_of::<Side>(), size_of::<Option<Side>>(), size_of::<Tracked>(), size_of::<Option<Tracked>>(), size_of::<super::TimeWait>(), size_of::<Steps>(), size_of::<Address>(), size_of::<TcpEvent>());
+}
