@@ -131,7 +131,8 @@ struct Steps {
     enter_ns: [u64; INLINE_STEPS],
     states: [TcpState; INLINE_STEPS],
     len: u8,
-    more: Option<Box<Vec<Step>>>,
+    /// Past the inline ones: rare, so a boxed slice (8 bytes here) regrown on each push.
+    more: Option<Box<[Step]>>,
 }
 
 impl Steps {
@@ -151,7 +152,8 @@ impl Steps {
             self.states[len] = step.state;
             self.len += 1;
         } else {
-            self.more.get_or_insert_default().push(step);
+            let more = self.more.take().unwrap_or_default();
+            self.more = Some(more.iter().copied().chain([step]).collect());
         }
     }
 
@@ -165,7 +167,9 @@ impl Steps {
         match (&self.more, usize::from(self.len)) {
             (Some(more), _) if !more.is_empty() => more.last().copied(),
             (_, 0) => None,
-            (_, len) => Some(Step { state: self.states[len - 1], enter_ns: self.enter_ns[len - 1] }),
+            (_, len) => {
+                Some(Step { state: self.states[len - 1], enter_ns: self.enter_ns[len - 1] })
+            }
         }
     }
 
@@ -864,7 +868,12 @@ impl Engine {
         (Attribution { owner, old_state_ns, addresses: None }, Some(self.side(index).connection))
     }
 
-    fn new_side(&mut self, event: &TcpEvent, old: TcpState, tuple: (SocketAddr, SocketAddr)) -> Index {
+    fn new_side(
+        &mut self,
+        event: &TcpEvent,
+        old: TcpState,
+        tuple: (SocketAddr, SocketAddr),
+    ) -> Index {
         let role = match (old, event.kind) {
             (TcpState::Closed, EventKind::Transition { new: TcpState::SynSent, .. }) => {
                 Role::Client
@@ -915,6 +924,11 @@ impl Engine {
 
     /// Joins this side's connection with the peer's, whose tuple mirrors it, if there is one.
     fn pair(&mut self, index: Index, tuple: (Address, Address)) {
+        let single = |c: Index| self.connections.get(c).is_some_and(|t| t.sides[1] == NO_INDEX);
+        let mine = self.side(index).connection;
+        if !single(mine) {
+            return; // already paired
+        }
         let (local, remote) = tuple;
         let peer = self
             .by_tuple
@@ -926,10 +940,8 @@ impl Engine {
             self.by_tuple.insert(tuple, index);
             return;
         };
-        let mine = self.side(index).connection;
         let theirs = self.side(peer).connection;
-        let single = |c: Index| self.connections.get(c).is_some_and(|t| t.sides[1] == NO_INDEX);
-        if mine == theirs || !single(mine) || !single(theirs) {
+        if mine == theirs || !single(theirs) {
             return;
         }
         self.by_tuple.remove(&(remote, local));
@@ -1146,7 +1158,10 @@ impl Engine {
     /// release its ephemeral port.
     fn time_wait_ended(&mut self, timer: u64) {
         let Some(index) = self.by_timer.remove(&timer) else { return };
-        let key = self.sides.get(index).and_then(|side| port_pressure_key(side, self.options.ephemeral_ports));
+        let key = self
+            .sides
+            .get(index)
+            .and_then(|side| port_pressure_key(side, self.options.ephemeral_ports));
         if let Some(key) = key {
             self.port_pressure(key, false);
         }

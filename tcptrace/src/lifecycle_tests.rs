@@ -410,6 +410,24 @@ fn a_connection_whose_time_wait_is_killed_by_reuse_is_handed_out_at_once() {
     assert_eq!(engine.tracked(), 1, "only the new TIME-WAIT is still followed");
 }
 #[test]
-fn print_sizes() {
-    eprintln!("Side {} OptSide {} Tracked {} OptTracked {} TimeWait {} Steps {} Address {} TcpEvent {}", size_of::<Side>(), size_of::<Option<Side>>(), size_of::<Tracked>(), size_of::<Option<Tracked>>(), size_of::<super::TimeWait>(), size_of::<Steps>(), size_of::<Address>(), size_of::<TcpEvent>());
+fn states_past_the_inline_ones_are_kept_in_order() {
+    let mut steps = Steps::new();
+    let states = [SynSent, SynReceived, Established, FinWait1, Closing, Closed, SynSent, Closed];
+    for (i, &state) in states.iter().enumerate() {
+        steps.push(Step { state, enter_ns: 100 * i as u64 });
+        assert_eq!(steps.last(), Some(Step { state, enter_ns: 100 * i as u64 }));
+    }
+    let kept: Vec<_> = steps.iter().map(|step| (step.state, step.enter_ns)).collect();
+    let expected: Vec<_> = states.iter().enumerate().map(|(i, &s)| (s, 100 * i as u64)).collect();
+    assert_eq!(kept, expected);
+    assert_eq!(steps.entered(Closed), Some(500), "the first time it entered");
+    assert!(steps.passed(Closing) && !steps.passed(LastAck));
+}
+
+#[test]
+fn addresses_keep_their_family() {
+    for text in ["127.0.0.1:8080", "[::1]:443", "[::ffff:10.0.0.1]:80", "0.0.0.0:0"] {
+        let address: SocketAddr = text.parse().unwrap();
+        assert_eq!(SocketAddr::from(Address::from(address)), address, "{text}");
+    }
 }
