@@ -282,29 +282,35 @@ fn parse_address(text: &str, field: &str) -> Result<SocketAddr, String> {
 /// `a.b.c.d:port`, the usual case, without the general parser's cost. Anything else
 /// (IPv6, leading zeros, out of range) is left to the general parser.
 fn parse_ipv4_address(text: &str) -> Option<SocketAddr> {
-    let mut numbers = [0u32; 5];
-    let mut digits = [0u8; 5];
-    let mut part = 0;
-    for &byte in text.as_bytes() {
-        match byte {
-            b'0'..=b'9' => {
-                // No leading zeros: "01" is not how an address is written.
-                if digits[part] == 1 && numbers[part] == 0 || digits[part] == 5 {
-                    return None;
-                }
-                numbers[part] = numbers[part] * 10 + u32::from(byte - b'0');
-                digits[part] += 1;
-            }
-            b'.' if part < 3 => part += 1,
-            b':' if part == 3 => part += 1,
-            _ => return None,
+    let bytes = text.as_bytes();
+    let mut octets = [0u8; 4];
+    let mut at = 0;
+    for (i, octet) in octets.iter_mut().enumerate() {
+        let (value, end) = decimal(bytes, at)?;
+        *octet = u8::try_from(value).ok()?;
+        if bytes.get(end) != Some(if i < 3 { &b'.' } else { &b':' }) {
+            return None;
         }
+        at = end + 1;
     }
-    if part != 4 || digits.contains(&0) || numbers[..4].iter().any(|&n| n > 255) {
-        return None;
+    let (port, end) = decimal(bytes, at)?;
+    let port = u16::try_from(port).ok().filter(|_| end == bytes.len())?;
+    Some(SocketAddr::from((octets, port)))
+}
+
+/// 1–5 digits at `from` without a leading zero: (value, where they end).
+fn decimal(bytes: &[u8], from: usize) -> Option<(u32, usize)> {
+    let mut value = 0;
+    let mut at = from;
+    while let Some(&digit) = bytes.get(at)
+        && digit.is_ascii_digit()
+        && at - from < 5
+    {
+        value = value * 10 + u32::from(digit - b'0');
+        at += 1;
     }
-    let octets = [numbers[0] as u8, numbers[1] as u8, numbers[2] as u8, numbers[3] as u8];
-    Some(SocketAddr::from((octets, u16::try_from(numbers[4]).ok()?)))
+    let leading_zero = bytes.get(from) == Some(&b'0') && at - from > 1;
+    (at > from && !leading_zero).then_some((value, at))
 }
 
 impl Line<'_> {
@@ -371,7 +377,8 @@ impl Line<'_> {
 pub struct Reader<R: BufRead> {
     input: R,
     line_number: usize,
-    buffer: String,
+    /// A line that straddles the end of the input's buffer, gathered.
+    partial: Vec<u8>,
     pub header: Header,
 }
 
@@ -414,46 +421,69 @@ impl<R: BufRead> Reader<R> {
             ephemeral_ports: header.ephemeral_ports,
             realtime_offset_ns: header.realtime_offset_ns,
         };
-        Ok(Reader { input, line_number: 1, buffer, header })
+        Ok(Reader { input, line_number: 1, partial: Vec::new(), header })
     }
 
     /// The next item; `None` at the end of the file.
     pub fn next_item(&mut self) -> Option<Result<Item, ReadError>> {
-        self.buffer.clear();
-        let read = match self.input.read_line(&mut self.buffer) {
-            Ok(read) => read,
-            Err(error) => {
-                let message = match error.kind() {
-                    io::ErrorKind::InvalidData => {
-                        "not text (invalid UTF-8): the file is corrupt".into()
-                    }
-                    _ => error.to_string(),
-                };
-                return Some(Err(ReadError { line: self.line_number + 1, message }));
-            }
-        };
-        if read == 0 {
-            return None;
-        }
-        self.line_number += 1;
-        let line = self.line_number;
-        let complete = self.buffer.ends_with('\n');
-        let text = self.buffer.trim_end();
-        if text.is_empty() {
-            return self.next_item();
-        }
-        let parsed = Line::scan(text)
-            .map(Ok)
-            .unwrap_or_else(|| serde_json::from_str::<Line<'_>>(text))
-            .map_err(|error| {
-                if !complete && error.is_eof() {
-                    "the line is cut short: the recording is truncated".to_owned()
-                } else {
-                    format!("not a valid record: {error}")
+        loop {
+            let line = self.line_number + 1;
+            let available = match self.input.fill_buf() {
+                Ok(available) => available,
+                Err(error) => return Some(Err(ReadError { line, message: error.to_string() })),
+            };
+            // Lines are read where they sit in the input's buffer; only one that straddles
+            // the buffer's end is gathered in `partial` first.
+            let (parsed, used) = match memchr::memchr(b'\n', available) {
+                Some(end) if self.partial.is_empty() => {
+                    (parse_line(&available[..end], true), end + 1)
                 }
-            });
-        Some(parsed.and_then(Line::into_item).map_err(|message| ReadError { line, message }))
+                Some(end) => {
+                    self.partial.extend_from_slice(&available[..end]);
+                    (parse_line(&self.partial, true), end + 1)
+                }
+                None if available.is_empty() && self.partial.is_empty() => return None,
+                None if available.is_empty() => (parse_line(&self.partial, false), 0),
+                None => {
+                    let used = available.len();
+                    self.partial.extend_from_slice(available);
+                    self.input.consume(used);
+                    continue;
+                }
+            };
+            self.input.consume(used);
+            self.partial.clear();
+            self.line_number = line;
+            match parsed {
+                Some(result) => {
+                    return Some(result.map_err(|message| ReadError { line, message }));
+                }
+                None => continue, // a blank line
+            }
+        }
     }
+}
+
+/// One line's item; `None` for a blank line. `complete`: the line ended with a newline.
+fn parse_line(bytes: &[u8], complete: bool) -> Option<Result<Item, String>> {
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return Some(Err("not text (invalid UTF-8): the file is corrupt".into()));
+    };
+    let text = text.trim_end();
+    if text.is_empty() {
+        return None;
+    }
+    let parsed = Line::scan(text)
+        .map(Ok)
+        .unwrap_or_else(|| serde_json::from_str::<Line<'_>>(text))
+        .map_err(|error| {
+            if !complete && error.is_eof() {
+                "the line is cut short: the recording is truncated".to_owned()
+            } else {
+                format!("not a valid record: {error}")
+            }
+        });
+    Some(parsed.and_then(Line::into_item))
 }
 
 #[cfg(test)]
