@@ -767,7 +767,15 @@ impl Engine {
                 tracked.last_activity_ns = event.ts_ns;
                 tracked.incomplete |= lossy;
             }
-            self.finish_if_done(index, event.ts_ns);
+            // Only a close or a time-wait's end can finish a connection (kills are found
+            // where they are resolved).
+            if matches!(
+                event.kind,
+                EventKind::Transition { new: TcpState::Closed, .. }
+                    | EventKind::TimeWaitExpire { .. }
+            ) {
+                self.finish_if_done(index, event.ts_ns);
+            }
         }
     }
 
