@@ -304,7 +304,7 @@ impl Endpoint {
     }
 }
 
-/// An IP address and port in 19 bytes (a `SocketAddr` takes 32): IPv4 is kept as an
+/// An IP address and port in 20 bytes (a `SocketAddr` takes 32): IPv4 is kept as an
 /// IPv4-mapped IPv6 address, with `v6` telling the two families apart.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 struct Address {

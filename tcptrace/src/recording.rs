@@ -178,18 +178,18 @@ impl<'a> Line<'a> {
             if bytes.get(at) != Some(&b'"') {
                 return None;
             }
-            let key_end = find_byte(bytes, at + 1, b'"')?;
+            let key_end = find(bytes, at + 1, |b| b == b'"')?;
             if bytes.get(key_end + 1) != Some(&b':') {
                 return None;
             }
             let key = &text[at + 1..key_end];
             at = key_end + 2;
             if bytes.get(at) == Some(&b'"') {
-                let end = find_byte(bytes, at + 1, b'"')?;
+                let end = find(bytes, at + 1, |b| b == b'"')?;
                 line.set_string(key, &text[at + 1..end])?;
                 at = end + 1;
             } else {
-                let end = find_byte(bytes, at, b',').or_else(|| find_byte(bytes, at, b'}'))?;
+                let end = find(bytes, at, |b| b == b',' || b == b'}')?;
                 line.set_scalar(key, &text[at..end])?;
                 at = end;
             }
@@ -239,24 +239,9 @@ impl<'a> Line<'a> {
     }
 }
 
-/// Where the first `byte` at or after `from` is, eight bytes at a time: the fields are
-/// short, and a byte-by-byte search spends its time on the branch that ends it.
-fn find_byte(bytes: &[u8], from: usize, byte: u8) -> Option<usize> {
-    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
-    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
-    let pattern = u64::from_ne_bytes([byte; 8]);
-    let mut at = from;
-    while let Some(chunk) = bytes.get(at..at + 8) {
-        let word = u64::from_le_bytes(chunk.try_into().ok()?) ^ pattern;
-        // The lowest byte of `word` that is zero sets the lowest high bit here (a borrow
-        // can only mark bytes above a zero one).
-        let zeros = word.wrapping_sub(ONES) & !word & HIGHS;
-        if zeros != 0 {
-            return Some(at + zeros.trailing_zeros() as usize / 8);
-        }
-        at += 8;
-    }
-    bytes.get(at..)?.iter().position(|&b| b == byte).map(|n| at + n)
+/// Where the first byte that `stop` accepts is, at or after `from`.
+fn find(bytes: &[u8], from: usize, stop: impl Fn(u8) -> bool) -> Option<usize> {
+    bytes.get(from..)?.iter().position(|&b| stop(b)).map(|n| from + n)
 }
 
 fn required<T>(value: Option<T>, field: &str) -> Result<T, String> {

@@ -240,7 +240,8 @@ impl Bench {
                 let (mut transitions, mut lost) = (0, 0);
                 for line in BufReader::new(fs::File::open(&output)?).lines() {
                     let line = line?;
-                    if line.split(' ').count() == 5 {
+                    // Event lines start with the time; others are "Attaching…", "Lost N…".
+                    if line.split(' ').next().is_some_and(|ts| ts.parse::<u64>().is_ok()) {
                         transitions += 1;
                     } else if let Some(n) = line.strip_prefix("Lost ") {
                         lost +=
@@ -601,6 +602,11 @@ pub fn run(root: &Path, tcptrace: &Path, seconds: u64) -> Result<()> {
         "\nThe last three rows drive the lifecycle engine from generated recordings through `tcptrace replay` (one core, output to /dev/null): 200 000 churned connections for replay speed; 100 000 connections that stay ESTABLISHED for memory; and 100 000 vs 1 000 000 connections churned at 1 000 per recorded second, each server side in TIME-WAIT for 61 s (about 61 000 open at once), for growth."
     )?;
     let path = root.join("docs/BENCHMARKS.md");
+    // The soak section comes from `cargo xtask soak`, a separate run: keep it.
+    let previous = fs::read_to_string(&path).unwrap_or_default();
+    if let Some(at) = previous.find("\n## Soak") {
+        md.push_str(&previous[at..]);
+    }
     fs::write(&path, md)?;
     eprintln!("bench: wrote {}", path.display());
     print!("{}", fs::read_to_string(&path)?);
