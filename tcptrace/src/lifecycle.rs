@@ -1226,6 +1226,12 @@ impl Engine {
         let tracked = self.connections.remove(index)?;
         let mut endpoints = Vec::with_capacity(2);
         for side_index in tracked.sides() {
+            // A time-wait still open ends with its connection (it releases its port).
+            if let Some(timer) = self.time_wait_mut(side_index).map(|tw| tw.timer)
+                && self.by_timer.get(&timer) == Some(&side_index)
+            {
+                self.time_wait_ended(timer);
+            }
             let Some(side) = self.sides.remove(side_index) else { continue };
             let tuple = side.tuple();
             if self.by_tuple.get(&tuple) == Some(&side_index) {
@@ -1237,14 +1243,6 @@ impl Engine {
                 }
             }
             let time_wait = self.time_waits.remove(side.time_wait);
-            if let Some(tw) = &time_wait
-                && self.by_timer.get(&tw.timer) == Some(&side_index)
-            {
-                self.by_timer.remove(&tw.timer);
-                if let Some(key) = port_pressure_key(&side, self.options.ephemeral_ports) {
-                    self.port_pressure(key, false);
-                }
-            }
             endpoints.push(side.into_endpoint(time_wait));
         }
         Some(Connection {
