@@ -18,9 +18,9 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use tcptrace_common::{
-    AF_INET, AF_INET6, COMM_LEN, Config, EXPIRE_AFTER_CANCEL_TTL_NS, Event, FAMILY_IPV4, FAMILY_IPV6,
-    IPPROTO_TCP, MAX_PORTS, REARM_AFTER_CANCEL_TTL_NS, STARTED_TIMER_TTL_NS, TimerSlot, counter,
-    kind, tcp_state,
+    AF_INET, AF_INET6, COMM_LEN, Config, EXPIRE_AFTER_CANCEL_TTL_NS, Event, FAMILY_IPV4,
+    FAMILY_IPV6, IPPROTO_TCP, MAX_PORTS, REARM_AFTER_CANCEL_TTL_NS, STARTED_TIMER_TTL_NS,
+    TimerSlot, counter, kind, tcp_state,
 };
 
 /// Set by the loader before load (field offsets, filters, `tw_timer_handler`).
@@ -215,7 +215,9 @@ fn emit(
         event.pid = (pid_tgid >> 32) as u32;
         event.tid = pid_tgid as u32;
         // Straight into the ring buffer: no copy through the stack.
-        unsafe { generated::bpf_get_current_comm(event.comm.as_mut_ptr() as *mut _, COMM_LEN as u32) };
+        unsafe {
+            generated::bpf_get_current_comm(event.comm.as_mut_ptr() as *mut _, COMM_LEN as u32)
+        };
         event.process_context = 1;
     }
     fill(event);

@@ -3,10 +3,27 @@
 
 use std::{
     io::{self, Write},
-    net::{IpAddr, SocketAddr},
+    net::SocketAddr,
 };
 
 use tcptrace_common::COMM_LEN;
+
+/// Decimal digits of every octet value, left-aligned in 4 bytes, with their count.
+const OCTETS: [([u8; 4], usize); 256] = {
+    let mut table = [([0u8; 4], 0); 256];
+    let mut value = 0;
+    while value < 256 {
+        let (hundreds, tens, ones) = (value / 100, value / 10 % 10, value % 10);
+        let digits = [b'0' + hundreds as u8, b'0' + tens as u8, b'0' + ones as u8];
+        table[value] = match value {
+            0..10 => ([digits[2], 0, 0, 0], 1),
+            10..100 => ([digits[1], digits[2], 0, 0], 2),
+            _ => ([digits[0], digits[1], digits[2], 0], 3),
+        };
+        value += 1;
+    }
+    table
+};
 
 #[derive(Default)]
 pub struct JsonLine {
@@ -86,25 +103,34 @@ impl JsonLine {
 
     /// `"IP:PORT"` (`"[IPv6]:PORT"`), as `SocketAddr`'s `Display` writes it.
     pub fn address(&mut self, address: &SocketAddr) -> &mut Self {
-        self.buffer.push(b'"');
-        match address.ip() {
-            IpAddr::V4(ip) => {
-                for (i, octet) in ip.octets().iter().enumerate() {
-                    if i > 0 {
-                        self.buffer.push(b'.');
-                    }
-                    self.u64(u64::from(*octet));
-                }
-            }
-            IpAddr::V6(ip) => {
-                // Rare enough on the hot path to use the standard formatting.
-                let _ = write!(self.buffer, "[{ip}]");
-            }
+        let SocketAddr::V4(address) = address else {
+            // Rare enough on the hot path to use the standard formatting.
+            let _ = write!(self.buffer, "\"{address}\"");
+            return self;
+        };
+        // The longest, `"255.255.255.255:65535"`, is 23 bytes. Each octet's digits come
+        // from a table and are stored as a 4-byte block, then the position moves on by
+        // their count: no division and no branch per digit.
+        let mut block = [0u8; 24];
+        block[0] = b'"';
+        let mut len = 1;
+        for (i, octet) in address.ip().octets().into_iter().enumerate() {
+            let (digits, count) = OCTETS[usize::from(octet)];
+            block[len..len + 4].copy_from_slice(&digits);
+            len += count;
+            block[len] = if i < 3 { b'.' } else { b':' };
+            len += 1;
         }
-        self.buffer.push(b':');
-        self.u64(u64::from(address.port()));
-        self.buffer.push(b'"');
-        self
+        let port = address.port();
+        let count = port.checked_ilog10().unwrap_or(0) as usize + 1;
+        let mut rest = port;
+        for digit in block[len..len + count].iter_mut().rev() {
+            *digit = b'0' + (rest % 10) as u8;
+            rest /= 10;
+        }
+        len += count;
+        block[len] = b'"';
+        self.append_fixed(&block, len + 1)
     }
 
     /// A quoted JSON string of bytes: invalid UTF-8 becomes U+FFFD; quotes, backslashes and
@@ -173,8 +199,13 @@ mod tests {
                 value.to_string()
             );
         }
+        let every_octet =
+            (0..=255u8).map(|o| format!("{o}.{}.9.{o}:{}", 255 - o, u16::from(o) * 257));
         for address in
             ["127.0.0.1:8080", "0.0.0.0:0", "255.255.255.255:65535", "[::1]:80", "[fe80::1:2]:443"]
+                .map(String::from)
+                .into_iter()
+                .chain(every_octet)
         {
             let address: SocketAddr = address.parse().unwrap();
             assert_eq!(
