@@ -7,6 +7,9 @@
 
 /// Length of a task's `comm`, as in the kernel.
 pub const COMM_LEN: usize = 16;
+/// Bytes of a tracepoint record the kernel program copies and reads its fields from (the
+/// longest record it reads, `inet_sock_set_state`, is 72 bytes).
+pub const RECORD_BYTES: usize = 128;
 /// Most `--port` values the kernel filter holds.
 pub const MAX_PORTS: usize = 8;
 

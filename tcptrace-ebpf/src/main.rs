@@ -19,8 +19,8 @@ use aya_ebpf::{
 };
 use tcptrace_common::{
     AF_INET, AF_INET6, COMM_LEN, Config, EXPIRE_AFTER_CANCEL_TTL_NS, Event, FAMILY_IPV4,
-    FAMILY_IPV6, IPPROTO_TCP, MAX_PORTS, REARM_AFTER_CANCEL_TTL_NS, STARTED_TIMER_TTL_NS,
-    TimerSlot, counter, kind, tcp_state,
+    FAMILY_IPV6, IPPROTO_TCP, MAX_PORTS, REARM_AFTER_CANCEL_TTL_NS, RECORD_BYTES,
+    STARTED_TIMER_TTL_NS, TimerSlot, counter, kind, tcp_state,
 };
 
 /// Set by the loader before load (field offsets, filters, `tw_timer_handler`).
@@ -53,14 +53,11 @@ static STARTED_TIMER: PerCpuArray<TimerSlot> = PerCpuArray::with_max_entries(1, 
 #[map]
 static CANCELLED_TIMER: PerCpuArray<TimerSlot> = PerCpuArray::with_max_entries(1, 0);
 
-/// Bytes of a tracepoint record copied at once (the longest record we read,
-/// `inet_sock_set_state`, is 72 bytes).
-const RECORD_BYTES: usize = 128;
-
 /// What `inet_sock_set_state` keeps per CPU, in one map value so that one lookup finds it.
 #[repr(C)]
 struct CpuState {
     /// A copy of the current tracepoint record: one helper call instead of one per field.
+    /// The loader checks that every field read from it is inside it and aligned.
     record: [u8; RECORD_BYTES],
     /// The `pt_regs` pointer perf hands to programs run in process context on this CPU.
     process_context_regs: u64,
@@ -110,18 +107,19 @@ impl Record {
     /// (16 bytes each) offsets, by the event's family.
     #[inline(always)]
     fn read_addresses(&self, event: &mut Event, v4: (u16, u16), v6: (u16, u16)) {
-        let ((src, dst), words) = if event.family as u16 == AF_INET { (v4, 1) } else { (v6, 4) };
+        let ((src, dst), words) = if event.family as u16 == AF_INET { (v4, 2) } else { (v6, 8) };
         self.copy_to(src, &mut event.saddr, words);
         self.copy_to(dst, &mut event.daddr, words);
     }
 
-    /// Copies an address of `words` 4-byte words (1 or 4) at `offset` into `to`.
+    /// Copies an address of `words` 2-byte words (2 or 8) at `offset` into `to`. Two bytes
+    /// at a time: some records place addresses on 2-byte boundaries (`tcp_receive_reset`).
     #[inline(always)]
     fn copy_to(&self, offset: u16, to: &mut [u8; 16], words: usize) {
-        for word in 0..4 {
+        for word in 0..8 {
             if word < words {
-                let value: u32 = self.get(offset + 4 * word as u16);
-                to[4 * word..4 * word + 4].copy_from_slice(&value.to_ne_bytes());
+                let value: u16 = self.get(offset + 2 * word as u16);
+                to[2 * word..2 * word + 2].copy_from_slice(&value.to_ne_bytes());
             }
         }
     }

@@ -36,40 +36,41 @@ pub struct TraceOptions {
 
 fn set_state_offsets(format: &Format) -> Result<SetStateOffsets> {
     Ok(SetStateOffsets {
-        skaddr: format.offset("skaddr")?,
-        oldstate: format.offset("oldstate")?,
-        newstate: format.offset("newstate")?,
-        sport: format.offset("sport")?,
-        dport: format.offset("dport")?,
-        family: format.offset("family")?,
-        protocol: format.offset("protocol")?,
-        saddr: format.offset("saddr")?,
-        daddr: format.offset("daddr")?,
-        saddr_v6: format.offset("saddr_v6")?,
-        daddr_v6: format.offset("daddr_v6")?,
+        skaddr: format.record_field("skaddr", 8, 8)?,
+        oldstate: format.record_field("oldstate", 4, 4)?,
+        newstate: format.record_field("newstate", 4, 4)?,
+        sport: format.record_field("sport", 2, 2)?,
+        dport: format.record_field("dport", 2, 2)?,
+        family: format.record_field("family", 2, 2)?,
+        protocol: format.record_field("protocol", 2, 2)?,
+        saddr: format.record_field("saddr", 2, 4)?,
+        daddr: format.record_field("daddr", 2, 4)?,
+        saddr_v6: format.record_field("saddr_v6", 2, 16)?,
+        daddr_v6: format.record_field("daddr_v6", 2, 16)?,
         _pad: 0,
     })
 }
 
+/// Each address is a `struct sockaddr_in6`-sized blob (28 bytes), read 2 bytes at a time.
 fn send_reset_offsets(format: &Format) -> Result<ResetOffsets> {
     Ok(ResetOffsets {
-        skaddr: format.offset("skaddr")?,
-        saddr_sockaddr: format.offset("saddr")?,
-        daddr_sockaddr: format.offset("daddr")?,
+        skaddr: format.record_field("skaddr", 8, 8)?,
+        saddr_sockaddr: format.record_field("saddr", 2, 28)?,
+        daddr_sockaddr: format.record_field("daddr", 2, 28)?,
         ..ResetOffsets::default()
     })
 }
 
 fn receive_reset_offsets(format: &Format) -> Result<ResetOffsets> {
     Ok(ResetOffsets {
-        skaddr: format.offset("skaddr")?,
-        sport: format.offset("sport")?,
-        dport: format.offset("dport")?,
-        family: format.offset("family")?,
-        saddr: format.offset("saddr")?,
-        daddr: format.offset("daddr")?,
-        saddr_v6: format.offset("saddr_v6")?,
-        daddr_v6: format.offset("daddr_v6")?,
+        skaddr: format.record_field("skaddr", 8, 8)?,
+        sport: format.record_field("sport", 2, 2)?,
+        dport: format.record_field("dport", 2, 2)?,
+        family: format.record_field("family", 2, 2)?,
+        saddr: format.record_field("saddr", 2, 4)?,
+        daddr: format.record_field("daddr", 2, 4)?,
+        saddr_v6: format.record_field("saddr_v6", 2, 16)?,
+        daddr_v6: format.record_field("daddr_v6", 2, 16)?,
         ..ResetOffsets::default()
     })
 }

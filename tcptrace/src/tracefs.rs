@@ -8,6 +8,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+use tcptrace_common::RECORD_BYTES;
 
 const MOUNT_POINT: &str = "/sys/kernel/tracing";
 const LEGACY_PATH: &str = "/sys/kernel/debug/tracing";
@@ -82,6 +83,23 @@ impl Format {
             format!("tracepoint {} has no field `{field}` on this kernel", self.tracepoint)
         })
     }
+
+    /// The offset of a field the kernel program reads from its copy of the record, in loads
+    /// of `align` bytes spanning `len`. The program masks offsets to the copy's size and to
+    /// that alignment (which lets the verifier accept them), so a field outside either would
+    /// be read from the wrong place: refuse such a layout instead.
+    pub fn record_field(&self, field: &str, align: u16, len: u16) -> Result<u16> {
+        let offset = self.offset(field)?;
+        if offset % align != 0 || usize::from(offset) + usize::from(len) > RECORD_BYTES {
+            bail!(
+                "tracepoint {}: field `{field}` at offset {offset} is not {align}-byte aligned \
+                 within the first {RECORD_BYTES} bytes, where tcptrace reads it; this kernel's \
+                 layout is not supported",
+                self.tracepoint
+            );
+        }
+        Ok(offset)
+    }
 }
 
 /// Address of a kernel symbol from `/proc/kallsyms`; `None` when absent or hidden (shown as 0
@@ -125,6 +143,18 @@ print fmt: \"family=%s\", REC->family
         assert_eq!(format.offset("oldstate").unwrap(), 16);
         assert_eq!(format.offset("sport").unwrap(), 24);
         assert_eq!(format.offset("saddr_v6").unwrap(), 40);
+    }
+
+    #[test]
+    fn record_fields_must_be_aligned_and_inside_the_copy() {
+        let format = Format::parse("sock:inet_sock_set_state", SET_STATE);
+        assert_eq!(format.record_field("saddr_v6", 2, 16).unwrap(), 40);
+        assert_eq!(format.record_field("skaddr", 8, 8).unwrap(), 8);
+        let odd = Format::parse("sock:inet_sock_set_state", &SET_STATE.replace("24", "25"));
+        let misaligned = odd.record_field("sport", 2, 2).unwrap_err().to_string();
+        assert!(misaligned.contains("`sport` at offset 25 is not 2-byte aligned"), "{misaligned}");
+        let far = Format::parse("sock:inet_sock_set_state", &SET_STATE.replace("40", "120"));
+        assert!(far.record_field("saddr_v6", 2, 16).is_err(), "past the copy's 128 bytes");
     }
 
     #[test]

@@ -182,6 +182,18 @@ fn linger_zero_abort_by_the_client_is_a_client_reset_without_time_wait() {
     assert!(client["reset_sent_ns"].is_u64(), "{record:#}");
     assert!(server["reset_received_ns"].is_u64(), "{record:#}");
     assert!(time_wait(client).is_null() && time_wait(server).is_null());
+    // Each reset event carries its socket's own view of the addresses (the two tracepoints
+    // lay them out differently: `tcp_receive_reset` on 2-byte boundaries).
+    for (direction, local, remote) in
+        [("sent", client_addr, server_addr), ("received", server_addr, client_addr)]
+    {
+        let reset = lines
+            .iter()
+            .find(|l| l["type"] == "reset" && l["direction"] == direction)
+            .unwrap_or_else(|| panic!("no reset {direction} event"));
+        assert_eq!(reset["local"], local.to_string(), "{reset:#}");
+        assert_eq!(reset["remote"], remote.to_string(), "{reset:#}");
+    }
 }
 
 fn pin_to_cpu(cpu: usize) {
