@@ -25,6 +25,18 @@ const OCTETS: [([u8; 4], usize); 256] = {
     table
 };
 
+/// The decimal digits of `value`, left-aligned in a fixed block, and how many there are.
+fn decimal(value: u64) -> ([u8; 20], usize) {
+    let len = value.checked_ilog10().unwrap_or(0) as usize + 1;
+    let mut digits = [0u8; 20];
+    let mut rest = value;
+    for digit in digits[..len].iter_mut().rev() {
+        *digit = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+    (digits, len)
+}
+
 #[derive(Default)]
 pub struct JsonLine {
     buffer: Vec<u8>,
@@ -48,16 +60,10 @@ impl JsonLine {
     }
 
     pub fn u64(&mut self, value: u64) -> &mut Self {
-        // Digits are written left-aligned into a fixed block that is appended whole, then
-        // cut to length: a copy of known size compiles to two moves, where a copy of each
-        // number's own length is a call into libc's memcpy (a tenth of the live CPU).
-        let len = value.checked_ilog10().unwrap_or(0) as usize + 1;
-        let mut digits = [0u8; 20];
-        let mut rest = value;
-        for digit in digits[..len].iter_mut().rev() {
-            *digit = b'0' + (rest % 10) as u8;
-            rest /= 10;
-        }
+        // The digits' fixed block is appended whole, then cut to length: a copy of known
+        // size compiles to two moves, where a copy of each number's own length is a call
+        // into libc's memcpy (a tenth of the live CPU).
+        let (digits, len) = decimal(value);
         self.append_fixed(&digits, len)
     }
 
@@ -121,13 +127,9 @@ impl JsonLine {
             block[len] = if i < 3 { b'.' } else { b':' };
             len += 1;
         }
-        let port = address.port();
-        let count = port.checked_ilog10().unwrap_or(0) as usize + 1;
-        let mut rest = port;
-        for digit in block[len..len + count].iter_mut().rev() {
-            *digit = b'0' + (rest % 10) as u8;
-            rest /= 10;
-        }
+        // A port has at most 5 digits: copied as a fixed 5-byte block too.
+        let (digits, count) = decimal(u64::from(address.port()));
+        block[len..len + 5].copy_from_slice(&digits[..5]);
         len += count;
         block[len] = b'"';
         self.append_fixed(&block, len + 1)
