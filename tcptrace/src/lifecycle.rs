@@ -673,11 +673,14 @@ impl Engine {
         }
     }
 
-    /// Events were lost before reaching us: any connection tracked now, or touched by an
-    /// event queued so far, may miss some.
-    pub fn lost(&mut self, count: u64) {
+    /// `count` events were lost before reaching us, as learnt at `noticed_ns`: any
+    /// connection tracked now, or touched by an event from before then, may miss some.
+    /// Events from before then may still be on their way (the ring is drained apart from
+    /// reading its loss counter), so the time, not the events seen so far, draws the line.
+    pub fn lost(&mut self, count: u64, noticed_ns: u64) {
         self.stats.lost_events += count;
-        self.loss_horizon_ns = Some(self.newest_ns);
+        let horizon = noticed_ns.max(self.newest_ns);
+        self.loss_horizon_ns = Some(self.loss_horizon_ns.map_or(horizon, |h| h.max(horizon)));
         for tracked in self.connections.values_mut() {
             tracked.incomplete = true;
         }

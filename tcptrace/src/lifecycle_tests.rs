@@ -228,7 +228,7 @@ fn lost_events_mark_open_connections_incomplete() {
     for event in &r.events {
         engine.push(*event);
     }
-    engine.lost(3);
+    engine.lost(3, 0); // the queued events' times draw the line
     let rest = simultaneous_close().events.split_off(6);
     for event in rest {
         engine.push(event);
@@ -242,6 +242,28 @@ fn lost_events_mark_open_connections_incomplete() {
     assert!(connections[0].incomplete);
     assert_eq!(engine.stats().lost_events, 3);
     assert_eq!(engine.stats().incomplete, 1);
+}
+
+/// The live tracer reads the kernel's loss counter apart from draining the ring, so events
+/// from before a loss can reach the engine after it is told: their time marks them.
+#[test]
+fn a_loss_marks_connections_whose_events_arrive_after_it_is_noticed() {
+    let early = simultaneous_close().events;
+    let later: Vec<TcpEvent> =
+        early.iter().map(|event| TcpEvent { ts_ns: event.ts_ns + 1000 * S, ..*event }).collect();
+    let mut engine = Engine::new(EngineOptions::default());
+    engine.lost(2, 1294 * S); // in the middle of the first connection's TIME-WAITs
+    let mut connections = Vec::new();
+    for event in early.into_iter().chain(later) {
+        engine.push(event);
+    }
+    engine.finish(2400 * S, &mut |o| {
+        if let Output::Connection(c) = o {
+            connections.push(c.clone())
+        }
+    });
+    let incomplete: Vec<bool> = connections.iter().map(|c| c.incomplete).collect();
+    assert_eq!(incomplete, [true, false], "only the connection from before the loss");
 }
 
 #[test]

@@ -80,12 +80,15 @@ impl<W: Write> Live<W> {
     /// Reports events the kernel dropped since the last check.
     fn report_lost(&mut self, tracer: &Tracer) -> Result<()> {
         let lost = tracer.lost_events()?;
+        // Taken after the count: every loss counted happened before this time, and so did
+        // every event that may have lost company, drained already or still in the ring.
+        let noticed_ns = monotonic_now_ns();
         if lost > self.pipeline.counts.lost {
             let new = lost - self.pipeline.counts.lost;
             if let Some(recorder) = &mut self.recorder {
-                recorder.lost(monotonic_now_ns(), new)?;
+                recorder.lost(noticed_ns, new)?;
             }
-            self.pipeline.lost(new)?;
+            self.pipeline.lost(new, noticed_ns)?;
             self.flush()?;
         }
         Ok(())

@@ -62,11 +62,11 @@ impl<W: Write> Pipeline<W> {
         self.engine.push(event);
     }
 
-    /// `count` events never reached us: said at once, and the connections they may belong
-    /// to are marked incomplete.
-    pub fn lost(&mut self, count: u64) -> io::Result<()> {
+    /// `count` events never reached us, as learnt at `noticed_ns`: said at once, and the
+    /// connections they may belong to are marked incomplete.
+    pub fn lost(&mut self, count: u64, noticed_ns: u64) -> io::Result<()> {
         self.counts.lost += count;
-        self.engine.lost(count);
+        self.engine.lost(count, noticed_ns);
         self.stream.lost(count)
     }
 

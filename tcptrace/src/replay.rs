@@ -37,7 +37,7 @@ pub fn run(args: &ReplayArgs) -> Result<()> {
                 pipeline.push(event);
                 pipeline.advance(ts_ns)?;
             }
-            Item::Lost { count, .. } => pipeline.lost(count)?,
+            Item::Lost { ts_ns, count } => pipeline.lost(count, ts_ns)?,
             Item::End { ts_ns } => end_ns = ts_ns,
         }
     }

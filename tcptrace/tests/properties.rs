@@ -80,7 +80,7 @@ proptest! {
             event.ts_ns = now as u64;
             engine.push(event);
             if losses.contains(&index) {
-                engine.lost(1);
+                engine.lost(1, now as u64);
                 lost = true;
             }
             engine.advance(now as u64, &mut |output| {
