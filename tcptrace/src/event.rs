@@ -77,8 +77,24 @@ impl TcpState {
         }
     }
 
-    pub fn from_name(name: &str) -> Option<TcpState> {
-        TcpState::ALL.into_iter().find(|state| state.name() == name)
+    /// The inverse of [`TcpState::name`], as bytes or text. A `match`: replay reads two
+    /// names per transition.
+    pub fn from_name(name: impl AsRef<[u8]>) -> Option<TcpState> {
+        Some(match name.as_ref() {
+            b"ESTABLISHED" => TcpState::Established,
+            b"SYN_SENT" => TcpState::SynSent,
+            b"SYN_RECEIVED" => TcpState::SynReceived,
+            b"FIN_WAIT1" => TcpState::FinWait1,
+            b"FIN_WAIT2" => TcpState::FinWait2,
+            b"TIME_WAIT" => TcpState::TimeWait,
+            b"CLOSED" => TcpState::Closed,
+            b"CLOSE_WAIT" => TcpState::CloseWait,
+            b"LAST_ACK" => TcpState::LastAck,
+            b"LISTEN" => TcpState::Listen,
+            b"CLOSING" => TcpState::Closing,
+            b"NEW_SYN_RECV" => TcpState::NewSynRecv,
+            _ => return None,
+        })
     }
 }
 
@@ -403,6 +419,8 @@ mod tests {
         for state in TcpState::ALL {
             assert_eq!(TcpState::from_name(state.name()), Some(state));
         }
+        assert_eq!(TcpState::from_name("ESTABLISHE"), None);
+        assert_eq!(TcpState::from_name("established"), None);
         assert_eq!(TcpState::from_kernel(tcp_state::CLOSE), Some(TcpState::Closed));
         assert_eq!(TcpState::from_kernel(0), None);
     }

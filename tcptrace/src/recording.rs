@@ -21,6 +21,7 @@ use std::{
 };
 
 use serde::Deserialize;
+use tcptrace_common::COMM_LEN;
 
 use crate::{
     event::{Comm, EventKind, Task, TcpEvent, TcpState},
@@ -161,187 +162,238 @@ struct Line<'a> {
     count: Option<u64>,
 }
 
-impl<'a> Line<'a> {
-    /// A fast reading of the flat objects tcptrace writes: strings without escapes,
-    /// numbers, booleans, `null`. `None` for anything else, which serde_json then reads
-    /// (and reports on) in full.
-    fn scan(text: &'a str) -> Option<Line<'a>> {
-        let bytes = text.as_bytes();
-        if bytes.first() != Some(&b'{') || memchr::memchr(b'\\', bytes).is_some() {
-            return None; // an escape somewhere: serde_json reads it
+/// Reads a line laid out exactly as [`Recorder`] writes it: its keys in its order, ASCII
+/// strings without escapes, plain numbers. `None` for anything else, which serde_json then
+/// reads (and reports on) in full. Replay spends most of its reading time here.
+fn read_canonical(bytes: &[u8]) -> Option<Item> {
+    let mut line = Cursor { bytes, at: 0 };
+    line.expect(b"{\"type\":")?;
+    let kind = match line.string()? {
+        b"lost" => {
+            let ts_ns = line.number_field(b",\"ts_ns\":")?;
+            let count = line.number_field(b",\"count\":")?;
+            return line.end().then_some(Item::Lost { ts_ns, count });
         }
-        // Without escapes every `"` opens or closes a key or a string. Everything split off
-        // sits between ASCII delimiters, so `text[..]` is safe.
-        let mut line = Line::default();
-        let mut at = 1;
-        let mut next_key = 0;
-        loop {
-            if bytes.get(at) != Some(&b'"') {
-                return None;
-            }
-            // Keys nearly always come in the writer's order: try the expected ones with a
-            // 16-byte compare before searching for the key's end.
-            let ahead = sixteen_bytes(bytes, at + 1);
-            let expected = KEY_PATTERNS[next_key..]
-                .iter()
-                .position(|&(pattern, mask)| ahead & mask == pattern);
-            let key_end = match expected {
-                Some(skipped) => {
-                    next_key += skipped + 1;
-                    at + 1 + KEYS[next_key - 1].len()
-                }
-                None => find_quote(bytes, at + 1)?,
-            };
-            if bytes.get(key_end + 1) != Some(&b':') {
-                return None;
-            }
-            let key = &text[at + 1..key_end];
-            at = key_end + 2;
-            match bytes.get(at) {
-                Some(b'"') => {
-                    let end = find_quote(bytes, at + 1)?;
-                    line.set_string(key, &text[at + 1..end])?;
-                    at = end + 1;
-                }
-                Some(b't' | b'f') => {
-                    let (value, len) = match &bytes[at..] {
-                        rest if rest.starts_with(b"true") => (true, 4),
-                        rest if rest.starts_with(b"false") => (false, 5),
-                        _ => return None,
-                    };
-                    line.set_bool(key, value)?;
-                    at += len;
-                }
-                _ => {
-                    let (value, end) = number(bytes, at)?;
-                    line.set_number(key, value)?;
-                    at = end;
-                }
-            }
-            match bytes.get(at) {
-                Some(b',') => at += 1,
-                Some(b'}') if at + 1 == bytes.len() => return Some(line),
+        b"end" => {
+            let ts_ns = line.number_field(b",\"ts_ns\":")?;
+            return line.end().then_some(Item::End { ts_ns });
+        }
+        b"transition" => Kind::Transition,
+        b"time_wait_timer" => {
+            line.expect(b",\"event\":")?;
+            match line.string()? {
+                b"rearm" => Kind::Rearm,
+                b"cancel" => Kind::Cancel,
+                b"expire" => Kind::Expire,
                 _ => return None,
             }
         }
-    }
-
-    fn set_string(&mut self, key: &str, value: &'a str) -> Option<()> {
-        let slot = match key {
-            "type" => {
-                self.kind = Cow::Borrowed(value);
-                return Some(());
+        b"reset" => {
+            line.expect(b",\"direction\":")?;
+            match line.string()? {
+                b"sent" => Kind::ResetSent,
+                b"received" => Kind::ResetReceived,
+                _ => return None,
             }
-            "sk" => &mut self.sk,
-            "event" => &mut self.event,
-            "direction" => &mut self.direction,
-            "local" => &mut self.local,
-            "remote" => &mut self.remote,
-            "old" => &mut self.old,
-            "new" => &mut self.new,
-            "time_wait_timer" => &mut self.time_wait_timer,
-            "timer" => &mut self.timer,
-            "comm" => &mut self.comm,
-            "family" => return Some(()),
-            _ => return None,
+        }
+        _ => return None,
+    };
+    let ts_ns = line.number_field(b",\"ts_ns\":")?;
+    line.expect(b",\"sk\":")?;
+    let sk = line.hex()?;
+    if line.optional(b",\"family\":") {
+        line.string()?; // the addresses say it
+    }
+    let addresses = if line.optional(b",\"local\":") {
+        let local = line.address()?;
+        line.expect(b",\"remote\":")?;
+        Some((local, line.address()?))
+    } else {
+        None
+    };
+    let kind = match kind {
+        Kind::Transition => {
+            addresses?;
+            line.expect(b",\"old\":")?;
+            let old = line.state()?;
+            line.expect(b",\"new\":")?;
+            let new = line.state()?;
+            let time_wait_timer =
+                if line.optional(b",\"time_wait_timer\":") { Some(line.hex()?) } else { None };
+            EventKind::Transition { old, new, time_wait_timer }
+        }
+        Kind::Rearm | Kind::Cancel | Kind::Expire => {
+            line.expect(b",\"timer\":")?;
+            let timer = line.hex()?;
+            match kind {
+                Kind::Rearm => {
+                    let timeout = line.number_field(b",\"timeout_jiffies\":")?;
+                    EventKind::TimeWaitRearm { timer, timeout_jiffies: timeout.try_into().ok()? }
+                }
+                Kind::Cancel => EventKind::TimeWaitCancel { timer },
+                _ => EventKind::TimeWaitExpire { timer },
+            }
+        }
+        Kind::ResetSent => EventKind::ResetSent,
+        Kind::ResetReceived => EventKind::ResetReceived,
+    };
+    let pid = line.number_field(b",\"pid\":")?.try_into().ok()?;
+    let tid = line.number_field(b",\"tid\":")?.try_into().ok()?;
+    line.expect(b",\"comm\":")?;
+    // As the kernel keeps it: at most 15 bytes (a longer name is serde_json's to cut).
+    let name = line.string()?;
+    let mut comm = [0; COMM_LEN];
+    comm.get_mut(..name.len()).filter(|_| name.len() < COMM_LEN)?.copy_from_slice(name);
+    let comm = Comm::from_kernel(comm);
+    line.expect(b",\"process_context\":")?;
+    let process_context = line.boolean()?;
+    let cpu = line.number_field(b",\"cpu\":")?.try_into().ok()?;
+    let task = Task { pid, tid, comm, process_context };
+    line.end().then_some(Item::Event(TcpEvent { ts_ns, sk, kind, addresses, task, cpu }))
+}
+
+/// The kinds of event line, before their fields are read.
+#[derive(Clone, Copy)]
+enum Kind {
+    Transition,
+    Rearm,
+    Cancel,
+    Expire,
+    ResetSent,
+    ResetReceived,
+}
+
+/// Each byte's value as a hex digit, or [`NOT_HEX`].
+const HEX_DIGITS: [u8; 256] = {
+    let mut table = [NOT_HEX; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        table[byte] = match byte as u8 {
+            digit @ b'0'..=b'9' => digit - b'0',
+            digit @ b'a'..=b'f' => digit - b'a' + 10,
+            digit @ b'A'..=b'F' => digit - b'A' + 10,
+            _ => NOT_HEX,
         };
-        *slot = Some(Cow::Borrowed(value));
-        Some(())
+        byte += 1;
     }
-
-    fn set_number(&mut self, key: &str, value: u64) -> Option<()> {
-        match key {
-            "ts_ns" => self.ts_ns = Some(value),
-            "count" => self.count = Some(value),
-            "pid" => self.pid = Some(value.try_into().ok()?),
-            "tid" => self.tid = Some(value.try_into().ok()?),
-            "timeout_jiffies" => self.timeout_jiffies = Some(value.try_into().ok()?),
-            "cpu" => self.cpu = Some(value.try_into().ok()?),
-            _ => return None,
-        }
-        Some(())
-    }
-
-    fn set_bool(&mut self, key: &str, value: bool) -> Option<()> {
-        (key == "process_context").then(|| self.process_context = Some(value))
-    }
-}
-
-/// Every key of a record, in the order tcptrace writes them.
-const KEYS: [&str; 19] = [
-    "type",
-    "event",
-    "direction",
-    "ts_ns",
-    "sk",
-    "family",
-    "local",
-    "remote",
-    "old",
-    "new",
-    "time_wait_timer",
-    "timer",
-    "timeout_jiffies",
-    "pid",
-    "tid",
-    "comm",
-    "process_context",
-    "cpu",
-    "count",
-];
-
-/// Each key of [`KEYS`] with its closing quote, as a little-endian 16-byte pattern and the
-/// mask of its bytes (the longest keys have 15 characters).
-const KEY_PATTERNS: [(u128, u128); KEYS.len()] = {
-    let mut patterns = [(0, 0); KEYS.len()];
-    let mut k = 0;
-    while k < KEYS.len() {
-        let key = KEYS[k].as_bytes();
-        assert!(key.len() < 16);
-        let mut pattern = (b'"' as u128) << (8 * key.len());
-        let mut mask = 0xff << (8 * key.len());
-        let mut i = 0;
-        while i < key.len() {
-            pattern |= (key[i] as u128) << (8 * i);
-            mask |= 0xff << (8 * i);
-            i += 1;
-        }
-        patterns[k] = (pattern, mask);
-        k += 1;
-    }
-    patterns
+    table
 };
+const NOT_HEX: u8 = 0x80;
 
-/// The 16 bytes at `from` as a little-endian number, zero-padded past the end.
-fn sixteen_bytes(bytes: &[u8], from: usize) -> u128 {
-    let mut block = [0u8; 16];
-    let rest = bytes.get(from..).unwrap_or_default();
-    match rest.first_chunk::<16>() {
-        Some(chunk) => block = *chunk,
-        None => block[..rest.len()].copy_from_slice(rest),
-    }
-    u128::from_le_bytes(block)
+/// What ends a plain string: its closing quote, or what makes it serde_json's.
+fn is_special(byte: u8) -> bool {
+    matches!(byte, b'"' | b'\\' | 0..0x20 | 0x80..)
 }
 
-/// The decimal number at `from` (no sign, no fraction, no exponent, no leading zero, no
-/// overflow: anything else is left to serde_json): (value, where its digits end).
-fn number(bytes: &[u8], from: usize) -> Option<(u64, usize)> {
-    let mut value: u64 = 0;
-    let mut at = from;
-    while let Some(&digit) = bytes.get(at)
-        && digit.is_ascii_digit()
-    {
-        value = value.checked_mul(10)?.checked_add(u64::from(digit - b'0'))?;
-        at += 1;
-    }
-    let leading_zero = bytes.get(from) == Some(&b'0') && at - from > 1;
-    (at > from && !leading_zero).then_some((value, at))
+/// The high bit of the first special byte in `word` (little-endian) and maybe of some
+/// after it, where a borrow runs on: only the first one counts.
+fn special_bytes(word: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero_byte = |x: u64| x.wrapping_sub(ONES) & !x;
+    let quote = zero_byte(word ^ (ONES * u64::from(b'"')));
+    let backslash = zero_byte(word ^ (ONES * u64::from(b'\\')));
+    let control = word.wrapping_sub(ONES * 0x20) & !word;
+    (quote | backslash | control | word) & HIGH
 }
 
-/// Where the first `"` at or after `from` is. `memchr` looks at the rest of the line many
-/// bytes at once, so a search costs about the same whatever the string's length.
-fn find_quote(bytes: &[u8], from: usize) -> Option<usize> {
-    memchr::memchr(b'"', bytes.get(from..)?).map(|n| from + n)
+/// A position in a line, for [`read_canonical`]. Each method reads one thing at the
+/// position and moves past it, or says `None` (or `false`) when it is not there.
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    /// Of a known length, the compare is a few loads, not a call to `memcmp`.
+    fn optional<const N: usize>(&mut self, literal: &[u8; N]) -> bool {
+        let found = self.bytes.get(self.at..self.at + N) == Some(literal);
+        if found {
+            self.at += N;
+        }
+        found
+    }
+
+    fn expect<const N: usize>(&mut self, literal: &[u8; N]) -> Option<()> {
+        self.optional(literal).then_some(())
+    }
+
+    /// The closing `}`, with nothing after it.
+    fn end(&mut self) -> bool {
+        self.optional(b"}") && self.at == self.bytes.len()
+    }
+
+    /// A string of ASCII without escapes or control characters (anything else:
+    /// serde_json). Looked at 8 bytes at a time.
+    fn string(&mut self) -> Option<&'a [u8]> {
+        self.expect(b"\"")?;
+        let start = self.at;
+        while let Some(word) = self.bytes.get(self.at..).and_then(|rest| rest.first_chunk::<8>()) {
+            let special = special_bytes(u64::from_le_bytes(*word));
+            if special != 0 {
+                self.at += special.trailing_zeros() as usize / 8;
+                break;
+            }
+            self.at += 8;
+        }
+        // Here at the first special byte, or within 8 bytes of the end of the line.
+        while !is_special(*self.bytes.get(self.at)?) {
+            self.at += 1;
+        }
+        (self.bytes[self.at] == b'"').then(|| {
+            self.at += 1;
+            &self.bytes[start..self.at - 1]
+        })
+    }
+
+    /// `literal` then a decimal number of at most 19 digits (so it can't overflow), without
+    /// a leading zero, sign, fraction or exponent.
+    fn number_field<const N: usize>(&mut self, literal: &[u8; N]) -> Option<u64> {
+        self.expect(literal)?;
+        let start = self.at;
+        let mut value: u64 = 0;
+        while let Some(&digit) = self.bytes.get(self.at)
+            && digit.is_ascii_digit()
+        {
+            value = value * 10 + u64::from(digit - b'0');
+            self.at += 1;
+            if self.at - start > 19 {
+                return None;
+            }
+        }
+        // A fraction or exponent fails the next field's or the end's check.
+        let digits = self.at - start;
+        let leading_zero = digits > 1 && self.bytes[start] == b'0';
+        (digits > 0 && !leading_zero).then_some(value)
+    }
+
+    /// `"0x…"`: 1 to 16 hex digits.
+    fn hex(&mut self) -> Option<u64> {
+        let digits = self.string()?.strip_prefix(b"0x")?;
+        if digits.is_empty() || digits.len() > 16 {
+            return None;
+        }
+        let (mut value, mut invalid) = (0u64, 0u8);
+        for &digit in digits {
+            let nibble = HEX_DIGITS[usize::from(digit)];
+            invalid |= nibble;
+            value = value << 4 | u64::from(nibble & 0xf);
+        }
+        (invalid & NOT_HEX == 0).then_some(value)
+    }
+
+    fn address(&mut self) -> Option<SocketAddr> {
+        let text = self.string()?;
+        parse_ipv4_address(text).or_else(|| std::str::from_utf8(text).ok()?.parse().ok())
+    }
+
+    fn state(&mut self) -> Option<TcpState> {
+        TcpState::from_name(self.string()?)
+    }
+
+    fn boolean(&mut self) -> Option<bool> {
+        if self.optional(b"true") { Some(true) } else { self.expect(b"false").map(|()| false) }
+    }
 }
 
 fn required<T>(value: Option<T>, field: &str) -> Result<T, String> {
@@ -359,15 +411,14 @@ fn parse_state(text: &str, field: &str) -> Result<TcpState, String> {
 }
 
 fn parse_address(text: &str, field: &str) -> Result<SocketAddr, String> {
-    parse_ipv4_address(text)
+    parse_ipv4_address(text.as_bytes())
         .or_else(|| text.parse().ok())
         .ok_or_else(|| format!("`{field}` is not an IP:PORT address: {text:?}"))
 }
 
 /// `a.b.c.d:port`, the usual case, without the general parser's cost. Anything else
 /// (IPv6, leading zeros, out of range) is left to the general parser.
-fn parse_ipv4_address(text: &str) -> Option<SocketAddr> {
-    let bytes = text.as_bytes();
+fn parse_ipv4_address(bytes: &[u8]) -> Option<SocketAddr> {
     let mut octets = [0u8; 4];
     let mut at = 0;
     for (i, octet) in octets.iter_mut().enumerate() {
@@ -551,6 +602,9 @@ impl<R: BufRead> Reader<R> {
 
 /// One line's item; `None` for a blank line. `complete`: the line ended with a newline.
 fn parse_line(bytes: &[u8], complete: bool) -> Option<Result<Item, String>> {
+    if let Some(item) = read_canonical(bytes) {
+        return Some(Ok(item));
+    }
     let Ok(text) = std::str::from_utf8(bytes) else {
         return Some(Err("not text (invalid UTF-8): the file is corrupt".into()));
     };
@@ -558,16 +612,13 @@ fn parse_line(bytes: &[u8], complete: bool) -> Option<Result<Item, String>> {
     if text.is_empty() {
         return None;
     }
-    let parsed = Line::scan(text)
-        .map(Ok)
-        .unwrap_or_else(|| serde_json::from_str::<Line<'_>>(text))
-        .map_err(|error| {
-            if !complete && error.is_eof() {
-                "the line is cut short: the recording is truncated".to_owned()
-            } else {
-                format!("not a valid record: {error}")
-            }
-        });
+    let parsed = serde_json::from_str::<Line<'_>>(text).map_err(|error| {
+        if !complete && error.is_eof() {
+            "the line is cut short: the recording is truncated".to_owned()
+        } else {
+            format!("not a valid record: {error}")
+        }
+    });
     Some(parsed.and_then(Line::into_item))
 }
 
@@ -658,42 +709,93 @@ mod tests {
             assert_eq!(parse_address(text, "local"), Ok(text.parse().unwrap()), "{text}");
         }
         for text in ["01.0.0.1:80", "256.0.0.1:80", "1.2.3.4:65536", "1.2.3:80", "1.2.3.4.5:80"] {
-            assert_eq!(parse_ipv4_address(text), None, "{text}");
+            assert_eq!(parse_ipv4_address(text.as_bytes()), None, "{text}");
             assert!(parse_address(text, "local").is_err(), "{text}");
         }
     }
 
+    /// serde_json's reading of a line, which the fast reader must match.
+    fn slow(line: &str) -> Result<Item, String> {
+        serde_json::from_str::<Line<'_>>(line).map_err(|e| e.to_string())?.into_item()
+    }
+
     #[test]
     fn the_fast_reader_reads_what_the_recorder_writes() {
-        let bytes = record(&events());
-        let text = String::from_utf8(bytes).unwrap();
+        let mut events = events();
+        // A plain name too: the one in `events()` needs escapes, which go to serde_json.
+        events.push(TcpEvent {
+            task: Task { comm: Comm::new("curl"), ..events[0].task },
+            ..events[0]
+        });
+        let text = String::from_utf8(record(&events)).unwrap();
+        let mut fast_lines = 0;
         for line in text.lines().skip(1) {
-            let Some(fast) = Line::scan(line) else {
+            let Some(fast) = read_canonical(line.as_bytes()) else {
                 assert!(line.contains('\\'), "fell back to serde for {line}");
                 continue;
             };
-            let slow: Line<'_> = serde_json::from_str(line).unwrap();
-            assert_eq!(format!("{:?}", fast.into_item()), format!("{:?}", slow.into_item()));
+            assert_eq!(Ok(fast), slow(line), "{line}");
+            fast_lines += 1;
         }
-        assert!(
-            Line::scan(r#"{"type":"lost","ts_ns":1,"count":2} "#).is_none(),
-            "odd spacing: serde"
-        );
-        assert!(Line::scan(r#"{"type":"end","ts_ns":1,"x":{"y":1}}"#).is_none(), "nesting: serde");
+        assert_eq!(fast_lines, 3, "the plain-named event, `lost` and `end`");
         let plain = r#"{"type":"transition","ts_ns":1000050000,"sk":"0xffff888000000000","local":"127.0.0.1:32768","remote":"127.0.0.1:8080","old":"SYN_SENT","new":"ESTABLISHED","pid":7,"tid":7,"comm":"curl","process_context":false,"cpu":0}"#;
-        let fast = Line::scan(plain).expect("the common case is read fast");
-        let slow: Line<'_> = serde_json::from_str(plain).unwrap();
-        let expected = format!("{:?}", slow.into_item());
-        assert_eq!(format!("{:?}", fast.into_item()), expected);
-        // Keys in another order are still read fast, to the same item.
+        let fast = read_canonical(plain.as_bytes()).expect("the common case is read fast");
+        assert_eq!(Ok(fast.clone()), slow(plain));
+        // Anything laid out otherwise is serde_json's, which reads it to the same item.
         let reordered = r#"{"cpu":0,"new":"ESTABLISHED","type":"transition","comm":"curl","sk":"0xffff888000000000","old":"SYN_SENT","ts_ns":1000050000,"remote":"127.0.0.1:8080","tid":7,"local":"127.0.0.1:32768","process_context":false,"pid":7}"#;
-        let fast = Line::scan(reordered).expect("reordered keys are read fast");
-        assert_eq!(format!("{:?}", fast.into_item()), expected);
-        // Numbers the fast path doesn't read exactly as JSON does are left to serde_json.
-        for odd in ["1e3", "-1", "18446744073709551616", "007", "1.5", "null", "tru"] {
-            let line = format!(r#"{{"type":"lost","ts_ns":1,"count":{odd}}}"#);
-            assert!(Line::scan(&line).is_none(), "{line}");
+        assert!(read_canonical(reordered.as_bytes()).is_none());
+        assert_eq!(slow(reordered), Ok(fast));
+        for other in [
+            r#"{"type":"lost","ts_ns":1,"count":2} "#,
+            r#"{"type":"lost", "ts_ns":1,"count":2}"#,
+            r#"{"type":"end","ts_ns":1,"x":{"y":1}}"#,
+            r#"{"type":"end","ts_ns":1,"ts_ns":2}"#,
+            r#"{"type":"transition","ts_ns":1,"sk":"0x1","old":"CLOSED","new":"SYN_SENT","pid":1,"tid":1,"comm":"a","process_context":true,"cpu":0}"#,
+            r#"{"type":"transition","ts_ns":1,"sk":"0x1","local":"127.0.0.1:1","remote":"127.0.0.1:2","old":"CLOSED","new":"SYN_SENT","pid":1,"tid":1,"comm":"é","process_context":true,"cpu":0}"#,
+            r#"{"type":"transition","ts_ns":1,"sk":"0x1","local":"127.0.0.1:1","remote":"127.0.0.1:2","old":"CLOSED","new":"SYN_SENT","pid":1,"tid":1,"comm":"a","process_context":true,"cpu":256}"#,
+            r#"{"type":"time_wait_timer","event":"rearm","ts_ns":1,"sk":"0x1","timer":"0x12345678901234567","timeout_jiffies":1,"pid":1,"tid":1,"comm":"a","process_context":true,"cpu":0}"#,
+        ] {
+            assert!(read_canonical(other.as_bytes()).is_none(), "{other}");
         }
+        // Numbers the fast path doesn't read exactly as JSON does are left to serde_json.
+        for odd in [
+            "1e3",
+            "-1",
+            "18446744073709551616",
+            "12345678901234567890",
+            "007",
+            "1.5",
+            "null",
+            "tru",
+        ] {
+            let line = format!(r#"{{"type":"lost","ts_ns":1,"count":{odd}}}"#);
+            assert!(read_canonical(line.as_bytes()).is_none(), "{line}");
+        }
+        let most = format!(r#"{{"type":"lost","ts_ns":0,"count":{}}}"#, 10u64.pow(19) - 1);
+        assert_eq!(
+            read_canonical(most.as_bytes()),
+            Some(Item::Lost { ts_ns: 0, count: 10u64.pow(19) - 1 })
+        );
+    }
+
+    #[test]
+    fn strings_end_at_their_quote_and_leave_escapes_and_non_ascii_to_serde() {
+        for position in 0..20 {
+            for byte in 0..=255u8 {
+                let mut text = b"\"".to_vec();
+                text.extend(std::iter::repeat_n(b'a', position));
+                text.push(byte);
+                text.extend_from_slice(b"bcdefghijk\"");
+                let read = Cursor { bytes: &text, at: 0 }.string();
+                let expected = match byte {
+                    b'"' => Some(&text[1..=position]),
+                    b'\\' | 0..0x20 | 0x80.. => None,
+                    _ => Some(&text[1..text.len() - 1]),
+                };
+                assert_eq!(read, expected, "byte {byte:#x} at {position}");
+            }
+        }
+        assert_eq!(Cursor { bytes: b"\"abc", at: 0 }.string(), None, "unterminated");
     }
 
     #[test]
