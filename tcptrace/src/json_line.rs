@@ -25,14 +25,30 @@ const OCTETS: [([u8; 4], usize); 256] = {
     table
 };
 
+/// "00" to "99": numbers are written two digits per division.
+const PAIRS: [[u8; 2]; 100] = {
+    let mut table = [[0u8; 2]; 100];
+    let mut value = 0;
+    while value < 100 {
+        table[value] = [b'0' + (value / 10) as u8, b'0' + (value % 10) as u8];
+        value += 1;
+    }
+    table
+};
+
 /// The decimal digits of `value`, left-aligned in a fixed block, and how many there are.
 fn decimal(value: u64) -> ([u8; 20], usize) {
     let len = value.checked_ilog10().unwrap_or(0) as usize + 1;
     let mut digits = [0u8; 20];
     let mut rest = value;
-    for digit in digits[..len].iter_mut().rev() {
-        *digit = b'0' + (rest % 10) as u8;
-        rest /= 10;
+    let mut end = len;
+    while end >= 2 {
+        digits[end - 2..end].copy_from_slice(&PAIRS[(rest % 100) as usize]);
+        rest /= 100;
+        end -= 2;
+    }
+    if end == 1 {
+        digits[0] = b'0' + rest as u8;
     }
     (digits, len)
 }
@@ -185,8 +201,11 @@ mod tests {
 
     #[test]
     fn writes_what_std_formatting_writes() {
-        for value in
-            [0u64, 1, 9, 10, 15, 16, 99, 100, 0xffff_8880_1234_2500, 10u64.pow(19), u64::MAX]
+        // Every length of number, odd and even, at both its ends.
+        let lengths = (1..20).flat_map(|power| [10u64.pow(power) - 1, 10u64.pow(power)]);
+        for value in [0u64, 1, 15, 16, 0xffff_8880_1234_2500, 1_293_604_648_123, u64::MAX]
+            .into_iter()
+            .chain(lengths)
         {
             assert_eq!(
                 text(|l| {
