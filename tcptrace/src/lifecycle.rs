@@ -32,6 +32,10 @@ const CANCEL_GRACE_NS: u64 = 1_000_000;
 /// ended: the kernel reports some things just after (a RST's `tcp_send_reset` fires after
 /// the packet went out, when on loopback the peer has already closed).
 const FINISH_GRACE_NS: u64 = 1_000_000;
+/// A socket that reached CLOSED is still found by its address this long, for a RST the
+/// kernel reports just after (an abort sets CLOSED first). Not for all of its time-wait: the
+/// table stays small, so its lookups stay in the cache.
+const CLOSED_LOOKUP_NS: u64 = 1_000_000_000;
 /// How often connections are checked for being stuck (their events lost).
 const SWEEP_INTERVAL_NS: u64 = 10_000_000_000;
 /// A closed connection whose time-wait end was never seen (lost events) is given up after this.
@@ -608,9 +612,10 @@ pub struct Engine {
     /// Indexes into `sides`. A lookup checks that the side still has the key, so that a
     /// socket (or timer) address reused by the kernel never reaches another socket's side.
     by_sk: Map<u64, Index>,
-    /// Sockets that reached CLOSED, until their connection is handed out: the kernel may
-    /// send a RST just after (an abort sets CLOSED first).
+    /// Sockets that reached CLOSED in the last [`CLOSED_LOOKUP_NS`].
     closed_sk: Map<u64, Index>,
+    /// (time it closed, socket, side) for `closed_sk`, in time order.
+    closed_order: VecDeque<(u64, u64, Index)>,
     by_timer: Map<u64, Index>,
     /// Sides not yet paired with their peer, by (local, remote).
     by_tuple: Map<(Address, Address), Index>,
@@ -636,6 +641,7 @@ impl Engine {
             time_waits: Slab::new(),
             by_sk: Map::default(),
             closed_sk: Map::default(),
+            closed_order: VecDeque::new(),
             by_timer: Map::default(),
             by_tuple: Map::default(),
             pending_cancels: VecDeque::new(),
@@ -866,6 +872,7 @@ impl Engine {
         if new == TcpState::Closed {
             self.by_sk.remove(&event.sk);
             self.closed_sk.insert(event.sk, index);
+            self.closed_order.push_back((event.ts_ns, event.sk, index));
             if let Some(timer) = time_wait_timer {
                 self.start_time_wait(index, event.ts_ns, old, timer);
             }
@@ -1108,6 +1115,15 @@ impl Engine {
     /// it was a kill, and finished connections past their grace are handed out.
     fn settle(&mut self, now_ns: u64, out: &mut impl FnMut(Output<'_>)) {
         self.resolve_cancels(now_ns.saturating_sub(CANCEL_GRACE_NS));
+        while let Some(&(ts, sk, index)) = self.closed_order.front() {
+            if ts > now_ns.saturating_sub(CLOSED_LOOKUP_NS) {
+                break;
+            }
+            self.closed_order.pop_front();
+            if self.closed_sk.get(&sk) == Some(&index) {
+                self.closed_sk.remove(&sk);
+            }
+        }
         while let Some(&(ts, index, id)) = self.finishing.front() {
             if ts > now_ns.saturating_sub(FINISH_GRACE_NS) {
                 break;

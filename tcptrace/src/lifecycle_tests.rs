@@ -266,6 +266,22 @@ fn a_loss_marks_connections_whose_events_arrive_after_it_is_noticed() {
     assert_eq!(incomplete, [true, false], "only the connection from before the loss");
 }
 
+/// Closed sockets are found by address just after closing (for a RST), not through their
+/// whole time-wait: that table holds a second's closes, not a minute's.
+#[test]
+fn closed_sockets_are_looked_up_by_address_only_just_after_closing() {
+    let mut engine = Engine::new(EngineOptions::default());
+    for event in simultaneous_close().events.into_iter().filter(|e| e.ts_ns < 1300 * S) {
+        engine.push(event);
+    }
+    let mut ignore = |_: Output<'_>| {};
+    engine.advance(1_293_700_000_000, &mut ignore);
+    assert_eq!(engine.closed_sk.len(), 2, "both sockets closed at 1293.6 s");
+    engine.advance(1295 * S, &mut ignore);
+    assert!(engine.closed_sk.is_empty() && engine.closed_order.is_empty());
+    assert_eq!(engine.tracked(), 1, "the connection is still in TIME-WAIT");
+}
+
 #[test]
 fn a_gap_in_a_sockets_states_marks_it_incomplete() {
     let mut r = simultaneous_close();
