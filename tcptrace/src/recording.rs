@@ -369,22 +369,33 @@ impl<'a> Cursor<'a> {
 
     /// `"0x…"`: 1 to 16 hex digits.
     fn hex(&mut self) -> Option<u64> {
-        let digits = self.string()?.strip_prefix(b"0x")?;
-        if digits.is_empty() || digits.len() > 16 {
-            return None;
+        self.expect(b"\"0x")?;
+        let start = self.at;
+        let mut value = 0u64;
+        loop {
+            let nibble = HEX_DIGITS[usize::from(*self.bytes.get(self.at)?)];
+            if nibble == NOT_HEX {
+                break;
+            }
+            value = value << 4 | u64::from(nibble);
+            self.at += 1;
         }
-        let (mut value, mut invalid) = (0u64, 0u8);
-        for &digit in digits {
-            let nibble = HEX_DIGITS[usize::from(digit)];
-            invalid |= nibble;
-            value = value << 4 | u64::from(nibble & 0xf);
-        }
-        (invalid & NOT_HEX == 0).then_some(value)
+        (1..=16).contains(&(self.at - start)).then_some(())?;
+        self.expect(b"\"").map(|()| value)
     }
 
+    /// `"a.b.c.d:port"` read straight off, or any other address through the general parser.
     fn address(&mut self) -> Option<SocketAddr> {
-        let text = self.string()?;
-        parse_ipv4_address(text).or_else(|| std::str::from_utf8(text).ok()?.parse().ok())
+        let open = self.at;
+        self.expect(b"\"")?;
+        if let Some((address, end)) = ipv4_address(self.bytes, self.at)
+            && self.bytes.get(end) == Some(&b'"')
+        {
+            self.at = end + 1;
+            return Some(address);
+        }
+        self.at = open;
+        std::str::from_utf8(self.string()?).ok()?.parse().ok()
     }
 
     fn state(&mut self) -> Option<TcpState> {
@@ -419,8 +430,13 @@ fn parse_address(text: &str, field: &str) -> Result<SocketAddr, String> {
 /// `a.b.c.d:port`, the usual case, without the general parser's cost. Anything else
 /// (IPv6, leading zeros, out of range) is left to the general parser.
 fn parse_ipv4_address(bytes: &[u8]) -> Option<SocketAddr> {
+    ipv4_address(bytes, 0).filter(|&(_, end)| end == bytes.len()).map(|(address, _)| address)
+}
+
+/// `a.b.c.d:port` at `from`: (the address, where it ends).
+fn ipv4_address(bytes: &[u8], from: usize) -> Option<(SocketAddr, usize)> {
     let mut octets = [0u8; 4];
-    let mut at = 0;
+    let mut at = from;
     for (i, octet) in octets.iter_mut().enumerate() {
         let (value, end) = decimal(bytes, at)?;
         *octet = u8::try_from(value).ok()?;
@@ -430,8 +446,7 @@ fn parse_ipv4_address(bytes: &[u8]) -> Option<SocketAddr> {
         at = end + 1;
     }
     let (port, end) = decimal(bytes, at)?;
-    let port = u16::try_from(port).ok().filter(|_| end == bytes.len())?;
-    Some(SocketAddr::from((octets, port)))
+    Some((SocketAddr::from((octets, u16::try_from(port).ok()?)), end))
 }
 
 /// 1–5 digits at `from` without a leading zero: (value, where they end).
