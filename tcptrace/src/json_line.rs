@@ -36,21 +36,23 @@ const PAIRS: [[u8; 2]; 100] = {
     table
 };
 
-/// The decimal digits of `value`, left-aligned in a fixed block, and how many there are.
-fn decimal(value: u64) -> ([u8; 20], usize) {
-    let len = value.checked_ilog10().unwrap_or(0) as usize + 1;
-    let mut digits = [0u8; 20];
+/// How many decimal digits `value` has.
+fn decimal_len(value: u64) -> usize {
+    value.checked_ilog10().unwrap_or(0) as usize + 1
+}
+
+/// Fills `digits` with the last `digits.len()` decimal digits of `value`.
+fn decimal(digits: &mut [u8], value: u64) {
     let mut rest = value;
-    let mut end = len;
+    let mut end = digits.len();
     while end >= 2 {
         digits[end - 2..end].copy_from_slice(&PAIRS[(rest % 100) as usize]);
         rest /= 100;
         end -= 2;
     }
     if end == 1 {
-        digits[0] = b'0' + rest as u8;
+        digits[0] = b'0' + (rest % 10) as u8;
     }
-    (digits, len)
 }
 
 #[derive(Default)]
@@ -76,19 +78,27 @@ impl JsonLine {
     }
 
     pub fn u64(&mut self, value: u64) -> &mut Self {
-        // The digits' fixed block is appended whole, then cut to length: a copy of known
-        // size compiles to two moves, where a copy of each number's own length is a call
-        // into libc's memcpy (a tenth of the live CPU).
-        let (digits, len) = decimal(value);
-        self.append_fixed(&digits, len)
+        self.append_in_place(|block: &mut [u8; 20]| {
+            let len = decimal_len(value);
+            decimal(&mut block[..len], value);
+            len
+        })
     }
 
-    /// Appends the first `len` bytes of `block` by appending all of it and cutting back.
+    /// Appends up to `N` bytes that `write` puts straight into the line (it returns how many
+    /// it wrote). The line grows by a fixed `N` and is cut back: known sizes compile to a few
+    /// moves, where copying each value's own length calls libc's memcpy. And nothing is
+    /// built aside to be copied in: reading back bytes just stored piecewise stalls the CPU.
     #[inline(always)]
-    fn append_fixed<const N: usize>(&mut self, block: &[u8; N], len: usize) -> &mut Self {
-        let end = self.buffer.len() + len.min(N);
-        self.buffer.extend_from_slice(block);
-        self.buffer.truncate(end);
+    fn append_in_place<const N: usize>(
+        &mut self,
+        write: impl FnOnce(&mut [u8; N]) -> usize,
+    ) -> &mut Self {
+        let start = self.buffer.len();
+        self.buffer.extend_from_slice(&[0; N]);
+        let block = self.buffer[start..].first_chunk_mut::<N>().expect("N bytes were added");
+        let len = write(block).min(N);
+        self.buffer.truncate(start + len);
         self
     }
 
@@ -113,14 +123,14 @@ impl JsonLine {
     pub fn hex(&mut self, value: u64) -> &mut Self {
         const DIGITS: &[u8; 16] = b"0123456789abcdef";
         let len = (64 - value.leading_zeros() as usize).div_ceil(4).max(1);
-        let mut digits = [0u8; 16];
-        for (i, digit) in digits[..len].iter_mut().rev().enumerate() {
-            *digit = DIGITS[(value >> (4 * i) & 0xf) as usize];
-        }
-        self.buffer.extend_from_slice(b"\"0x");
-        self.append_fixed(&digits, len);
-        self.buffer.push(b'"');
-        self
+        self.append_in_place(|block: &mut [u8; 20]| {
+            block[..3].copy_from_slice(b"\"0x");
+            for (i, digit) in block[3..3 + len].iter_mut().rev().enumerate() {
+                *digit = DIGITS[(value >> (4 * i) & 0xf) as usize];
+            }
+            block[3 + len] = b'"';
+            len + 4
+        })
     }
 
     /// `"IP:PORT"` (`"[IPv6]:PORT"`), as `SocketAddr`'s `Display` writes it.
@@ -133,22 +143,22 @@ impl JsonLine {
         // The longest, `"255.255.255.255:65535"`, is 23 bytes. Each octet's digits come
         // from a table and are stored as a 4-byte block, then the position moves on by
         // their count: no division and no branch per digit.
-        let mut block = [0u8; 24];
-        block[0] = b'"';
-        let mut len = 1;
-        for (i, octet) in address.ip().octets().into_iter().enumerate() {
-            let (digits, count) = OCTETS[usize::from(octet)];
-            block[len..len + 4].copy_from_slice(&digits);
-            len += count;
-            block[len] = if i < 3 { b'.' } else { b':' };
-            len += 1;
-        }
-        // A port has at most 5 digits: copied as a fixed 5-byte block too.
-        let (digits, count) = decimal(u64::from(address.port()));
-        block[len..len + 5].copy_from_slice(&digits[..5]);
-        len += count;
-        block[len] = b'"';
-        self.append_fixed(&block, len + 1)
+        self.append_in_place(|block: &mut [u8; 24]| {
+            block[0] = b'"';
+            let mut len = 1;
+            for (i, octet) in address.ip().octets().into_iter().enumerate() {
+                let (digits, count) = OCTETS[usize::from(octet)];
+                block[len..len + 4].copy_from_slice(&digits);
+                len += count;
+                block[len] = if i < 3 { b'.' } else { b':' };
+                len += 1;
+            }
+            let port = u64::from(address.port());
+            let count = decimal_len(port);
+            decimal(&mut block[len..len + count], port);
+            block[len + count] = b'"';
+            len + count + 1
+        })
     }
 
     /// A quoted JSON string of bytes: invalid UTF-8 becomes U+FFFD; quotes, backslashes and
@@ -158,9 +168,10 @@ impl JsonLine {
         let plain = bytes.iter().all(|&b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\');
         if plain && bytes.len() <= COMM_LEN {
             // The common case: a plain ASCII command name.
-            let mut block = [0u8; COMM_LEN];
-            block[..bytes.len()].iter_mut().zip(bytes).for_each(|(to, from)| *to = *from);
-            self.append_fixed(&block, bytes.len());
+            self.append_in_place(|block: &mut [u8; COMM_LEN]| {
+                block.iter_mut().zip(bytes).for_each(|(to, from)| *to = *from);
+                bytes.len()
+            });
         } else if plain {
             self.buffer.extend_from_slice(bytes);
         } else {
