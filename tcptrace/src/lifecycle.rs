@@ -1210,8 +1210,10 @@ impl Engine {
             .connections
             .iter()
             .filter(|(_, tracked)| {
-                tracked.sides().all(|side| self.side(side).is_closed())
-                    && now_ns.saturating_sub(tracked.last_activity_ns) > TIME_WAIT_GIVE_UP_NS
+                // The time first: it is in the connection table, read in order, where the
+                // sides are scattered (a cache miss each, for every connection tracked).
+                now_ns.saturating_sub(tracked.last_activity_ns) > TIME_WAIT_GIVE_UP_NS
+                    && tracked.sides().all(|side| self.side(side).is_closed())
             })
             .map(|(index, _)| index)
             .collect();
