@@ -361,11 +361,11 @@ impl<'a> Cursor<'a> {
         while let Some(&digit) = self.bytes.get(self.at)
             && digit.is_ascii_digit()
         {
-            value = value * 10 + u64::from(digit - b'0');
-            self.at += 1;
-            if self.at - start > 19 {
+            if self.at - start == 19 {
                 return None;
             }
+            value = value * 10 + u64::from(digit - b'0');
+            self.at += 1;
         }
         // A fraction or exponent fails the next field's or the end's check.
         let digits = self.at - start;
