@@ -1120,6 +1120,8 @@ impl Engine {
                 break;
             }
             self.closed_order.pop_front();
+            // A newer close of the same address into the same reused slot loses the rest of
+            // its second here: still a thousand times what a RST needs.
             if self.closed_sk.get(&sk) == Some(&index) {
                 self.closed_sk.remove(&sk);
             }
