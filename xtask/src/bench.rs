@@ -22,7 +22,9 @@ use anyhow::{Context, Result, bail};
 
 const PORT: u16 = 18090;
 const NO_MATCH_PORT: &str = "9";
-const ROUNDS: usize = 3;
+/// Runs of each configuration (the issue asks for at least 3). On these VMs one 5 s run
+/// varies by ±10%, so five make the medians steadier.
+const ROUNDS: usize = 5;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Config {
