@@ -103,11 +103,22 @@ impl Record {
         unsafe { *(self.0.as_ptr().add(offset) as *const T) }
     }
 
-    /// Copies the event's source and destination addresses: at `v4` (4 bytes each) or `v6`
-    /// (16 bytes each) offsets, by the event's family.
+    /// Fills what transitions and resets carry about both ends: the family, the ports, and
+    /// the source and destination addresses, read at the `v4` (4 bytes each) or `v6` (16
+    /// bytes each) offsets by family.
     #[inline(always)]
-    fn read_addresses(&self, event: &mut Event, v4: (u16, u16), v6: (u16, u16)) {
-        let ((src, dst), words) = if event.family as u16 == AF_INET { (v4, 2) } else { (v6, 8) };
+    fn fill_endpoints(
+        &self,
+        event: &mut Event,
+        family: u16,
+        (sport, dport): (u16, u16),
+        v4: (u16, u16),
+        v6: (u16, u16),
+    ) {
+        event.family = family as u8;
+        event.sport = sport;
+        event.dport = dport;
+        let ((src, dst), words) = if family == AF_INET { (v4, 2) } else { (v6, 8) };
         self.copy_to(src, &mut event.saddr, words);
         self.copy_to(dst, &mut event.daddr, words);
     }
@@ -349,17 +360,11 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
 
     let now = unsafe { bpf_ktime_get_ns() };
     emit(config, now, kind::TRANSITION, sk, process_context, |event| {
-        event.family = family as u8;
         event.old_state = old;
         event.new_state = new;
-        event.sport = sport;
-        event.dport = dport;
         event.timer = time_wait_timer;
-        record.read_addresses(
-            event,
-            (offsets.saddr, offsets.daddr),
-            (offsets.saddr_v6, offsets.daddr_v6),
-        );
+        let (v4, v6) = ((offsets.saddr, offsets.daddr), (offsets.saddr_v6, offsets.daddr_v6));
+        record.fill_endpoints(event, family, (sport, dport), v4, v6);
     });
     Ok(())
 }
@@ -480,12 +485,11 @@ fn try_tcp_send_reset(ctx: &TracePointContext) -> Result<(), i32> {
     }
     let process_context = same_as_process_context(record.get(0), process_context_regs, false);
     let now = unsafe { bpf_ktime_get_ns() };
+    // Each address is a `sockaddr_in` or `sockaddr_in6`: the IP after the family and port.
+    let (saddr, daddr) = (offsets.saddr_sockaddr, offsets.daddr_sockaddr);
     emit(config, now, kind::RESET_SENT, sk, process_context, |event| {
-        event.family = family as u8;
-        event.sport = sport;
-        event.dport = dport;
-        let (saddr, daddr) = (offsets.saddr_sockaddr, offsets.daddr_sockaddr);
-        record.read_addresses(event, (saddr + 4, daddr + 4), (saddr + 8, daddr + 8));
+        let (v4, v6) = ((saddr + 4, daddr + 4), (saddr + 8, daddr + 8));
+        record.fill_endpoints(event, family, (sport, dport), v4, v6);
     });
     Ok(())
 }
@@ -513,14 +517,8 @@ fn try_tcp_receive_reset(ctx: &TracePointContext) -> Result<(), i32> {
     let process_context = same_as_process_context(record.get(0), process_context_regs, false);
     let now = unsafe { bpf_ktime_get_ns() };
     emit(config, now, kind::RESET_RECEIVED, sk, process_context, |event| {
-        event.family = family as u8;
-        event.sport = sport;
-        event.dport = dport;
-        record.read_addresses(
-            event,
-            (offsets.saddr, offsets.daddr),
-            (offsets.saddr_v6, offsets.daddr_v6),
-        );
+        let (v4, v6) = ((offsets.saddr, offsets.daddr), (offsets.saddr_v6, offsets.daddr_v6));
+        record.fill_endpoints(event, family, (sport, dport), v4, v6);
     });
     Ok(())
 }
