@@ -793,6 +793,12 @@ impl Engine {
         map.get(&sk).copied().filter(|&side| self.sides.get(side).is_some_and(|s| s.sk == sk))
     }
 
+    /// The unpaired side with this (local, remote), if it still has them.
+    fn side_of_tuple(&self, tuple: (Address, Address)) -> Option<Index> {
+        let side = *self.by_tuple.get(&tuple)?;
+        (self.sides.get(side)?.tuple() == tuple).then_some(side)
+    }
+
     /// The live side whose time-wait socket has `timer`.
     fn side_of_timer(&self, timer: u64) -> Option<Index> {
         let side = *self.by_timer.get(&timer)?;
@@ -948,12 +954,7 @@ impl Engine {
             return; // already paired
         }
         let (local, remote) = tuple;
-        let peer = self
-            .by_tuple
-            .get(&(remote, local))
-            .copied()
-            .filter(|&peer| self.sides.get(peer).is_some_and(|s| s.tuple() == (remote, local)));
-        let Some(peer) = peer else {
+        let Some(peer) = self.side_of_tuple((remote, local)) else {
             // The newest side with a tuple wins it: an older one has closed.
             self.by_tuple.insert(tuple, index);
             return;
@@ -1074,9 +1075,7 @@ impl Engine {
             .or_else(|| self.side_of_socket(&self.closed_sk, event.sk))
             .or_else(|| {
                 let (local, remote) = event.addresses?;
-                let tuple = (local.into(), remote.into());
-                let side = *self.by_tuple.get(&tuple)?;
-                (self.sides.get(side)?.tuple() == tuple).then_some(side)
+                self.side_of_tuple((local.into(), remote.into()))
             });
         let Some(index) = index else {
             self.stats.unmatched_events += 1;

@@ -233,11 +233,7 @@ fn lost_events_mark_open_connections_incomplete() {
     for event in rest {
         engine.push(event);
     }
-    engine.finish(1400 * S, &mut |o| {
-        if let Output::Connection(c) = o {
-            connections.push(c.clone())
-        }
-    });
+    engine.finish(1400 * S, &mut collect_connections(&mut connections));
     assert_eq!(connections.len(), 1);
     assert!(connections[0].incomplete);
     assert_eq!(engine.stats().lost_events, 3);
@@ -257,11 +253,7 @@ fn a_loss_marks_connections_whose_events_arrive_after_it_is_noticed() {
     for event in early.into_iter().chain(later) {
         engine.push(event);
     }
-    engine.finish(2400 * S, &mut |o| {
-        if let Output::Connection(c) = o {
-            connections.push(c.clone())
-        }
-    });
+    engine.finish(2400 * S, &mut collect_connections(&mut connections));
     let incomplete: Vec<bool> = connections.iter().map(|c| c.incomplete).collect();
     assert_eq!(incomplete, [true, false], "only the connection from before the loss");
 }
@@ -437,16 +429,13 @@ fn a_connection_whose_time_wait_is_killed_by_reuse_is_handed_out_at_once() {
     for event in &r.events {
         engine.push(*event);
     }
-    engine.advance(4 * S, &mut |output| {
-        if let Output::Connection(connection) = output {
-            handed_out.push(connection.clone());
-        }
-    });
+    engine.advance(4 * S, &mut collect_connections(&mut handed_out));
     assert_eq!(handed_out.len(), 1, "the killed one, before the trace ends");
     let tw = handed_out[0].endpoints[0].time_wait.as_ref().unwrap();
     assert_eq!((tw.end, tw.end_ns), (TimeWaitEnd::Killed, Some(3 * S)));
     assert_eq!(engine.tracked(), 1, "only the new TIME-WAIT is still followed");
 }
+
 #[test]
 fn states_past_the_inline_ones_are_kept_in_order() {
     let mut steps = Steps::new();

@@ -95,6 +95,15 @@ impl Recording {
     }
 }
 
+/// An engine output callback that keeps a copy of every connection handed out.
+pub fn collect_connections(into: &mut Vec<Connection>) -> impl FnMut(Output<'_>) + '_ {
+    |output| {
+        if let Output::Connection(connection) = output {
+            into.push(connection.clone());
+        }
+    }
+}
+
 pub fn run_events(
     events: impl IntoIterator<Item = TcpEvent>,
     end: f64,
