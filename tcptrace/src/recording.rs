@@ -129,7 +129,7 @@ struct HeaderLine {
 }
 
 /// Every field any line may have; which are required depends on `type`.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize)]
 struct Line<'a> {
     #[serde(rename = "type", borrow)]
     kind: Cow<'a, str>,
@@ -352,25 +352,13 @@ impl<'a> Cursor<'a> {
         })
     }
 
-    /// `literal` then a decimal number of at most 19 digits (so it can't overflow), without
-    /// a leading zero, sign, fraction or exponent.
+    /// `literal` then a decimal number of at most 19 digits (so it can't overflow). A sign,
+    /// fraction or exponent fails the next field's or the end's check.
     fn number_field<const N: usize>(&mut self, literal: &[u8; N]) -> Option<u64> {
         self.expect(literal)?;
-        let start = self.at;
-        let mut value: u64 = 0;
-        while let Some(&digit) = self.bytes.get(self.at)
-            && digit.is_ascii_digit()
-        {
-            if self.at - start == 19 {
-                return None;
-            }
-            value = value * 10 + u64::from(digit - b'0');
-            self.at += 1;
-        }
-        // A fraction or exponent fails the next field's or the end's check.
-        let digits = self.at - start;
-        let leading_zero = digits > 1 && self.bytes[start] == b'0';
-        (digits > 0 && !leading_zero).then_some(value)
+        let (value, end) = decimal(self.bytes, self.at, 19)?;
+        self.at = end;
+        Some(value)
     }
 
     /// `"0x…"`: 1 to 16 hex digits.
@@ -444,26 +432,29 @@ fn ipv4_address(bytes: &[u8], from: usize) -> Option<(SocketAddr, usize)> {
     let mut octets = [0u8; 4];
     let mut at = from;
     for (i, octet) in octets.iter_mut().enumerate() {
-        let (value, end) = decimal(bytes, at)?;
+        let (value, end) = decimal(bytes, at, 3)?;
         *octet = u8::try_from(value).ok()?;
         if bytes.get(end) != Some(if i < 3 { &b'.' } else { &b':' }) {
             return None;
         }
         at = end + 1;
     }
-    let (port, end) = decimal(bytes, at)?;
+    let (port, end) = decimal(bytes, at, 5)?;
     Some((SocketAddr::from((octets, u16::try_from(port).ok()?)), end))
 }
 
-/// 1–5 digits at `from` without a leading zero: (value, where they end).
-fn decimal(bytes: &[u8], from: usize) -> Option<(u32, usize)> {
+/// The decimal number at `from`: 1 to `most` digits (`None` for more), without a leading
+/// zero: (value, where its digits end).
+fn decimal(bytes: &[u8], from: usize, most: usize) -> Option<(u64, usize)> {
     let mut value = 0;
     let mut at = from;
     while let Some(&digit) = bytes.get(at)
         && digit.is_ascii_digit()
-        && at - from < 5
     {
-        value = value * 10 + u32::from(digit - b'0');
+        if at - from == most {
+            return None;
+        }
+        value = value * 10 + u64::from(digit - b'0');
         at += 1;
     }
     let leading_zero = bytes.get(from) == Some(&b'0') && at - from > 1;
@@ -729,7 +720,14 @@ mod tests {
         for text in ["127.0.0.1:8080", "10.0.0.255:0", "255.255.255.255:65535", "[::1]:443"] {
             assert_eq!(parse_address(text, "local"), Ok(text.parse().unwrap()), "{text}");
         }
-        for text in ["01.0.0.1:80", "256.0.0.1:80", "1.2.3.4:65536", "1.2.3:80", "1.2.3.4.5:80"] {
+        for text in [
+            "01.0.0.1:80",
+            "256.0.0.1:80",
+            "1234.0.0.1:80",
+            "1.2.3.4:65536",
+            "1.2.3:80",
+            "1.2.3.4.5:80",
+        ] {
             assert_eq!(parse_ipv4_address(text.as_bytes()), None, "{text}");
             assert!(parse_address(text, "local").is_err(), "{text}");
         }
