@@ -168,7 +168,31 @@ pub struct TimerOffsets {
     pub cancel_timer: u16,
     pub expire_timer: u16,
     pub expire_function: u16,
-    pub _pad: u16,
+    /// 1 when the fields every timer event reads sit where [`BuiltInTimerLayout`] says: the
+    /// programs then load them straight from the record instead of through a helper call.
+    pub built_in_layout: u16,
+}
+
+/// Offsets of `timer` (all three timer tracepoints) and `function` (`timer_start`,
+/// `timer_expire_entry`) as recent kernels lay them out. The timer programs run for every
+/// timer on the machine, under the timer base's lock with interrupts off, so their common
+/// path loads these at constant offsets (the only kind the verifier accepts for a
+/// tracepoint record) when the loader finds this layout in tracefs.
+pub struct BuiltInTimerLayout;
+
+impl BuiltInTimerLayout {
+    pub const TIMER: u16 = 8;
+    pub const START_FUNCTION: u16 = 16;
+    pub const EXPIRE_FUNCTION: u16 = 24;
+
+    /// Whether `offsets`, read from tracefs, match this layout.
+    pub fn matches(offsets: &TimerOffsets) -> bool {
+        offsets.start_timer == Self::TIMER
+            && offsets.cancel_timer == Self::TIMER
+            && offsets.expire_timer == Self::TIMER
+            && offsets.start_function == Self::START_FUNCTION
+            && offsets.expire_function == Self::EXPIRE_FUNCTION
+    }
 }
 
 /// Read-only configuration of the kernel program, set by the loader before load.

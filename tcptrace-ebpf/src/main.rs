@@ -18,8 +18,8 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use tcptrace_common::{
-    AF_INET, AF_INET6, COMM_LEN, Config, EXPIRE_AFTER_CANCEL_TTL_NS, Event, FAMILY_IPV4,
-    FAMILY_IPV6, IPPROTO_TCP, MAX_PORTS, REARM_AFTER_CANCEL_TTL_NS, RECORD_BYTES,
+    AF_INET, AF_INET6, BuiltInTimerLayout, COMM_LEN, Config, EXPIRE_AFTER_CANCEL_TTL_NS, Event,
+    FAMILY_IPV4, FAMILY_IPV6, IPPROTO_TCP, MAX_PORTS, REARM_AFTER_CANCEL_TTL_NS, RECORD_BYTES,
     STARTED_TIMER_TTL_NS, TimerSlot, counter, kind, tcp_state,
 };
 
@@ -79,6 +79,21 @@ fn config() -> &'static Config {
 #[inline(always)]
 fn field<T>(ctx: &TracePointContext, offset: u16) -> Result<T, i32> {
     unsafe { ctx.read_at::<T>(offset as usize) }
+}
+
+/// A pointer-sized timer tracepoint field: one load at the built-in offset `AT` when the
+/// loader found that layout, else a helper call at the offset tracefs gave.
+#[inline(always)]
+fn timer_field<const AT: u16>(
+    ctx: &TracePointContext,
+    config: &Config,
+    offset: u16,
+) -> Result<u64, i32> {
+    if config.timer.built_in_layout != 0 {
+        Ok(unsafe { *(ctx.as_ptr() as *const u8).add(AT as usize).cast::<u64>() })
+    } else {
+        field(ctx, offset)
+    }
 }
 
 /// The current record, copied once. Fields are read from the copy at offsets masked to the
@@ -379,11 +394,15 @@ fn try_timer_start(ctx: &TracePointContext) -> Result<(), i32> {
     let config = config();
     let offsets = &config.timer;
     if config.tw_timer_handler == 0
-        || field::<u64>(ctx, offsets.start_function)? != config.tw_timer_handler
+        || timer_field::<{ BuiltInTimerLayout::START_FUNCTION }>(
+            ctx,
+            config,
+            offsets.start_function,
+        )? != config.tw_timer_handler
     {
         return Ok(());
     }
-    let timer: u64 = field(ctx, offsets.start_timer)?;
+    let timer = timer_field::<{ BuiltInTimerLayout::TIMER }>(ctx, config, offsets.start_timer)?;
     let now = unsafe { bpf_ktime_get_ns() };
     // mod_timer() on a pending timer shows as cancel + start: a re-arm of a live time-wait.
     let Some(cancelled) = take_slot(&CANCELLED_TIMER, now, REARM_AFTER_CANCEL_TTL_NS, Some(timer))
@@ -415,7 +434,8 @@ fn try_timer_cancel(ctx: &TracePointContext) -> Result<(), i32> {
     if config.tw_timer_handler == 0 {
         return Ok(());
     }
-    let timer: u64 = field(ctx, config.timer.cancel_timer)?;
+    let timer =
+        timer_field::<{ BuiltInTimerLayout::TIMER }>(ctx, config, config.timer.cancel_timer)?;
     let Some(&sk) = (unsafe { TIME_WAIT_TIMERS.get(&timer) }) else {
         return Ok(());
     };
@@ -437,11 +457,15 @@ fn try_timer_expire_entry(ctx: &TracePointContext) -> Result<(), i32> {
     let config = config();
     let offsets = &config.timer;
     if config.tw_timer_handler == 0
-        || field::<u64>(ctx, offsets.expire_function)? != config.tw_timer_handler
+        || timer_field::<{ BuiltInTimerLayout::EXPIRE_FUNCTION }>(
+            ctx,
+            config,
+            offsets.expire_function,
+        )? != config.tw_timer_handler
     {
         return Ok(());
     }
-    let timer: u64 = field(ctx, offsets.expire_timer)?;
+    let timer = timer_field::<{ BuiltInTimerLayout::TIMER }>(ctx, config, offsets.expire_timer)?;
     let now = unsafe { bpf_ktime_get_ns() };
     let Some(cancelled) = take_slot(&CANCELLED_TIMER, now, EXPIRE_AFTER_CANCEL_TTL_NS, Some(timer))
     else {

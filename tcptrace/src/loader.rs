@@ -9,8 +9,8 @@ use aya::{
     programs::{ProgramError, TracePoint},
 };
 use tcptrace_common::{
-    Config, FAMILY_IPV4, FAMILY_IPV6, MAX_PORTS, ResetOffsets, SetStateOffsets, TimerOffsets,
-    counter,
+    BuiltInTimerLayout, Config, FAMILY_IPV4, FAMILY_IPV6, MAX_PORTS, ResetOffsets, SetStateOffsets,
+    TimerOffsets, counter,
 };
 
 use crate::tracefs::{self, Format};
@@ -76,7 +76,7 @@ fn receive_reset_offsets(format: &Format) -> Result<ResetOffsets> {
 }
 
 fn timer_offsets(start: &Format, cancel: &Format, expire: &Format) -> Result<TimerOffsets> {
-    Ok(TimerOffsets {
+    let mut offsets = TimerOffsets {
         start_timer: start.offset("timer")?,
         start_function: start.offset("function")?,
         start_expires: start.offset("expires")?,
@@ -84,8 +84,10 @@ fn timer_offsets(start: &Format, cancel: &Format, expire: &Format) -> Result<Tim
         cancel_timer: cancel.offset("timer")?,
         expire_timer: expire.offset("timer")?,
         expire_function: expire.offset("function")?,
-        _pad: 0,
-    })
+        built_in_layout: 0,
+    };
+    offsets.built_in_layout = u16::from(BuiltInTimerLayout::matches(&offsets));
+    Ok(offsets)
 }
 
 /// How much kernel time one program took (see [`Tracer::program_stats`]).
@@ -375,6 +377,33 @@ fn raise_memlock_limit() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A timer tracepoint's format file with the given `(name, offset)` fields.
+    fn timer_format(name: &str, fields: &[(&str, u16)]) -> Format {
+        let text: String = fields
+            .iter()
+            .map(|(field, offset)| format!("\tfield:void * {field};\toffset:{offset};\tsize:8;\n"))
+            .collect();
+        Format::parse(&format!("timer:{name}"), &text)
+    }
+
+    #[test]
+    fn timer_fields_are_loaded_directly_only_from_the_built_in_layout() {
+        let start = |function| {
+            let fields = [("timer", 8), ("function", function), ("expires", 24), ("now", 40)];
+            timer_format("timer_start", &fields)
+        };
+        let cancel = timer_format("timer_cancel", &[("timer", 8)]);
+        let expire =
+            timer_format("timer_expire_entry", &[("timer", 8), ("now", 16), ("function", 24)]);
+        // Linux 6.18's layout.
+        let offsets = timer_offsets(&start(16), &cancel, &expire).unwrap();
+        assert_eq!(offsets.built_in_layout, 1);
+        assert_eq!((offsets.start_expires, offsets.start_now), (24, 40));
+        // Any field elsewhere: read at the offsets tracefs gave, through the helper.
+        let offsets = timer_offsets(&start(32), &cancel, &expire).unwrap();
+        assert_eq!((offsets.built_in_layout, offsets.start_function), (0, 32));
+    }
 
     #[test]
     fn filters_become_kernel_config() {
