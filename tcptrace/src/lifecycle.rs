@@ -978,20 +978,22 @@ impl Engine {
 
     fn start_time_wait(&mut self, index: Index, ts: u64, old: TcpState, timer: u64) {
         // A timer address still mapped belongs to an earlier time-wait socket that was
-        // killed (its memory was reused): close that one first.
-        if let Some(stale) = self.side_of_timer(timer) {
+        // killed (its memory was reused): close that one too. One probe of the table both
+        // finds it and maps the address to the new one.
+        if let Some(stale) = self.by_timer.insert(timer, index)
+            && self.time_wait_mut(stale).is_some_and(|tw| tw.timer == timer)
+        {
             if let Some(tw) = self.time_wait_mut(stale)
                 && tw.end == TimeWaitEnd::Open
             {
                 tw.end = TimeWaitEnd::Killed;
                 tw.end_ns = Some(tw.pending_cancel_ns.unwrap_or(ts));
             }
-            self.time_wait_ended(timer);
+            self.release_port(stale);
             // Its connection may be over now, like after any other kill.
             let connection = self.side(stale).connection;
             self.finish_if_done(connection, ts);
         }
-        self.by_timer.insert(timer, index);
         let side = self.side(index);
         let peer_fin = self
             .connections
@@ -1185,7 +1187,13 @@ impl Engine {
     /// A time-wait socket with this timer ended (expired or killed): forget the timer and
     /// release its ephemeral port.
     fn time_wait_ended(&mut self, timer: u64) {
-        let Some(index) = self.by_timer.remove(&timer) else { return };
+        if let Some(index) = self.by_timer.remove(&timer) {
+            self.release_port(index);
+        }
+    }
+
+    /// The time-wait of side `index` no longer holds its port.
+    fn release_port(&mut self, index: Index) {
         let key = self
             .sides
             .get(index)
