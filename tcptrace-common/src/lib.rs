@@ -215,8 +215,14 @@ pub struct Config {
     pub pid: u32,
     /// Families to keep: [`FAMILY_IPV4`] | [`FAMILY_IPV6`].
     pub families: u32,
-    pub _pad: u32,
+    /// `inet_sock_set_state` looks at the fill level (for `wakeup_bytes`) on every this many
+    /// events of a CPU, not on each: the ring grows by at most this many events per CPU
+    /// past the level before the reader is woken. At least 1.
+    pub wakeup_check_every: u32,
 }
+
+/// Bytes one [`Event`] takes in the ring buffer: the event and the ring's 8-byte header.
+pub const RING_RECORD_BYTES: u32 = size_of::<Event>() as u32 + 8;
 
 pub const FAMILY_IPV4: u32 = 1;
 pub const FAMILY_IPV6: u32 = 2;

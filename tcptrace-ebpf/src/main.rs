@@ -61,6 +61,9 @@ struct CpuState {
     record: [u8; RECORD_BYTES],
     /// The `pt_regs` pointer perf hands to programs run in process context on this CPU.
     process_context_regs: u64,
+    /// Transitions this CPU sends before it looks at the ring's fill level again.
+    until_fill_check: u32,
+    _pad: u32,
 }
 
 #[map]
@@ -101,12 +104,13 @@ fn timer_field<const AT: u16>(
 struct Record(&'static [u8; RECORD_BYTES]);
 
 impl Record {
-    /// Copies the record into this CPU's state, which it also returns.
+    /// Copies the record into this CPU's state; returns it with the rest of that state.
     #[inline(always)]
-    fn copy(ctx: &TracePointContext) -> Option<(Record, &'static mut u64)> {
+    fn copy(ctx: &TracePointContext) -> Option<(Record, &'static mut u64, &'static mut u32)> {
         let state = unsafe { &mut *CPU_STATE.get_ptr_mut(0)? };
         unsafe { bpf_probe_read_kernel_buf(ctx.as_ptr() as *const u8, &mut state.record) }.ok()?;
-        Some((Record(&state.record), &mut state.process_context_regs))
+        let CpuState { record, process_context_regs, until_fill_check, .. } = state;
+        Some((Record(record), process_context_regs, until_fill_check))
     }
 
     /// The field of type `T` at `offset`. Masking the offset with `RECORD_BYTES - size`
@@ -215,14 +219,15 @@ fn keep_socket(
 /// Reserves the next event in the ring buffer and writes it there in place: what every
 /// event carries (time, CPU, kind, socket, and the current task in process context;
 /// elsewhere the task is whoever the interrupt landed on, not worth reading), then the rest
-/// through `fill`. Counts the event lost when the ring buffer is full.
+/// through `fill`. Counts the event lost when the ring buffer is full. With `check_fill`,
+/// wakes the reader if the ring has filled past `wakeup_bytes`.
 #[inline(always)]
 fn emit(
     config: &Config,
     ts_ns: u64,
     event_kind: u8,
     sk: u64,
-    process_context: bool,
+    (process_context, check_fill): (bool, bool),
     fill: impl FnOnce(&mut Event),
 ) {
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
@@ -246,7 +251,7 @@ fn emit(
     }
     fill(event);
     // Wake the reader only once a batch has piled up; it also polls on a short tick.
-    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= config.wakeup_bytes {
+    let flags = if check_fill && EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= config.wakeup_bytes {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
@@ -332,7 +337,7 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
     let config = config();
     let offsets = &config.set_state;
-    let (record, process_context_regs) = Record::copy(ctx).ok_or(0)?;
+    let (record, process_context_regs, until_fill_check) = Record::copy(ctx).ok_or(0)?;
     if record.get::<u16>(offsets.protocol) != IPPROTO_TCP {
         return Ok(());
     }
@@ -373,8 +378,15 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
         time_wait_timer = 0;
     }
 
+    // The bulk of all events: a look at the fill level costs a tenth of sending one.
+    let check_fill = *until_fill_check == 0;
+    *until_fill_check = if check_fill {
+        config.wakeup_check_every.saturating_sub(1)
+    } else {
+        *until_fill_check - 1
+    };
     let now = unsafe { bpf_ktime_get_ns() };
-    emit(config, now, kind::TRANSITION, sk, process_context, |event| {
+    emit(config, now, kind::TRANSITION, sk, (process_context, check_fill), |event| {
         event.old_state = old;
         event.new_state = new;
         event.timer = time_wait_timer;
@@ -416,7 +428,7 @@ fn try_timer_start(ctx: &TracePointContext) -> Result<(), i32> {
     let expires: u64 = field(ctx, offsets.start_expires)?;
     let jiffies_now: u64 = field(ctx, offsets.start_now)?;
     let process_context = in_process_context(ctx, false);
-    emit(config, now, kind::TW_REARM, cancelled.sk, process_context, |event| {
+    emit(config, now, kind::TW_REARM, cancelled.sk, (process_context, true), |event| {
         event.timer = timer;
         event.timeout_jiffies = expires.wrapping_sub(jiffies_now) as u32;
     });
@@ -443,7 +455,7 @@ fn try_timer_cancel(ctx: &TracePointContext) -> Result<(), i32> {
     let now = unsafe { bpf_ktime_get_ns() };
     put_slot(&CANCELLED_TIMER, TimerSlot { timer, sk, ts_ns: now });
     let process_context = in_process_context(ctx, false);
-    emit(config, now, kind::TW_CANCEL, sk, process_context, |event| event.timer = timer);
+    emit(config, now, kind::TW_CANCEL, sk, (process_context, true), |event| event.timer = timer);
     Ok(())
 }
 
@@ -471,7 +483,7 @@ fn try_timer_expire_entry(ctx: &TracePointContext) -> Result<(), i32> {
     else {
         return Ok(());
     };
-    emit(config, now, kind::TW_EXPIRE, cancelled.sk, false, |event| event.timer = timer);
+    emit(config, now, kind::TW_EXPIRE, cancelled.sk, (false, true), |event| event.timer = timer);
     Ok(())
 }
 
@@ -496,7 +508,7 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
 fn try_tcp_send_reset(ctx: &TracePointContext) -> Result<(), i32> {
     let config = config();
     let offsets = &config.send_reset;
-    let (record, process_context_regs) = Record::copy(ctx).ok_or(0)?;
+    let (record, process_context_regs, _) = Record::copy(ctx).ok_or(0)?;
     let family: u16 = record.get(offsets.saddr_sockaddr);
     if !family_kept(config, family) {
         return Ok(());
@@ -511,7 +523,7 @@ fn try_tcp_send_reset(ctx: &TracePointContext) -> Result<(), i32> {
     let now = unsafe { bpf_ktime_get_ns() };
     // Each address is a `sockaddr_in` or `sockaddr_in6`: the IP after the family and port.
     let (saddr, daddr) = (offsets.saddr_sockaddr, offsets.daddr_sockaddr);
-    emit(config, now, kind::RESET_SENT, sk, process_context, |event| {
+    emit(config, now, kind::RESET_SENT, sk, (process_context, true), |event| {
         let (v4, v6) = ((saddr + 4, daddr + 4), (saddr + 8, daddr + 8));
         record.fill_endpoints(event, family, (sport, dport), v4, v6);
     });
@@ -527,7 +539,7 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
 fn try_tcp_receive_reset(ctx: &TracePointContext) -> Result<(), i32> {
     let config = config();
     let offsets = &config.receive_reset;
-    let (record, process_context_regs) = Record::copy(ctx).ok_or(0)?;
+    let (record, process_context_regs, _) = Record::copy(ctx).ok_or(0)?;
     let family: u16 = record.get(offsets.family);
     if !family_kept(config, family) {
         return Ok(());
@@ -540,7 +552,7 @@ fn try_tcp_receive_reset(ctx: &TracePointContext) -> Result<(), i32> {
     }
     let process_context = same_as_process_context(record.get(0), process_context_regs, false);
     let now = unsafe { bpf_ktime_get_ns() };
-    emit(config, now, kind::RESET_RECEIVED, sk, process_context, |event| {
+    emit(config, now, kind::RESET_RECEIVED, sk, (process_context, true), |event| {
         let (v4, v6) = ((offsets.saddr, offsets.daddr), (offsets.saddr_v6, offsets.daddr_v6));
         record.fill_endpoints(event, family, (sport, dport), v4, v6);
     });

@@ -9,8 +9,8 @@ use aya::{
     programs::{ProgramError, TracePoint},
 };
 use tcptrace_common::{
-    BuiltInTimerLayout, Config, FAMILY_IPV4, FAMILY_IPV6, MAX_PORTS, ResetOffsets, SetStateOffsets,
-    TimerOffsets, counter,
+    BuiltInTimerLayout, Config, FAMILY_IPV4, FAMILY_IPV6, MAX_PORTS, RING_RECORD_BYTES,
+    ResetOffsets, SetStateOffsets, TimerOffsets, counter,
 };
 
 use crate::tracefs::{self, Format};
@@ -133,6 +133,7 @@ impl Tracer {
         let mut config = Config {
             set_state: set_state_offsets(&Format::read(&tracefs, "sock", "inet_sock_set_state")?)?,
             wakeup_bytes: u64::from(options.ring_size / 8),
+            wakeup_check_every: wakeup_check_every(options.ring_size, configured_cpus()),
             ..Config::default()
         };
         apply_filters(&mut config, &options.filters);
@@ -249,15 +250,26 @@ pub fn drain(ring: &mut RingBuf<MapData>, mut on_record: impl FnMut(&[u8])) -> u
     count
 }
 
+/// CPUs the kernel was configured with, online or not.
+fn configured_cpus() -> u32 {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) }.clamp(1, i64::from(u32::MAX)) as u32
+}
+
+/// How many transitions a CPU sends between looks at the ring's fill level: up to 16 (a
+/// look costs about 27 ns, one event in ten), but no more than lets every CPU together add
+/// another eighth of the ring past the wake-up level before one looks.
+fn wakeup_check_every(ring_size: u32, cpus: u32) -> u32 {
+    (ring_size / 8 / RING_RECORD_BYTES.saturating_mul(cpus.max(1))).clamp(1, 16)
+}
+
 /// Shows the kernel program one process-context event on every CPU: a `listen()` and
 /// `close()` on 127.0.0.1, from a thread pinned to each CPU in turn. (See
 /// `in_process_context` in the eBPF program.) Their events carry tcptrace's own pid, so the
 /// output drops them with [`is_own_event`].
 fn calibrate_process_context() {
     let result = std::thread::spawn(|| {
-        // SAFETY: sysconf has no preconditions.
-        let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) }.max(1) as usize;
-        for cpu in 0..cpus.min(libc::CPU_SETSIZE as usize) {
+        for cpu in 0..(configured_cpus() as usize).min(libc::CPU_SETSIZE as usize) {
             // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET stays within it.
             let pinned = unsafe {
                 let mut set: libc::cpu_set_t = std::mem::zeroed();
@@ -385,6 +397,15 @@ mod tests {
             .map(|(field, offset)| format!("\tfield:void * {field};\toffset:{offset};\tsize:8;\n"))
             .collect();
         Format::parse(&format!("timer:{name}"), &text)
+    }
+
+    #[test]
+    fn the_fill_level_is_checked_often_enough_for_small_rings() {
+        assert_eq!(wakeup_check_every(4 << 20, 2), 16, "the default ring");
+        // 4096 / 8 = 512 bytes past the level, shared by two CPUs: two 104-byte events each.
+        assert_eq!(wakeup_check_every(4096, 2), 2);
+        assert_eq!(wakeup_check_every(4096, 64), 1, "every event, never less");
+        assert_eq!(wakeup_check_every(4096, 0), 4);
     }
 
     #[test]
