@@ -21,7 +21,6 @@ use std::{
 };
 
 use serde::Deserialize;
-use tcptrace_common::COMM_LEN;
 
 use crate::{
     event::{Comm, EventKind, Task, TcpEvent, TcpState},
@@ -246,11 +245,8 @@ fn read_canonical(bytes: &[u8]) -> Option<Item> {
     let pid = line.number_field(b",\"pid\":")?.try_into().ok()?;
     let tid = line.number_field(b",\"tid\":")?.try_into().ok()?;
     line.expect(b",\"comm\":")?;
-    // As the kernel keeps it: at most 15 bytes (a longer name is serde_json's to cut).
-    let name = line.string()?;
-    let mut comm = [0; COMM_LEN];
-    comm.get_mut(..name.len()).filter(|_| name.len() < COMM_LEN)?.copy_from_slice(name);
-    let comm = Comm::from_kernel(comm);
+    // ASCII (`string` leaves anything else to serde_json), so always text.
+    let comm = Comm::new(std::str::from_utf8(line.string()?).ok()?);
     line.expect(b",\"process_context\":")?;
     let process_context = line.boolean()?;
     let cpu = line.number_field(b",\"cpu\":")?.try_into().ok()?;
@@ -760,6 +756,9 @@ mod tests {
         let plain = r#"{"type":"transition","ts_ns":1000050000,"sk":"0xffff888000000000","local":"127.0.0.1:32768","remote":"127.0.0.1:8080","old":"SYN_SENT","new":"ESTABLISHED","pid":7,"tid":7,"comm":"curl","process_context":false,"cpu":0}"#;
         let fast = read_canonical(plain.as_bytes()).expect("the common case is read fast");
         assert_eq!(Ok(fast.clone()), slow(plain));
+        // A name longer than the kernel keeps is cut the same way on both paths.
+        let long = plain.replace("\"curl\"", "\"a-very-long-command-name\"");
+        assert_eq!(read_canonical(long.as_bytes()).map(Ok), Some(slow(&long)));
         // Anything laid out otherwise is serde_json's, which reads it to the same item.
         let reordered = r#"{"cpu":0,"new":"ESTABLISHED","type":"transition","comm":"curl","sk":"0xffff888000000000","old":"SYN_SENT","ts_ns":1000050000,"remote":"127.0.0.1:8080","tid":7,"local":"127.0.0.1:32768","process_context":false,"pid":7}"#;
         assert!(read_canonical(reordered.as_bytes()).is_none());
