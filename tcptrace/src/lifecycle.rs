@@ -981,11 +981,10 @@ impl Engine {
         // killed (its memory was reused): close that one too. One probe of the table both
         // finds it and maps the address to the new one.
         if let Some(stale) = self.by_timer.insert(timer, index)
-            && self.time_wait_mut(stale).is_some_and(|tw| tw.timer == timer)
+            && let Some(tw) = self.time_wait_mut(stale)
+            && tw.timer == timer
         {
-            if let Some(tw) = self.time_wait_mut(stale)
-                && tw.end == TimeWaitEnd::Open
-            {
+            if tw.end == TimeWaitEnd::Open {
                 tw.end = TimeWaitEnd::Killed;
                 tw.end_ns = Some(tw.pending_cancel_ns.unwrap_or(ts));
             }
