@@ -220,14 +220,16 @@ fn keep_socket(
 /// event carries (time, CPU, kind, socket, and the current task in process context;
 /// elsewhere the task is whoever the interrupt landed on, not worth reading), then the rest
 /// through `fill`. Counts the event lost when the ring buffer is full. With `check_fill`,
-/// wakes the reader if the ring has filled past `wakeup_bytes`.
+/// wakes the reader if the ring has filled past `wakeup_bytes` (transitions look now and
+/// then; the rarer timer and reset events always look).
 #[inline(always)]
 fn emit(
     config: &Config,
     ts_ns: u64,
     event_kind: u8,
     sk: u64,
-    (process_context, check_fill): (bool, bool),
+    process_context: bool,
+    check_fill: bool,
     fill: impl FnOnce(&mut Event),
 ) {
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
@@ -386,7 +388,7 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
         *until_fill_check - 1
     };
     let now = unsafe { bpf_ktime_get_ns() };
-    emit(config, now, kind::TRANSITION, sk, (process_context, check_fill), |event| {
+    emit(config, now, kind::TRANSITION, sk, process_context, check_fill, |event| {
         event.old_state = old;
         event.new_state = new;
         event.timer = time_wait_timer;
@@ -428,7 +430,7 @@ fn try_timer_start(ctx: &TracePointContext) -> Result<(), i32> {
     let expires: u64 = field(ctx, offsets.start_expires)?;
     let jiffies_now: u64 = field(ctx, offsets.start_now)?;
     let process_context = in_process_context(ctx, false);
-    emit(config, now, kind::TW_REARM, cancelled.sk, (process_context, true), |event| {
+    emit(config, now, kind::TW_REARM, cancelled.sk, process_context, true, |event| {
         event.timer = timer;
         event.timeout_jiffies = expires.wrapping_sub(jiffies_now) as u32;
     });
@@ -455,7 +457,7 @@ fn try_timer_cancel(ctx: &TracePointContext) -> Result<(), i32> {
     let now = unsafe { bpf_ktime_get_ns() };
     put_slot(&CANCELLED_TIMER, TimerSlot { timer, sk, ts_ns: now });
     let process_context = in_process_context(ctx, false);
-    emit(config, now, kind::TW_CANCEL, sk, (process_context, true), |event| event.timer = timer);
+    emit(config, now, kind::TW_CANCEL, sk, process_context, true, |event| event.timer = timer);
     Ok(())
 }
 
@@ -483,7 +485,7 @@ fn try_timer_expire_entry(ctx: &TracePointContext) -> Result<(), i32> {
     else {
         return Ok(());
     };
-    emit(config, now, kind::TW_EXPIRE, cancelled.sk, (false, true), |event| event.timer = timer);
+    emit(config, now, kind::TW_EXPIRE, cancelled.sk, false, true, |event| event.timer = timer);
     Ok(())
 }
 
@@ -523,7 +525,7 @@ fn try_tcp_send_reset(ctx: &TracePointContext) -> Result<(), i32> {
     let now = unsafe { bpf_ktime_get_ns() };
     // Each address is a `sockaddr_in` or `sockaddr_in6`: the IP after the family and port.
     let (saddr, daddr) = (offsets.saddr_sockaddr, offsets.daddr_sockaddr);
-    emit(config, now, kind::RESET_SENT, sk, (process_context, true), |event| {
+    emit(config, now, kind::RESET_SENT, sk, process_context, true, |event| {
         let (v4, v6) = ((saddr + 4, daddr + 4), (saddr + 8, daddr + 8));
         record.fill_endpoints(event, family, (sport, dport), v4, v6);
     });
@@ -552,7 +554,7 @@ fn try_tcp_receive_reset(ctx: &TracePointContext) -> Result<(), i32> {
     }
     let process_context = same_as_process_context(record.get(0), process_context_regs, false);
     let now = unsafe { bpf_ktime_get_ns() };
-    emit(config, now, kind::RESET_RECEIVED, sk, (process_context, true), |event| {
+    emit(config, now, kind::RESET_RECEIVED, sk, process_context, true, |event| {
         let (v4, v6) = ((offsets.saddr, offsets.daddr), (offsets.saddr_v6, offsets.daddr_v6));
         record.fill_endpoints(event, family, (sport, dport), v4, v6);
     });
