@@ -43,7 +43,7 @@ enum Task {
     /// Install rust-src and bpf-linker into .tools/ if missing.
     InstallTools,
     /// Measure what tracing costs on a churn workload and how fast the engine is; writes
-    /// docs/BENCHMARKS.md. Needs root; installs nginx, wrk and bpftrace if missing.
+    /// docs/BENCHMARKS.md. Needs root; installs nginx, wrk, bpftrace and bpftool if missing.
     Bench {
         /// Length of each churn run.
         #[arg(long, default_value_t = 5)]
