@@ -99,6 +99,18 @@ fn timer_field<const AT: u16>(
     }
 }
 
+/// Whether the timer of this `timer_start` or `timer_expire_entry` record is a time-wait
+/// timer: its `function` field (built-in offset `AT`, else `offset`) is `tw_timer_handler`.
+#[inline(always)]
+fn runs_time_wait_handler<const AT: u16>(
+    ctx: &TracePointContext,
+    config: &Config,
+    offset: u16,
+) -> Result<bool, i32> {
+    Ok(config.tw_timer_handler != 0
+        && timer_field::<AT>(ctx, config, offset)? == config.tw_timer_handler)
+}
+
 /// The current record, copied once. Fields are read from the copy at offsets masked to the
 /// buffer, which is what lets the verifier accept offsets only known at load time.
 struct Record(&'static [u8; RECORD_BYTES]);
@@ -407,13 +419,11 @@ pub fn timer_start(ctx: TracePointContext) -> u32 {
 fn try_timer_start(ctx: &TracePointContext) -> Result<(), i32> {
     let config = config();
     let offsets = &config.timer;
-    if config.tw_timer_handler == 0
-        || timer_field::<{ BuiltInTimerLayout::START_FUNCTION }>(
-            ctx,
-            config,
-            offsets.start_function,
-        )? != config.tw_timer_handler
-    {
+    if !runs_time_wait_handler::<{ BuiltInTimerLayout::START_FUNCTION }>(
+        ctx,
+        config,
+        offsets.start_function,
+    )? {
         return Ok(());
     }
     let timer = timer_field::<{ BuiltInTimerLayout::TIMER }>(ctx, config, offsets.start_timer)?;
@@ -470,13 +480,11 @@ pub fn timer_expire_entry(ctx: TracePointContext) -> u32 {
 fn try_timer_expire_entry(ctx: &TracePointContext) -> Result<(), i32> {
     let config = config();
     let offsets = &config.timer;
-    if config.tw_timer_handler == 0
-        || timer_field::<{ BuiltInTimerLayout::EXPIRE_FUNCTION }>(
-            ctx,
-            config,
-            offsets.expire_function,
-        )? != config.tw_timer_handler
-    {
+    if !runs_time_wait_handler::<{ BuiltInTimerLayout::EXPIRE_FUNCTION }>(
+        ctx,
+        config,
+        offsets.expire_function,
+    )? {
         return Ok(());
     }
     let timer = timer_field::<{ BuiltInTimerLayout::TIMER }>(ctx, config, offsets.expire_timer)?;
