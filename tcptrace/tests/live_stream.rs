@@ -211,3 +211,12 @@ fn stops_cleanly_on_ctrl_c_and_after_duration() {
     assert_eq!(steps(&socket_transitions(&lines, client_addr)).len(), 5, "flushed at exit");
     thread::sleep(Duration::from_millis(10));
 }
+
+#[test]
+fn the_tracer_is_a_batch_job_so_its_wakeups_never_preempt_the_traced_programs() {
+    let tracer = Tracer::start(&["--port", "9"]);
+    // SAFETY: asks about our own child, which is alive until `stop`.
+    let policy = unsafe { libc::sched_getscheduler(tracer.pid() as libc::pid_t) };
+    tracer.stop();
+    assert_eq!(policy, libc::SCHED_BATCH);
+}
