@@ -111,8 +111,9 @@ pub fn ephemeral_port_range() -> (u16, u16) {
         .unwrap_or(EngineOptions::default().ephemeral_ports)
 }
 
-/// Makes this process a batch job for the scheduler (`SCHED_BATCH`): its wake-ups then no
-/// longer preempt the programs being traced. It still gets its fair share of the CPU, so it
+/// Makes the tracer a batch job for the scheduler (`SCHED_BATCH`; the calling thread, and
+/// the threads it starts after, which inherit it): its wake-ups then no longer preempt the
+/// programs being traced. It still gets its fair share of the CPU, so it
 /// keeps up with the ring buffer; it only waits for the running task's turn to end, which
 /// costs nothing shown, since every event carries its kernel time.
 fn run_as_batch_job() {
