@@ -4,7 +4,7 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{explain::Lang, export::ExportFormat, loader::Filters};
+use crate::{kernel::loader::Filters, render::explain::Lang, render::export::ExportFormat};
 
 const ABOUT: &str = "Trace TCP state transitions with eBPF: every state each socket passes \
 through, who closed first, and how long TIME-WAIT really lasted.";

@@ -1,26 +1,34 @@
 //! tcptrace: trace TCP state transitions with eBPF.
 //!
-//! Data flows one way: the kernel program ([`loader`]) or a [`recording`] → decoded
-//! [`event`]s → the [`lifecycle`] engine → [`output`] (live lines), [`report`] (connection
-//! records and the summary) and [`export`]s. [`pipeline`] is that chain; [`live`] and
-//! [`replay`] feed it.
+//! Data flows one way, one folder per stage:
+//!
+//! - [`kernel`]: the kernel side of userspace: tracefs offsets, loading and attaching the
+//!   eBPF program, its ring buffer (the only module that uses aya).
+//! - [`event`]: the event model, and decoding the ring buffer's raw records into it.
+//! - [`engine`]: the lifecycle engine, pure: events in, attributed events and connection
+//!   records out.
+//! - [`recording`]: `--record` files, written and read back for replay.
+//! - [`render`]: live lines (text or JSON), connection records and the summary, notes for
+//!   learners, and the `--export` files.
+//! - [`schema`]: every JSON line type, defined once, for every writer and reader.
+//!
+//! On top: [`pipeline`] joins events → engine → rendering; [`live`] feeds it from the
+//! kernel and [`replay`] from a recording; [`cli`] is the command line. The engine and
+//! rendering use nothing of aya, clap or tokio.
 
 pub mod cli;
+pub mod clock;
+pub mod engine;
 pub mod event;
-pub mod explain;
-pub mod export;
-pub mod json_line;
-pub mod lifecycle;
+pub mod kernel;
 pub mod live;
-pub mod loader;
-pub mod output;
 pub mod pipeline;
 pub mod recording;
+pub mod render;
 pub mod replay;
-pub mod report;
+pub mod schema;
 #[cfg(test)]
 mod testing;
-pub mod tracefs;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

@@ -18,10 +18,10 @@ use tokio::{
 
 use crate::{
     cli::{OutputArgs, TraceArgs},
+    clock::{WallClock, monotonic_now_ns},
+    engine::EngineOptions,
     event::decode,
-    lifecycle::EngineOptions,
-    loader::{TraceOptions, Tracer, drain, is_own_event},
-    output::{WallClock, clock_ns},
+    kernel::loader::{TraceOptions, Tracer, drain, is_own_event},
     pipeline::Pipeline,
     recording::{FORMAT_VERSION, Header, Recorder},
 };
@@ -93,11 +93,6 @@ impl<W: Write> Live<W> {
         }
         Ok(())
     }
-}
-
-/// CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns()`.
-pub fn monotonic_now_ns() -> u64 {
-    clock_ns(libc::CLOCK_MONOTONIC) as u64
 }
 
 /// `net.ipv4.ip_local_port_range`, or Linux's default when it can't be read.

@@ -7,12 +7,13 @@ use anyhow::Result;
 
 use crate::{
     cli::OutputArgs,
+    clock::WallClock,
+    engine::{Connection, Engine, EngineOptions, Output},
     event::TcpEvent,
-    explain::Lang,
-    export::{self, ExportFormat, ExportInput},
-    lifecycle::{Connection, Engine, EngineOptions, Output},
-    output::{Stream, StreamFormat, WallClock},
-    report::TraceCounts,
+    render::explain::Lang,
+    render::export::{self, ExportFormat, ExportInput},
+    render::report::TraceCounts,
+    render::stream::{Stream, StreamFormat},
 };
 
 pub struct Pipeline<W: Write> {

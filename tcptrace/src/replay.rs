@@ -9,8 +9,8 @@ use anyhow::{Context, Result, anyhow};
 
 use crate::{
     cli::ReplayArgs,
-    lifecycle::EngineOptions,
-    output::WallClock,
+    clock::WallClock,
+    engine::EngineOptions,
     pipeline::Pipeline,
     recording::{Item, Reader},
 };

@@ -1,8 +1,8 @@
 //! Builders of recorded event streams for tests (the engine's, the exporters').
 
 use crate::{
+    engine::{Attribution, Connection, Engine, EngineOptions, Output},
     event::{Comm, EventKind, Task, TcpEvent, TcpState, TcpState::*},
-    lifecycle::{Attribution, Connection, Engine, EngineOptions, Output},
 };
 
 pub const S: u64 = 1_000_000_000;

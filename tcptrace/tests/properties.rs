@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 
 use proptest::prelude::*;
 use tcptrace::{
+    engine::{Engine, EngineOptions, Output},
     event::{Comm, EventKind, Task, TcpEvent, TcpState},
-    lifecycle::{Engine, EngineOptions, Output},
     recording::{FORMAT_VERSION, Header, Item, Reader, Recorder},
 };
 

@@ -6,8 +6,8 @@
 use clap::ValueEnum;
 
 use crate::{
+    engine::{Closer, Connection, TimeWaitEnd, TimeWaitKind},
     event::TcpState,
-    lifecycle::{Closer, Connection, TimeWaitEnd, TimeWaitKind},
 };
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]

@@ -8,11 +8,11 @@ use std::{
 };
 
 use crate::{
+    engine::{Closer, Connection, Endpoint, Role, Stats, TimeWait, TimeWaitEnd},
     event::Owner,
-    explain::{self, Lang},
-    json_line::JsonLine,
-    lifecycle::{Closer, Connection, Endpoint, Role, Stats, TimeWait, TimeWaitEnd},
-    loader::ProgramStats,
+    kernel::loader::ProgramStats,
+    render::explain::{self, Lang},
+    render::json_line::JsonLine,
 };
 
 /// A duration for people: `0.080 ms`, `12.3 ms`, `61.37 s`.
@@ -130,10 +130,8 @@ fn write_time_wait_sentence(
     tw: &TimeWait,
 ) -> io::Result<()> {
     let what = match tw.kind {
-        crate::lifecycle::TimeWaitKind::TimeWait => "TIME-WAIT",
-        crate::lifecycle::TimeWaitKind::FinWait2 => {
-            "FIN_WAIT2 (orphaned, kept by a time-wait socket)"
-        }
+        crate::engine::TimeWaitKind::TimeWait => "TIME-WAIT",
+        crate::engine::TimeWaitKind::FinWait2 => "FIN_WAIT2 (orphaned, kept by a time-wait socket)",
     };
     match (tw.end, tw.duration_ns()) {
         (TimeWaitEnd::Open, _) | (_, None) => {

@@ -7,7 +7,7 @@ use std::io::{self, Write};
 use super::{ExportInput, Lane, Timeline};
 use crate::{
     event::TcpState,
-    report::{Human, closer_sentence},
+    render::report::{Human, closer_sentence},
 };
 
 /// A sequence diagram of more connections than this is unreadable.

@@ -33,7 +33,7 @@ fn connections() -> (Vec<Connection>, u64) {
     let mut events = r.events;
     events.last_mut().unwrap().task.comm = crate::event::Comm::new("<script>x</sc");
     let end = 1400.0;
-    let (connections, _, _) = run_events(events, end, crate::lifecycle::EngineOptions::default());
+    let (connections, _, _) = run_events(events, end, crate::engine::EngineOptions::default());
     (connections, (end * S as f64) as u64)
 }
 

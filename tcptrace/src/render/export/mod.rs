@@ -15,11 +15,11 @@ use std::{
 use anyhow::{Context, Result};
 
 use crate::{
+    engine::{Connection, Endpoint, Role, TimeWaitEnd, TimeWaitKind},
     event::{Owner, TcpState},
-    explain::Lang,
-    json_line::JsonLine,
-    lifecycle::{Connection, Endpoint, Role, TimeWaitEnd, TimeWaitKind},
-    report::{self, by_role},
+    render::explain::Lang,
+    render::json_line::JsonLine,
+    render::report::{self, by_role},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -24,8 +24,8 @@ use serde::Deserialize;
 
 use crate::{
     event::{Comm, EventKind, Task, TcpEvent, TcpState},
-    json_line::JsonLine,
-    output::event_fields,
+    render::json_line::JsonLine,
+    render::stream::event_fields,
 };
 
 pub const FORMAT_VERSION: u32 = 1;

@@ -1,7 +1,7 @@
 //! Engine tests on recorded event streams. Several are the real sequences from
 //! `shared/notes/time-wait-tracing.md` (kernel 6.18), with the same timestamps.
 
-use super::*;
+use super::{stats::DURATION_SAMPLE, *};
 use crate::{
     event::{EventKind, TcpEvent, TcpState::*},
     testing::*,

@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 use super::{ExportInput, Timeline, html_escape};
 use crate::{
     event::TcpState,
-    explain::{self, Lang},
-    report::{Human, closer_sentence},
+    render::explain::{self, Lang},
+    render::report::{Human, closer_sentence},
 };
 
 /// Colours of the states, also the legend.

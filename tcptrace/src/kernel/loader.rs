@@ -13,9 +13,23 @@ use tcptrace_common::{
     ResetOffsets, SetStateOffsets, TimerOffsets, counter,
 };
 
-use crate::tracefs::{self, Format};
+use crate::kernel::tracefs::{self, Format};
 
+/// The kernel program, embedded at build time; empty when it was built without one
+/// (see `build.rs`).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("TCPTRACE_EBPF_OBJECT"));
+
+/// Fails with what to do when this binary was built without its kernel program.
+fn embedded_object() -> Result<&'static [u8]> {
+    if OBJECT.is_empty() {
+        anyhow::bail!(
+            "this tcptrace was built without its eBPF program, so it can replay recordings but \
+             not trace: run `cargo xtask build-ebpf`, then build tcptrace again (or use \
+             `cargo xtask build`)"
+        );
+    }
+    Ok(OBJECT)
+}
 
 /// Which events the kernel keeps. Everything else is dropped before it costs ring space.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -126,6 +140,7 @@ const PROGRAMS: [(&str, &str); 6] = [
 impl Tracer {
     /// Loads and attaches everything; returns the tracer and its ring buffer of events.
     pub fn attach(options: &TraceOptions) -> Result<(Tracer, RingBuf<MapData>)> {
+        let object = embedded_object()?;
         check_privileges()?;
         raise_memlock_limit();
         let tracefs = tracefs::ensure_mounted()?;
@@ -187,7 +202,7 @@ impl Tracer {
             .override_global("CONFIG", &config, true)
             .map_max_entries("EVENTS", options.ring_size)
             .map_max_entries("TIME_WAIT_TIMERS", time_wait_table_size())
-            .load(OBJECT)
+            .load(object)
             .map_err(|error| explain_permission(anyhow::Error::new(error)))
             .context("loading the eBPF program failed")?;
 

@@ -1,0 +1,610 @@
+//! The lifecycle engine: decoded events in, attributed events and finished connection
+//! records out. Pure: no I/O and no clock of its own (the caller says what time it is), so
+//! live tracing, replay of a recording and the tests all drive the same code.
+//!
+//! - Each socket becomes an [`Endpoint`]: every state with its entry time and duration, its
+//!   role (client: went through SYN_SENT; server: child of a LISTEN socket), its owner.
+//! - Both endpoints of a connection on this host are paired by their mirrored 4-tuples.
+//! - A socket entering TIME-WAIT hands over to a kernel time-wait socket whose life is its
+//!   timer: `cancel` then `expire` is a natural end, `cancel` alone an early kill, `cancel`
+//!   then `rearm` a restart (a FIN or a retransmission arrived).
+//! - Who closed first is read from the states and resets themselves ([`Closer`]).
+//!
+//! Here: the engine's event loop (reordering, transitions, pairing, handing out). Beside it:
+//! `records` (what it hands out), `storage` (how it keeps what it follows), `time_wait`,
+//! `classify` (who closed first) and `stats` (the summary's numbers).
+
+use std::{
+    collections::{HashMap, VecDeque},
+    net::SocketAddr,
+};
+
+mod classify;
+mod records;
+mod stats;
+mod storage;
+mod time_wait;
+
+pub use classify::closed_first;
+pub use records::{
+    Attribution, Closer, Connection, Endpoint, Output, Role, StateSpan, TimeWait, TimeWaitEnd,
+    TimeWaitKind,
+};
+pub use stats::{PortPressure, Stats, TimeWaitStats};
+use storage::{Address, Index, NEVER, NO_INDEX, Side, Slab, Step, Steps, Tracked, UNKNOWN_NS};
+
+use crate::event::{Comm, EventKind, Owner, TcpEvent, TcpState};
+
+/// Fast, randomly seeded hashing: some keys (4-tuples of remote peers) are chosen by others.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// TCP_TIMEWAIT_LEN: the kernel's fixed TIME-WAIT length (2 × MSL on Linux).
+pub const TIME_WAIT_LEN_NS: u64 = 60_000_000_000;
+
+/// Events are processed in timestamp order once they are this old (events from different
+/// CPUs can reach the ring buffer slightly out of order).
+pub const REORDER_WINDOW_NS: u64 = 5_000_000;
+
+/// A time-wait timer's expiry or re-arm follows its cancel within microseconds; a cancel
+/// with nothing after it for this long was an early kill.
+const CANCEL_GRACE_NS: u64 = 1_000_000;
+
+/// A connection is handed out this long after its last socket closed and its time-wait
+/// ended: the kernel reports some things just after (a RST's `tcp_send_reset` fires after
+/// the packet went out, when on loopback the peer has already closed).
+const FINISH_GRACE_NS: u64 = 1_000_000;
+
+/// A socket that reached CLOSED is still found by its address this long, for a RST the
+/// kernel reports just after (an abort sets CLOSED first). Not for all of its time-wait: the
+/// table stays small, so its lookups stay in the cache.
+const CLOSED_LOOKUP_NS: u64 = 1_000_000_000;
+
+/// How often connections are checked for being stuck (their events lost).
+const SWEEP_INTERVAL_NS: u64 = 10_000_000_000;
+
+/// A closed connection whose time-wait end was never seen (lost events) is given up after this.
+const TIME_WAIT_GIVE_UP_NS: u64 = 3 * TIME_WAIT_LEN_NS;
+
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    /// Connections tracked at once before the least recently active are aged out.
+    pub max_connections: usize,
+    /// `net.ipv4.ip_local_port_range`, for the TIME-WAIT pile-up warning.
+    pub ephemeral_ports: (u16, u16),
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions { max_connections: 1 << 18, ephemeral_ports: (32768, 60999) }
+    }
+}
+
+pub struct Engine {
+    options: EngineOptions,
+    /// Events waiting out the reorder window, sorted by time, then arrival. They nearly
+    /// always arrive in order, so this is a queue with the odd insertion near its back.
+    pending: VecDeque<TcpEvent>,
+    next_id: u64,
+    connections: Slab<Tracked>,
+    sides: Slab<Side>,
+    time_waits: Slab<TimeWait>,
+    /// Indexes into `sides`. A lookup checks that the side still has the key, so that a
+    /// socket (or timer) address reused by the kernel never reaches another socket's side.
+    by_sk: Map<u64, Index>,
+    /// Sockets that reached CLOSED in the last [`CLOSED_LOOKUP_NS`].
+    closed_sk: Map<u64, Index>,
+    /// (time it closed, socket, side) for `closed_sk`, in time order.
+    closed_order: VecDeque<(u64, u64, Index)>,
+    by_timer: Map<u64, Index>,
+    /// Sides not yet paired with their peer, by (local, remote).
+    by_tuple: Map<(Address, Address), Index>,
+    /// (cancel time, timer), in time order.
+    pending_cancels: VecDeque<(u64, u64)>,
+    /// (time it finished, connection, its id), in time order, waiting out `FINISH_GRACE_NS`.
+    finishing: VecDeque<(u64, Index, u64)>,
+    last_sweep_ns: u64,
+    newest_ns: u64,
+    /// Events up to this time may have lost company: connections they touch are incomplete.
+    loss_horizon_ns: Option<u64>,
+    stats: Stats,
+}
+
+impl Engine {
+    pub fn new(options: EngineOptions) -> Engine {
+        Engine {
+            options,
+            pending: VecDeque::new(),
+            next_id: 1,
+            connections: Slab::new(),
+            sides: Slab::new(),
+            time_waits: Slab::new(),
+            by_sk: Map::default(),
+            closed_sk: Map::default(),
+            closed_order: VecDeque::new(),
+            by_timer: Map::default(),
+            by_tuple: Map::default(),
+            pending_cancels: VecDeque::new(),
+            finishing: VecDeque::new(),
+            last_sweep_ns: 0,
+            newest_ns: 0,
+            loss_horizon_ns: None,
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    pub fn options(&self) -> &EngineOptions {
+        &self.options
+    }
+
+    /// Connections being tracked now.
+    pub fn tracked(&self) -> usize {
+        self.connections.len()
+    }
+
+    /// Queues an event; it is processed by [`Engine::advance`] once it is out of the
+    /// reorder window.
+    pub fn push(&mut self, event: TcpEvent) {
+        self.newest_ns = self.newest_ns.max(event.ts_ns);
+        if self.pending.back().is_none_or(|last| last.ts_ns <= event.ts_ns) {
+            self.pending.push_back(event);
+        } else {
+            // After every queued event of the same time or earlier: ties keep arrival order.
+            let at = self.pending.partition_point(|queued| queued.ts_ns <= event.ts_ns);
+            self.pending.insert(at, event);
+        }
+    }
+
+    /// `count` events were lost before reaching us, as learnt at `noticed_ns`: any
+    /// connection tracked now, or touched by an event from before then, may miss some.
+    /// Events from before then may still be on their way (the ring is drained apart from
+    /// reading its loss counter), so the time, not the events seen so far, draws the line.
+    pub fn lost(&mut self, count: u64, noticed_ns: u64) {
+        self.stats.lost_events += count;
+        let horizon = noticed_ns.max(self.newest_ns);
+        self.loss_horizon_ns = Some(self.loss_horizon_ns.map_or(horizon, |h| h.max(horizon)));
+        for tracked in self.connections.values_mut() {
+            tracked.incomplete = true;
+        }
+    }
+
+    /// Processes queued events up to `now_ns - REORDER_WINDOW_NS`, resolves time-wait
+    /// cancels, ages out what must go, and hands everything that is ready to `out`.
+    pub fn advance(&mut self, now_ns: u64, out: &mut impl FnMut(Output<'_>)) {
+        self.process_until(now_ns.saturating_sub(REORDER_WINDOW_NS), out);
+        self.settle(now_ns, out);
+        if now_ns.saturating_sub(self.last_sweep_ns) >= SWEEP_INTERVAL_NS {
+            self.last_sweep_ns = now_ns;
+            self.sweep(now_ns, out);
+        }
+    }
+
+    /// The end of the trace at `now_ns`: everything queued is processed and every
+    /// connection still tracked is handed out, its time-wait `Open` with the time left.
+    pub fn finish(&mut self, now_ns: u64, out: &mut impl FnMut(Output<'_>)) {
+        let now_ns = now_ns.max(self.newest_ns);
+        self.process_until(u64::MAX, out);
+        self.settle(u64::MAX, out);
+        let mut by_id: Vec<(u64, Index)> =
+            self.connections.iter().map(|(index, tracked)| (tracked.id, index)).collect();
+        by_id.sort_unstable();
+        for (_, index) in by_id {
+            let sides = self.connections.get(index).map(Tracked::sides);
+            for side in sides.into_iter().flatten() {
+                if let Some(tw) = self.time_wait_mut(side).filter(|tw| tw.end == TimeWaitEnd::Open)
+                {
+                    let expires = tw.last_armed_ns + TIME_WAIT_LEN_NS;
+                    tw.time_left_ns = Some(expires.saturating_sub(now_ns));
+                }
+            }
+            self.emit(index, out);
+        }
+    }
+
+    fn process_until(&mut self, until_ns: u64, out: &mut impl FnMut(Output<'_>)) {
+        while self.pending.front().is_some_and(|queued| queued.ts_ns <= until_ns) {
+            let Some(event) = self.pending.pop_front() else { break };
+            let ts = event.ts_ns;
+            self.settle(ts, out);
+            self.process(&event, out);
+        }
+    }
+
+    fn process(&mut self, event: &TcpEvent, out: &mut impl FnMut(Output<'_>)) {
+        let (attribution, touched) = match event.kind {
+            EventKind::Transition { old, new, time_wait_timer } => {
+                self.transition(event, old, new, time_wait_timer)
+            }
+            EventKind::TimeWaitRearm { timer, .. } => self.timer_event(event, timer, |tw, ts| {
+                tw.rearmed += 1;
+                tw.pending_cancel_ns = None;
+                tw.last_armed_ns = ts;
+                if tw.kind == TimeWaitKind::FinWait2 {
+                    tw.kind = TimeWaitKind::TimeWait;
+                    tw.became_time_wait_ns = Some(ts);
+                }
+            }),
+            EventKind::TimeWaitCancel { timer } => {
+                let result =
+                    self.timer_event(event, timer, |tw, ts| tw.pending_cancel_ns = Some(ts));
+                if result.1.is_some() {
+                    self.pending_cancels.push_back((event.ts_ns, timer));
+                }
+                result
+            }
+            EventKind::TimeWaitExpire { timer } => {
+                let result = self.timer_event(event, timer, |tw, ts| {
+                    tw.end = TimeWaitEnd::Expired;
+                    tw.end_ns = Some(ts);
+                    tw.pending_cancel_ns = None;
+                });
+                if result.1.is_some() {
+                    self.time_wait_ended(timer);
+                }
+                result
+            }
+            EventKind::ResetSent | EventKind::ResetReceived => self.reset(event),
+        };
+        out(Output::Event(event, attribution));
+        if let Some(index) = touched {
+            let lossy = self.loss_horizon_ns.is_some_and(|horizon| event.ts_ns <= horizon);
+            if let Some(tracked) = self.connections.get_mut(index) {
+                tracked.last_activity_ns = event.ts_ns;
+                tracked.incomplete |= lossy;
+            }
+            // Only a close or a time-wait's end can finish a connection (kills are found
+            // where they are resolved).
+            if matches!(
+                event.kind,
+                EventKind::Transition { new: TcpState::Closed, .. }
+                    | EventKind::TimeWaitExpire { .. }
+            ) {
+                self.finish_if_done(index, event.ts_ns);
+            }
+        }
+    }
+
+    /// The side `index` points to in `map` under `sk`, if it is still that socket's.
+    fn side_of_socket(&self, map: &Map<u64, Index>, sk: u64) -> Option<Index> {
+        map.get(&sk).copied().filter(|&side| self.sides.get(side).is_some_and(|s| s.sk == sk))
+    }
+
+    /// The unpaired side with this (local, remote), if it still has them.
+    fn side_of_tuple(&self, tuple: (Address, Address)) -> Option<Index> {
+        let side = *self.by_tuple.get(&tuple)?;
+        (self.sides.get(side)?.tuple() == tuple).then_some(side)
+    }
+
+    /// The live side whose time-wait socket has `timer`.
+    fn side_of_timer(&self, timer: u64) -> Option<Index> {
+        let side = *self.by_timer.get(&timer)?;
+        let tw = self.time_waits.get(self.sides.get(side)?.time_wait)?;
+        (tw.timer == timer).then_some(side)
+    }
+
+    fn side(&self, index: Index) -> &Side {
+        self.sides.get(index).expect("indexed sides exist")
+    }
+
+    fn side_mut(&mut self, index: Index) -> &mut Side {
+        self.sides.get_mut(index).expect("indexed sides exist")
+    }
+
+    fn time_wait_mut(&mut self, side: Index) -> Option<&mut TimeWait> {
+        let index = self.sides.get(side)?.time_wait;
+        self.time_waits.get_mut(index)
+    }
+
+    fn transition(
+        &mut self,
+        event: &TcpEvent,
+        old: TcpState,
+        new: TcpState,
+        time_wait_timer: Option<u64>,
+    ) -> (Attribution, Option<Index>) {
+        let task_owner = event.task.as_owner();
+        let Some((local, remote)) = event.addresses else {
+            return (Attribution::owner(task_owner), None);
+        };
+        let index = match self.side_of_socket(&self.by_sk, event.sk) {
+            Some(index) => index,
+            None => {
+                // Listening sockets are not connections; a fresh socket that is not yet
+                // anything (CLOSED → CLOSED) neither.
+                if new == TcpState::Listen || old == TcpState::Listen && new == TcpState::Closed {
+                    return (Attribution::owner(task_owner), None);
+                }
+                self.new_side(event, old, (local, remote))
+            }
+        };
+        let side = self.side_mut(index);
+        let owner = side.learn_owner(&event.task);
+        let mut old_state_ns = None;
+        if let Some(last) = side.steps.last() {
+            if last.state != old {
+                side.incomplete = true; // a gap: some transitions were not seen
+            }
+            old_state_ns = last.enter().map(|enter| event.ts_ns.saturating_sub(enter));
+            if old == new && last.state == new {
+                // The kernel reports some same-state changes (CLOSING → CLOSING).
+                let attribution = Attribution { owner, old_state_ns, addresses: None };
+                return (attribution, Some(side.connection));
+            }
+        }
+        side.steps.push(Step { state: new, enter_ns: event.ts_ns });
+        if remote.port() != 0 && local.port() != 0 {
+            side.local = local.into();
+            side.remote = remote.into();
+        }
+        let aborted = new == TcpState::Closed
+            && matches!(
+                old,
+                TcpState::Established
+                    | TcpState::SynSent
+                    | TcpState::SynReceived
+                    | TcpState::CloseWait
+            );
+        if aborted && side.abort_ns == NEVER {
+            side.abort_ns = event.ts_ns;
+            side.abort_in_process = event.task.process_context;
+        }
+        let tuple = side.tuple();
+        let tuple_known = tuple.0.port != 0 && tuple.1.port != 0;
+
+        if new == TcpState::Closed {
+            self.by_sk.remove(&event.sk);
+            self.closed_sk.insert(event.sk, index);
+            self.closed_order.push_back((event.ts_ns, event.sk, index));
+            if let Some(timer) = time_wait_timer {
+                self.start_time_wait(index, event.ts_ns, old, timer);
+            }
+        }
+        if tuple_known {
+            self.pair(index, tuple);
+        }
+        if matches!(new, TcpState::LastAck | TcpState::FinWait1) {
+            self.peer_sent_fin(index, tuple, event.ts_ns);
+        }
+        (Attribution { owner, old_state_ns, addresses: None }, Some(self.side(index).connection))
+    }
+
+    fn new_side(
+        &mut self,
+        event: &TcpEvent,
+        old: TcpState,
+        tuple: (SocketAddr, SocketAddr),
+    ) -> Index {
+        let role = match (old, event.kind) {
+            (TcpState::Closed, EventKind::Transition { new: TcpState::SynSent, .. }) => {
+                Role::Client
+            }
+            (TcpState::Listen, EventKind::Transition { new: TcpState::SynReceived, .. }) => {
+                Role::Server
+            }
+            _ => Role::Unknown,
+        };
+        let mut steps = Steps::new();
+        if role == Role::Unknown {
+            // Seen mid-way: the state it was in, since an unknown time.
+            steps.push(Step { state: old, enter_ns: UNKNOWN_NS });
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let connection = self.connections.insert(Tracked {
+            id,
+            last_activity_ns: event.ts_ns,
+            sides: [NO_INDEX; 2],
+            incomplete: false,
+        });
+        let index = self.sides.insert(Side {
+            sk: event.sk,
+            steps,
+            reset_sent_ns: NEVER,
+            reset_received_ns: NEVER,
+            abort_ns: NEVER,
+            local: tuple.0.into(),
+            remote: tuple.1.into(),
+            owner: Owner { pid: 0, comm: Comm::default() },
+            connection,
+            time_wait: NO_INDEX,
+            role,
+            incomplete: role == Role::Unknown,
+            abort_in_process: false,
+        });
+        if let Some(tracked) = self.connections.get_mut(connection) {
+            tracked.sides[0] = index;
+        }
+        self.by_sk.insert(event.sk, index);
+        self.closed_sk.remove(&event.sk);
+        if self.connections.len() > self.options.max_connections {
+            self.age_out_least_recent(connection);
+        }
+        index
+    }
+
+    /// Joins this side's connection with the peer's, whose tuple mirrors it, if there is one.
+    fn pair(&mut self, index: Index, tuple: (Address, Address)) {
+        let single = |c: Index| self.connections.get(c).is_some_and(|t| t.sides[1] == NO_INDEX);
+        let mine = self.side(index).connection;
+        if !single(mine) {
+            return; // already paired
+        }
+        let (local, remote) = tuple;
+        let Some(peer) = self.side_of_tuple((remote, local)) else {
+            // The newest side with a tuple wins it: an older one has closed.
+            self.by_tuple.insert(tuple, index);
+            return;
+        };
+        let theirs = self.side(peer).connection;
+        if mine == theirs || !single(theirs) {
+            return;
+        }
+        self.by_tuple.remove(&(remote, local));
+        if self.by_tuple.get(&tuple) == Some(&index) {
+            self.by_tuple.remove(&tuple);
+        }
+        let Some(joining) = self.connections.remove(mine) else { return };
+        if let Some(tracked) = self.connections.get_mut(theirs) {
+            tracked.sides[1] = index;
+            tracked.incomplete |= joining.incomplete;
+            tracked.last_activity_ns = tracked.last_activity_ns.max(joining.last_activity_ns);
+        }
+        self.side_mut(index).connection = theirs;
+    }
+
+    fn reset(&mut self, event: &TcpEvent) -> (Attribution, Option<Index>) {
+        let task_owner = event.task.as_owner();
+        let index = self
+            .side_of_socket(&self.by_sk, event.sk)
+            .or_else(|| self.side_of_socket(&self.closed_sk, event.sk))
+            .or_else(|| {
+                let (local, remote) = event.addresses?;
+                self.side_of_tuple((local.into(), remote.into()))
+            });
+        let Some(index) = index else {
+            self.stats.unmatched_events += 1;
+            return (Attribution::owner(task_owner), None);
+        };
+        let side = self.side_mut(index);
+        let sent = event.kind == EventKind::ResetSent;
+        let field = if sent { &mut side.reset_sent_ns } else { &mut side.reset_received_ns };
+        if *field == NEVER {
+            *field = event.ts_ns;
+        }
+        let owner = if sent { side.learn_owner(&event.task) } else { side.owner() };
+        (Attribution::owner(owner), Some(side.connection))
+    }
+
+    /// Everything that time `now_ns` makes certain: a time-wait cancel with nothing after
+    /// it was a kill, and finished connections past their grace are handed out.
+    fn settle(&mut self, now_ns: u64, out: &mut impl FnMut(Output<'_>)) {
+        self.resolve_cancels(now_ns.saturating_sub(CANCEL_GRACE_NS));
+        while let Some(&(ts, sk, index)) = self.closed_order.front() {
+            if ts > now_ns.saturating_sub(CLOSED_LOOKUP_NS) {
+                break;
+            }
+            self.closed_order.pop_front();
+            // A newer close of the same address into the same reused slot loses the rest of
+            // its second here: still a thousand times what a RST needs.
+            if self.closed_sk.get(&sk) == Some(&index) {
+                self.closed_sk.remove(&sk);
+            }
+        }
+        while let Some(&(ts, index, id)) = self.finishing.front() {
+            if ts > now_ns.saturating_sub(FINISH_GRACE_NS) {
+                break;
+            }
+            self.finishing.pop_front();
+            // The slot may hold another connection by now (this one was joined or aged out).
+            let same = self.connections.get(index).is_some_and(|tracked| tracked.id == id);
+            if same && self.is_done(index) {
+                self.emit(index, out);
+            }
+        }
+    }
+
+    fn is_done(&self, index: Index) -> bool {
+        self.connections.get(index).is_some_and(|tracked| {
+            tracked.sides().all(|side| {
+                let side = self.side(side);
+                let time_wait_over = self
+                    .time_waits
+                    .get(side.time_wait)
+                    .is_none_or(|tw| tw.end != TimeWaitEnd::Open);
+                side.is_closed() && time_wait_over
+            })
+        })
+    }
+
+    fn finish_if_done(&mut self, index: Index, ts: u64) {
+        if self.is_done(index)
+            && let Some(tracked) = self.connections.get(index)
+        {
+            self.finishing.push_back((ts, index, tracked.id));
+        }
+    }
+
+    fn emit(&mut self, index: Index, out: &mut impl FnMut(Output<'_>)) {
+        let Some(mut connection) = self.forget(index) else { return };
+        connection.closed_first = closed_first(&connection);
+        connection.incomplete |= connection.endpoints.iter().any(|e| e.incomplete);
+        self.record_stats(&connection);
+        out(Output::Connection(&connection));
+    }
+
+    fn sweep(&mut self, now_ns: u64, out: &mut impl FnMut(Output<'_>)) {
+        // Closed connections whose time-wait end never came (its events were lost).
+        let stuck: Vec<Index> = self
+            .connections
+            .iter()
+            .filter(|(_, tracked)| {
+                // The time first: it is in the connection table, read in order, where the
+                // sides are scattered (a cache miss each, for every connection tracked).
+                now_ns.saturating_sub(tracked.last_activity_ns) > TIME_WAIT_GIVE_UP_NS
+                    && tracked.sides().all(|side| self.side(side).is_closed())
+            })
+            .map(|(index, _)| index)
+            .collect();
+        for index in stuck {
+            if let Some(tracked) = self.connections.get_mut(index) {
+                tracked.incomplete = true;
+            }
+            self.stats.aged_out += 1;
+            self.emit(index, out);
+        }
+    }
+
+    /// Drops the least recently active eighth of the table (never `keep`).
+    fn age_out_least_recent(&mut self, keep: Index) {
+        let mut by_age: Vec<(u64, Index)> = self
+            .connections
+            .iter()
+            .map(|(index, tracked)| (tracked.last_activity_ns, index))
+            .collect();
+        by_age.sort_unstable();
+        let count = (by_age.len() / 8).max(1);
+        for &(_, index) in by_age.iter().filter(|(_, index)| *index != keep).take(count) {
+            if self.forget(index).is_some() {
+                self.stats.aged_out += 1;
+            }
+        }
+    }
+
+    /// Removes a connection, its sides and every index entry that points to them.
+    fn forget(&mut self, index: Index) -> Option<Connection> {
+        let tracked = self.connections.remove(index)?;
+        let mut endpoints = Vec::with_capacity(2);
+        for side_index in tracked.sides() {
+            // A time-wait still open ends with its connection (it releases its port).
+            if let Some(timer) = self.time_wait_mut(side_index).map(|tw| tw.timer)
+                && self.by_timer.get(&timer) == Some(&side_index)
+            {
+                self.time_wait_ended(timer);
+            }
+            let Some(side) = self.sides.remove(side_index) else { continue };
+            let tuple = side.tuple();
+            if self.by_tuple.get(&tuple) == Some(&side_index) {
+                self.by_tuple.remove(&tuple);
+            }
+            for map in [&mut self.by_sk, &mut self.closed_sk] {
+                if map.get(&side.sk) == Some(&side_index) {
+                    map.remove(&side.sk);
+                }
+            }
+            let time_wait = self.time_waits.remove(side.time_wait);
+            endpoints.push(side.into_endpoint(time_wait));
+        }
+        Some(Connection {
+            id: tracked.id,
+            endpoints,
+            closed_first: Closer::Unknown,
+            incomplete: tracked.incomplete,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

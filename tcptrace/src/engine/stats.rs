@@ -1,0 +1,88 @@
+//! Statistics over everything the engine handed out, for the summary: who closed first,
+//! TIME-WAIT durations per local endpoint, and ephemeral ports held toward each remote.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+};
+
+use super::{Closer, Connection, Engine, TimeWaitEnd};
+
+/// How many TIME-WAIT durations a local endpoint keeps for its median: memory stays
+/// bounded however long tcptrace runs.
+pub(super) const DURATION_SAMPLE: usize = 1024;
+
+/// TIME-WAIT durations of one local endpoint: exact count, minimum and maximum, and a
+/// uniform sample (reservoir) of at most [`DURATION_SAMPLE`] durations for the median.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TimeWaitStats {
+    pub count: u64,
+    pub min_ns: u64,
+    pub max_ns: u64,
+    pub(super) sample: Vec<u64>,
+    pub open: u64,
+}
+
+impl TimeWaitStats {
+    pub(super) fn add(&mut self, duration_ns: u64) {
+        self.count += 1;
+        self.min_ns = if self.count == 1 { duration_ns } else { self.min_ns.min(duration_ns) };
+        self.max_ns = self.max_ns.max(duration_ns);
+        if self.sample.len() < DURATION_SAMPLE {
+            self.sample.push(duration_ns);
+        } else {
+            // Keep each of the `count` durations with equal chance (Algorithm R), with a
+            // cheap deterministic generator: no need for cryptographic randomness here.
+            let slot = (self.count.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 11) % self.count;
+            if let Some(kept) = self.sample.get_mut(slot as usize) {
+                *kept = duration_ns;
+            }
+        }
+    }
+
+    /// The median: exact up to [`DURATION_SAMPLE`] durations, then that of the sample.
+    pub fn median_ns(&self) -> Option<u64> {
+        let mut sorted = self.sample.clone();
+        sorted.sort_unstable();
+        sorted.get(sorted.len() / 2).copied()
+    }
+}
+
+/// TIME-WAIT sockets on ephemeral ports toward one remote endpoint from one local address:
+/// each holds a port that a new connection to that remote endpoint can't use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortPressure {
+    pub now: u64,
+    pub peak: u64,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    pub connections: u64,
+    pub closed_first: HashMap<Closer, u64>,
+    pub time_wait_by_local: HashMap<SocketAddr, TimeWaitStats>,
+    pub time_wait_toward_remote: HashMap<(IpAddr, SocketAddr), PortPressure>,
+    pub incomplete: u64,
+    /// Connections dropped unfinished to keep memory bounded.
+    pub aged_out: u64,
+    /// Timer or reset events for sockets the engine never saw.
+    pub unmatched_events: u64,
+    pub lost_events: u64,
+}
+
+impl Engine {
+    pub(super) fn record_stats(&mut self, connection: &Connection) {
+        let stats = &mut self.stats;
+        stats.connections += 1;
+        *stats.closed_first.entry(connection.closed_first).or_default() += 1;
+        stats.incomplete += u64::from(connection.incomplete);
+        for endpoint in &connection.endpoints {
+            let Some(tw) = &endpoint.time_wait else { continue };
+            let entry = stats.time_wait_by_local.entry(endpoint.local).or_default();
+            match (tw.end, tw.duration_ns()) {
+                (TimeWaitEnd::Open, _) | (_, None) => entry.open += 1,
+                (_, Some(duration)) => entry.add(duration),
+            }
+        }
+    }
+}

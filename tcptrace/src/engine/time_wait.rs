@@ -1,0 +1,165 @@
+//! Following time-wait sockets. A socket entering TIME-WAIT hands over to a kernel
+//! time-wait socket whose life is its timer: `cancel` then `expire` is a natural end,
+//! `cancel` alone an early kill, `cancel` then `rearm` a restart (a FIN or a retransmission
+//! arrived). Each open one holds its ephemeral port, counted toward its remote endpoint.
+
+use std::net::{IpAddr, SocketAddr};
+
+use super::{
+    Attribution, Engine, TimeWait, TimeWaitEnd, TimeWaitKind,
+    storage::{Address, Index, Side, Tracked},
+};
+use crate::event::{TcpEvent, TcpState};
+
+impl Engine {
+    pub(super) fn start_time_wait(&mut self, index: Index, ts: u64, old: TcpState, timer: u64) {
+        // A timer address still mapped belongs to an earlier time-wait socket that was
+        // killed (its memory was reused): close that one too. One probe of the table both
+        // finds it and maps the address to the new one.
+        if let Some(stale) = self.by_timer.insert(timer, index)
+            && let Some(tw) = self.time_wait_mut(stale)
+            && tw.timer == timer
+        {
+            if tw.end == TimeWaitEnd::Open {
+                tw.end = TimeWaitEnd::Killed;
+                tw.end_ns = Some(tw.pending_cancel_ns.unwrap_or(ts));
+            }
+            self.release_port(stale);
+            // Its connection may be over now, like after any other kill.
+            let connection = self.side(stale).connection;
+            self.finish_if_done(connection, ts);
+        }
+        let side = self.side(index);
+        let peer_fin = self
+            .connections
+            .get(side.connection)
+            .into_iter()
+            .flat_map(Tracked::sides)
+            .filter(|&other| other != index)
+            .find_map(|other| self.side(other).steps.fin_sent_ns());
+        let kind = if old == TcpState::Closing || peer_fin.is_some_and(|fin| fin <= ts) {
+            TimeWaitKind::TimeWait
+        } else {
+            TimeWaitKind::FinWait2
+        };
+        if let Some(key) = port_pressure_key(side, self.options.ephemeral_ports) {
+            self.port_pressure(key, true);
+        }
+        let previous = self.side(index).time_wait;
+        self.time_waits.remove(previous);
+        let time_wait = self.time_waits.insert(TimeWait {
+            start_ns: ts,
+            end_ns: None,
+            rearmed: 0,
+            end: TimeWaitEnd::Open,
+            kind,
+            became_time_wait_ns: None,
+            time_left_ns: None,
+            timer,
+            last_armed_ns: ts,
+            pending_cancel_ns: None,
+        });
+        self.side_mut(index).time_wait = time_wait;
+    }
+
+    /// The peer of the side with `tuple` sent its FIN: an orphaned FIN_WAIT2 time-wait
+    /// socket on the other side becomes a real TIME-WAIT.
+    pub(super) fn peer_sent_fin(&mut self, index: Index, tuple: (Address, Address), ts: u64) {
+        let Some(tracked) = self.connections.get(self.side(index).connection) else { return };
+        for side in tracked.sides() {
+            let side = self.side(side);
+            if (side.remote, side.local) != tuple {
+                continue;
+            }
+            if let Some(tw) = self.time_waits.get_mut(side.time_wait)
+                && tw.kind == TimeWaitKind::FinWait2
+                && tw.end == TimeWaitEnd::Open
+            {
+                tw.kind = TimeWaitKind::TimeWait;
+                tw.became_time_wait_ns = Some(ts);
+            }
+        }
+    }
+
+    pub(super) fn timer_event(
+        &mut self,
+        event: &TcpEvent,
+        timer: u64,
+        update: impl FnOnce(&mut TimeWait, u64),
+    ) -> (Attribution, Option<Index>) {
+        let Some(index) = self.side_of_timer(timer) else {
+            self.stats.unmatched_events += 1;
+            return (Attribution::owner(None), None);
+        };
+        let side = self.side(index);
+        let attribution = Attribution {
+            owner: side.owner(),
+            old_state_ns: None,
+            addresses: Some((side.local.into(), side.remote.into())),
+        };
+        let connection = side.connection;
+        match self.time_wait_mut(index) {
+            Some(tw) if tw.end == TimeWaitEnd::Open => update(tw, event.ts_ns),
+            _ => return (attribution, None),
+        }
+        (attribution, Some(connection))
+    }
+
+    /// Cancels older than `until_ns` with no expiry or re-arm after them were early kills.
+    pub(super) fn resolve_cancels(&mut self, until_ns: u64) {
+        while let Some(&(ts, timer)) = self.pending_cancels.front() {
+            if ts > until_ns {
+                break;
+            }
+            self.pending_cancels.pop_front();
+            let Some(index) = self.side_of_timer(timer) else { continue };
+            let Some(tw) = self.time_wait_mut(index) else { continue };
+            if tw.end == TimeWaitEnd::Open && tw.pending_cancel_ns == Some(ts) {
+                tw.end = TimeWaitEnd::Killed;
+                tw.end_ns = Some(ts);
+                self.time_wait_ended(timer);
+                let connection = self.side(index).connection;
+                self.finish_if_done(connection, ts);
+            }
+        }
+    }
+
+    /// A time-wait socket with this timer ended (expired or killed): forget the timer and
+    /// release its ephemeral port.
+    pub(super) fn time_wait_ended(&mut self, timer: u64) {
+        if let Some(index) = self.by_timer.remove(&timer) {
+            self.release_port(index);
+        }
+    }
+
+    /// The time-wait of side `index` no longer holds its port.
+    pub(super) fn release_port(&mut self, index: Index) {
+        let key = self
+            .sides
+            .get(index)
+            .and_then(|side| port_pressure_key(side, self.options.ephemeral_ports));
+        if let Some(key) = key {
+            self.port_pressure(key, false);
+        }
+    }
+
+    pub(super) fn port_pressure(&mut self, key: (IpAddr, SocketAddr), started: bool) {
+        let pressure = self.stats.time_wait_toward_remote.entry(key).or_default();
+        if started {
+            pressure.now += 1;
+            pressure.peak = pressure.peak.max(pressure.now);
+        } else {
+            pressure.now = pressure.now.saturating_sub(1);
+        }
+    }
+}
+
+/// The (local address, remote endpoint) whose ephemeral ports a time-wait socket on this
+/// side holds, if its local port is ephemeral.
+pub(super) fn port_pressure_key(
+    side: &Side,
+    (low, high): (u16, u16),
+) -> Option<(IpAddr, SocketAddr)> {
+    let local = SocketAddr::from(side.local);
+    (low..=high).contains(&local.port()).then(|| (local.ip(), side.remote.into()))
+}

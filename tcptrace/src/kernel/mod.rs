@@ -1,0 +1,6 @@
+//! The kernel side of userspace: finding tracefs and the field offsets it gives, loading
+//! and attaching the embedded eBPF program, and reading its ring buffer. The only part of
+//! the library that uses aya.
+
+pub mod loader;
+pub mod tracefs;
