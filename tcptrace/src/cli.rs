@@ -4,7 +4,12 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{kernel::loader::Filters, render::explain::Lang, render::export::ExportFormat};
+use crate::{
+    engine::EngineOptions,
+    kernel::loader::Filters,
+    pipeline::PipelineOptions,
+    render::{explain::Lang, export::ExportFormat, stream::StreamFormat},
+};
 
 const ABOUT: &str = "Trace TCP state transitions with eBPF: every state each socket passes \
 through, who closed first, and how long TIME-WAIT really lasted.";
@@ -138,8 +143,8 @@ pub struct OutputArgs {
     #[arg(long)]
     pub explain: bool,
 
-    /// Language of the --explain notes.
-    #[arg(long, value_enum, default_value_t = Lang::En)]
+    /// Language of the --explain notes and of the exports' notes: en or ru.
+    #[arg(long, value_name = "LANG", default_value = "en", value_parser = parse_lang)]
     pub lang: Lang,
 
     /// Connections followed at once; past it the least recently active are aged out
@@ -151,6 +156,18 @@ pub struct OutputArgs {
 impl OutputArgs {
     pub fn explain_lang(&self) -> Option<Lang> {
         self.explain.then_some(self.lang)
+    }
+
+    /// The pipeline these options ask for, around an engine with `engine`'s settings.
+    pub fn pipeline_options(&self, engine: EngineOptions) -> PipelineOptions {
+        PipelineOptions {
+            format: if self.json { StreamFormat::Json } else { StreamFormat::Text },
+            show_events: !self.connections_only,
+            explain: self.explain_lang(),
+            lang: self.lang,
+            exports: self.export.clone(),
+            engine: EngineOptions { max_connections: self.max_connections, ..engine },
+        }
     }
 }
 
@@ -186,6 +203,13 @@ fn parse_ring_size(text: &str) -> Result<u32, String> {
         return Err(format!("the ring size must be a power of two of at least 4096 (got {size})"));
     }
     Ok(size)
+}
+
+fn parse_lang(text: &str) -> Result<Lang, String> {
+    Lang::ALL.into_iter().find(|lang| lang.code() == text).ok_or_else(|| {
+        let codes: Vec<&str> = Lang::ALL.iter().map(|lang| lang.code()).collect();
+        format!("'{text}' is not a language tcptrace speaks ({})", codes.join(", "))
+    })
 }
 
 fn parse_export(text: &str) -> Result<(PathBuf, ExportFormat), String> {

@@ -49,7 +49,7 @@ impl<W: Write> Live<W> {
                 Ok(())
             }
             Err(error) => {
-                self.pipeline.counts.undecodable += 1;
+                self.pipeline.skipped_undecodable();
                 crate::debug(format_args!("skipping a record: {error}"));
                 Ok(())
             }
@@ -83,8 +83,8 @@ impl<W: Write> Live<W> {
         // Taken after the count: every loss counted happened before this time, and so did
         // every event that may have lost company, drained already or still in the ring.
         let noticed_ns = monotonic_now_ns();
-        if lost > self.pipeline.counts.lost {
-            let new = lost - self.pipeline.counts.lost;
+        if lost > self.pipeline.lost_so_far() {
+            let new = lost - self.pipeline.lost_so_far();
             if let Some(recorder) = &mut self.recorder {
                 recorder.lost(noticed_ns, new)?;
             }
@@ -146,9 +146,9 @@ pub async fn run(trace: &TraceArgs, output: &OutputArgs) -> Result<()> {
         eprintln!("tcptrace: warning: {} is off: {}", degraded.what, degraded.why);
     }
     let stdout = BufWriter::with_capacity(1 << 16, io::stdout().lock());
-    let engine = EngineOptions { max_connections: output.max_connections, ephemeral_ports };
+    let engine = EngineOptions { ephemeral_ports, ..EngineOptions::default() };
     let mut live = Live {
-        pipeline: Pipeline::new(stdout, clock, engine, output),
+        pipeline: Pipeline::new(stdout, clock, output.pipeline_options(engine)),
         recorder,
         own_pid: std::process::id(),
     };
@@ -161,8 +161,7 @@ pub async fn run(trace: &TraceArgs, output: &OutputArgs) -> Result<()> {
         other => other?,
     }
     live.report_lost(&tracer)?;
-    live.pipeline.counts.untracked_time_waits = tracer.untracked_time_waits()?;
-    live.pipeline.counts.programs = tracer.program_stats();
+    live.pipeline.kernel_counts(tracer.untracked_time_waits()?, tracer.program_stats());
     drop(tracer); // detaches every program
     let end_ns = monotonic_now_ns();
     if let Some(recorder) = &mut live.recorder {

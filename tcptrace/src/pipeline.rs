@@ -6,20 +6,33 @@ use std::{io, io::Write, path::PathBuf};
 use anyhow::Result;
 
 use crate::{
-    cli::OutputArgs,
     clock::WallClock,
     engine::{Connection, Engine, EngineOptions, Output},
-    event::TcpEvent,
+    event::{ProgramStats, TcpEvent, TraceCounts},
     render::explain::Lang,
     render::export::{self, ExportFormat, ExportInput},
-    render::report::TraceCounts,
     render::stream::{Stream, StreamFormat},
 };
+
+/// How to show what was traced (from `--json`, `--connections-only`, `--explain`, `--lang`,
+/// `--export`, `--max-connections`).
+#[derive(Clone, Debug, Default)]
+pub struct PipelineOptions {
+    pub format: StreamFormat,
+    /// Print each event, not only connection records.
+    pub show_events: bool,
+    /// Notes for learners, in this language.
+    pub explain: Option<Lang>,
+    /// The language of the exports' notes.
+    pub lang: Lang,
+    pub exports: Vec<(PathBuf, ExportFormat)>,
+    pub engine: EngineOptions,
+}
 
 pub struct Pipeline<W: Write> {
     stream: Stream<W>,
     engine: Engine,
-    pub counts: TraceCounts,
+    counts: TraceCounts,
     /// Print each event, not only connection records.
     show_events: bool,
     exports: Vec<(PathBuf, ExportFormat)>,
@@ -30,21 +43,15 @@ pub struct Pipeline<W: Write> {
 }
 
 impl<W: Write> Pipeline<W> {
-    pub fn new(
-        out: W,
-        clock: WallClock,
-        engine: EngineOptions,
-        output: &OutputArgs,
-    ) -> Pipeline<W> {
-        let format = if output.json { StreamFormat::Json } else { StreamFormat::Text };
+    pub fn new(out: W, clock: WallClock, options: PipelineOptions) -> Pipeline<W> {
         Pipeline {
-            stream: Stream::new(out, format, clock).with_explain(output.explain_lang()),
-            engine: Engine::new(engine),
+            stream: Stream::new(out, options.format, clock).with_explain(options.explain),
+            engine: Engine::new(options.engine),
             counts: TraceCounts::default(),
-            show_events: !output.connections_only,
-            exports: output.export.clone(),
+            show_events: options.show_events,
+            exports: options.exports,
             collected: Vec::new(),
-            lang: output.lang,
+            lang: options.lang,
             latest_ns: 0,
         }
     }
@@ -61,6 +68,22 @@ impl<W: Write> Pipeline<W> {
         self.counts.events += 1;
         self.latest_ns = self.latest_ns.max(event.ts_ns);
         self.engine.push(event);
+    }
+
+    /// A record that could not be decoded was skipped (counted in the summary).
+    pub fn skipped_undecodable(&mut self) {
+        self.counts.undecodable += 1;
+    }
+
+    /// Events lost so far.
+    pub fn lost_so_far(&self) -> u64 {
+        self.counts.lost
+    }
+
+    /// What the kernel side counted itself, for the summary (live only).
+    pub fn kernel_counts(&mut self, untracked_time_waits: u64, programs: Vec<ProgramStats>) {
+        self.counts.untracked_time_waits = untracked_time_waits;
+        self.counts.programs = programs;
     }
 
     /// `count` events never reached us, as learnt at `noticed_ns`: said at once, and the

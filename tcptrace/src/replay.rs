@@ -22,12 +22,10 @@ pub fn run(args: &ReplayArgs) -> Result<()> {
         .map_err(|error| anyhow!("{}: {error}", path.display()))?;
     let header = reader.header;
     let stdout = BufWriter::with_capacity(1 << 16, io::stdout().lock());
-    let engine = EngineOptions {
-        max_connections: args.output.max_connections,
-        ephemeral_ports: header.ephemeral_ports,
-    };
+    let engine =
+        EngineOptions { ephemeral_ports: header.ephemeral_ports, ..EngineOptions::default() };
     let clock = WallClock::from_offset(header.realtime_offset_ns);
-    let mut pipeline = Pipeline::new(stdout, clock, engine, &args.output);
+    let mut pipeline = Pipeline::new(stdout, clock, args.output.pipeline_options(engine));
     pipeline.start()?;
     let mut end_ns = 0;
     while let Some(item) = reader.next_item() {

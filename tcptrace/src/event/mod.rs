@@ -229,6 +229,26 @@ pub struct TcpEvent {
     pub cpu: u8,
 }
 
+/// What the trace says about itself, beside the engine's statistics: events read, lost,
+/// undecodable, and the kernel side's own counts.
+#[derive(Clone, Debug, Default)]
+pub struct TraceCounts {
+    pub events: u64,
+    pub lost: u64,
+    pub undecodable: u64,
+    pub untracked_time_waits: u64,
+    /// Kernel run statistics of the eBPF programs (live only).
+    pub programs: Vec<ProgramStats>,
+}
+
+/// How much kernel time one program took (from the kernel's BPF statistics).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProgramStats {
+    pub name: String,
+    pub runs: u64,
+    pub run_time_ns: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,10 @@ use tcptrace_common::{
     ResetOffsets, SetStateOffsets, TimerOffsets, counter,
 };
 
-use crate::kernel::tracefs::{self, Format};
+use crate::{
+    event::ProgramStats,
+    kernel::tracefs::{self, Format},
+};
 
 /// The kernel program, embedded at build time; empty when it was built without one
 /// (see `build.rs`).
@@ -102,14 +105,6 @@ fn timer_offsets(start: &Format, cancel: &Format, expire: &Format) -> Result<Tim
     };
     offsets.built_in_layout = u16::from(BuiltInTimerLayout::matches(&offsets));
     Ok(offsets)
-}
-
-/// How much kernel time one program took (see [`Tracer::program_stats`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProgramStats {
-    pub name: String,
-    pub runs: u64,
-    pub run_time_ns: u64,
 }
 
 /// An optional tracepoint group that could not be used, and why.

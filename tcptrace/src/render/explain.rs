@@ -3,18 +3,28 @@
 //! Section numbers are RFC 9293's. The notes explain the protocol *and* what this trace
 //! shows of it, which is not always what `ss` shows.
 
-use clap::ValueEnum;
-
 use crate::{
     engine::{Closer, Connection, TimeWaitEnd, TimeWaitKind},
     event::TcpState,
 };
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Lang {
     #[default]
     En,
     Ru,
+}
+
+impl Lang {
+    pub const ALL: [Lang; 2] = [Lang::En, Lang::Ru];
+
+    /// The code `--lang` takes.
+    pub fn code(self) -> &'static str {
+        match self {
+            Lang::En => "en",
+            Lang::Ru => "ru",
+        }
+    }
 }
 
 /// Picks the text in `lang`.

@@ -9,8 +9,7 @@ use std::{
 
 use crate::{
     engine::{Closer, Connection, Endpoint, Role, Stats, TimeWait, TimeWaitEnd},
-    event::Owner,
-    kernel::loader::ProgramStats,
+    event::{Owner, TraceCounts},
     render::explain::{self, Lang},
     render::json_line::JsonLine,
 };
@@ -221,17 +220,6 @@ pub fn write_connection_json(
         line.raw("]");
     }
     line.raw("}").write_to(out)
-}
-
-/// Counters the loader adds to the engine's own statistics.
-#[derive(Clone, Debug, Default)]
-pub struct TraceCounts {
-    pub events: u64,
-    pub lost: u64,
-    pub undecodable: u64,
-    pub untracked_time_waits: u64,
-    /// Kernel run statistics of the eBPF programs (live only).
-    pub programs: Vec<ProgramStats>,
 }
 
 /// TIME-WAIT durations of one local endpoint, summarised.

@@ -10,14 +10,16 @@ use std::{
 use crate::{
     clock::WallClock,
     engine::{Attribution, Connection, Stats},
+    event::TraceCounts,
     event::{EventKind, Family, TcpEvent},
     render::explain::{self, Lang},
     render::json_line::JsonLine,
-    render::report::{self, TraceCounts},
+    render::report,
 };
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum StreamFormat {
+    #[default]
     Text,
     Json,
 }
