@@ -19,12 +19,13 @@ pub fn clock_ns(clock: libc::clockid_t) -> i128 {
 
 impl WallClock {
     /// A clock from a recording's `realtime_offset_ns`.
-    pub fn from_offset(realtime_offset_ns: i128) -> WallClock {
-        WallClock { realtime_minus_monotonic_ns: realtime_offset_ns }
+    pub fn from_offset(realtime_offset_ns: i64) -> WallClock {
+        WallClock { realtime_minus_monotonic_ns: i128::from(realtime_offset_ns) }
     }
 
-    pub fn realtime_offset_ns(&self) -> i128 {
-        self.realtime_minus_monotonic_ns
+    /// In an `i64`, as recordings keep it: enough for 292 years of uptime.
+    pub fn realtime_offset_ns(&self) -> i64 {
+        self.realtime_minus_monotonic_ns.clamp(i64::MIN.into(), i64::MAX.into()) as i64
     }
 
     pub fn now() -> WallClock {

@@ -23,7 +23,7 @@ use crate::{
     event::decode,
     kernel::loader::{TraceOptions, Tracer, drain, is_own_event},
     pipeline::Pipeline,
-    recording::{FORMAT_VERSION, Header, Recorder},
+    recording::{FORMAT_VERSION, Recorder, RecordingHeader},
 };
 
 /// The kernel wakes the reader only when the ring fills up; this tick picks up the rest.
@@ -132,7 +132,7 @@ pub async fn run(trace: &TraceArgs, output: &OutputArgs) -> Result<()> {
         Some(path) => {
             let file = File::create(path)
                 .with_context(|| format!("cannot create the recording {}", path.display()))?;
-            let header = Header {
+            let header = RecordingHeader {
                 version: FORMAT_VERSION,
                 ephemeral_ports,
                 realtime_offset_ns: clock.realtime_offset_ns(),

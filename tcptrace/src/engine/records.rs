@@ -14,6 +14,8 @@ pub enum Role {
 }
 
 impl Role {
+    pub const ALL: [Role; 3] = [Role::Client, Role::Server, Role::Unknown];
+
     pub fn name(self) -> &'static str {
         match self {
             Role::Client => "client",
@@ -85,6 +87,9 @@ pub enum TimeWaitEnd {
 }
 
 impl TimeWaitEnd {
+    pub const ALL: [TimeWaitEnd; 3] =
+        [TimeWaitEnd::Expired, TimeWaitEnd::Killed, TimeWaitEnd::Open];
+
     pub fn name(self) -> &'static str {
         match self {
             TimeWaitEnd::Expired => "expired",
@@ -105,6 +110,8 @@ pub enum TimeWaitKind {
 }
 
 impl TimeWaitKind {
+    pub const ALL: [TimeWaitKind; 2] = [TimeWaitKind::TimeWait, TimeWaitKind::FinWait2];
+
     pub fn name(self) -> &'static str {
         match self {
             TimeWaitKind::TimeWait => "time_wait",

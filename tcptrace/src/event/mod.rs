@@ -113,6 +113,8 @@ pub enum Family {
 }
 
 impl Family {
+    pub const ALL: [Family; 2] = [Family::Ipv4, Family::Ipv6];
+
     pub fn of(address: &SocketAddr) -> Family {
         if address.is_ipv4() { Family::Ipv4 } else { Family::Ipv6 }
     }

@@ -5,6 +5,5 @@
 
 pub mod explain;
 pub mod export;
-pub mod json_line;
 pub mod report;
 pub mod stream;

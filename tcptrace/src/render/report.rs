@@ -11,7 +11,10 @@ use crate::{
     engine::{Closer, Connection, Endpoint, Role, Stats, TimeWait, TimeWaitEnd},
     event::{Owner, TraceCounts},
     render::explain::{self, Lang},
-    render::json_line::JsonLine,
+    schema::{
+        ClosedFirstCounts, KernelProgram, PileUp, StreamLine, Summary, TimeWaitByLocal,
+        json_line::JsonLine, write_line,
+    },
 };
 
 /// A duration for people: `0.080 ms`, `12.3 ms`, `61.37 s`.
@@ -347,44 +350,50 @@ pub fn write_summary_json(
     counts: &TraceCounts,
     ephemeral_ports: (u16, u16),
 ) -> io::Result<()> {
-    let closed_first: serde_json::Map<String, serde_json::Value> = Closer::ALL
-        .iter()
-        .map(|closer| {
-            (closer.name().to_owned(), stats.closed_first.get(closer).copied().unwrap_or(0).into())
-        })
-        .collect();
-    let time_wait: Vec<serde_json::Value> = time_wait_rows(stats)
+    let mut closed_first = ClosedFirstCounts::default();
+    for (&closer, &n) in &stats.closed_first {
+        *closed_first.count(closer) += n;
+    }
+    let time_wait_by_local = time_wait_rows(stats)
         .iter()
         .map(|row| {
-            let some =
-                |v: u64| if row.count > 0 { serde_json::json!(v) } else { serde_json::Value::Null };
-            serde_json::json!({
-                "local": row.local.to_string(), "count": row.count, "open": row.open,
-                "min_ns": some(row.min), "median_ns": some(row.median), "max_ns": some(row.max),
-            })
+            let ended = |ns: u64| (row.count > 0).then_some(ns);
+            TimeWaitByLocal {
+                local: row.local,
+                count: row.count as u64,
+                open: row.open,
+                min_ns: ended(row.min),
+                median_ns: ended(row.median),
+                max_ns: ended(row.max),
+            }
         })
         .collect();
-    let pile_ups: Vec<serde_json::Value> = pile_ups(stats, ephemeral_ports)
-        .iter()
-        .map(|(ip, remote, peak)| serde_json::json!({"local_ip": ip.to_string(), "remote": remote.to_string(), "peak": peak}))
+    let pile_ups = pile_ups(stats, ephemeral_ports)
+        .into_iter()
+        .map(|(local_ip, remote, peak)| PileUp { local_ip, remote, peak })
         .collect();
-    let summary = serde_json::json!({
-        "type": "summary",
-        "events": counts.events,
-        "lost": counts.lost,
-        "undecodable": counts.undecodable,
-        "untracked_time_waits": counts.untracked_time_waits,
-        "connections": stats.connections,
-        "closed_first": closed_first,
-        "incomplete": stats.incomplete,
-        "aged_out": stats.aged_out,
-        "time_wait_by_local": time_wait,
-        "ephemeral_ports": [ephemeral_ports.0, ephemeral_ports.1],
-        "pile_ups": pile_ups,
-        "kernel_programs": counts.programs.iter().map(|p| serde_json::json!({
-            "name": p.name, "runs": p.runs, "run_time_ns": p.run_time_ns,
-        })).collect::<Vec<_>>(),
-    });
-    serde_json::to_writer(&mut *out, &summary)?;
-    writeln!(out)
+    let kernel_programs = counts
+        .programs
+        .iter()
+        .map(|p| KernelProgram {
+            name: p.name.as_str().into(),
+            runs: p.runs,
+            run_time_ns: p.run_time_ns,
+        })
+        .collect();
+    let summary = Summary {
+        events: counts.events,
+        lost: counts.lost,
+        undecodable: counts.undecodable,
+        untracked_time_waits: counts.untracked_time_waits,
+        connections: stats.connections,
+        closed_first,
+        incomplete: stats.incomplete,
+        aged_out: stats.aged_out,
+        time_wait_by_local,
+        ephemeral_ports,
+        pile_ups,
+        kernel_programs,
+    };
+    write_line(out, &StreamLine::Summary(summary))
 }

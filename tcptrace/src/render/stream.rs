@@ -11,10 +11,10 @@ use crate::{
     clock::WallClock,
     engine::{Attribution, Connection, Stats},
     event::TraceCounts,
-    event::{EventKind, Family, TcpEvent},
+    event::{EventKind, TcpEvent},
     render::explain::{self, Lang},
-    render::json_line::JsonLine,
     render::report,
+    schema::{Lost, StreamLine, fast::event_head, json_line::JsonLine, write_line},
 };
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -78,7 +78,9 @@ impl<W: Write> Stream<W> {
                 self.out,
                 "!! {count} events lost: the ring buffer was full (raise --ring-size)"
             ),
-            StreamFormat::Json => writeln!(self.out, r#"{{"type":"lost","count":{count}}}"#),
+            StreamFormat::Json => {
+                write_line(&mut self.out, &StreamLine::Lost(Lost { ts_ns: None, count }))
+            }
         }
     }
 
@@ -177,7 +179,7 @@ impl<W: Write> Stream<W> {
 
     fn json_event(&mut self, event: &TcpEvent, attribution: &Attribution) -> io::Result<()> {
         let line = self.line.clear();
-        event_fields(line, event, event.addresses.or(attribution.addresses));
+        event_head(line, event, event.addresses.or(attribution.addresses));
         if let EventKind::Transition { old, new, time_wait_timer } = event.kind {
             line.raw(",\"old_state_ns\":").optional(attribution.old_state_ns);
             if let Some(lang) = self.explain {
@@ -196,48 +198,6 @@ impl<W: Write> Stream<W> {
         }
         line.raw(",\"process_context\":").bool(event.task.process_context).raw("}");
         line.write_to(&mut self.out)
-    }
-}
-
-/// The fields every JSON form of an event has (the live stream's and the recording's):
-/// type, time, socket, addresses, and what happened. The caller adds the rest and the `}`.
-pub fn event_fields(
-    line: &mut JsonLine,
-    event: &TcpEvent,
-    addresses: Option<(SocketAddr, SocketAddr)>,
-) {
-    let (type_name, detail) = match event.kind {
-        EventKind::Transition { .. } => ("transition", None),
-        EventKind::TimeWaitRearm { .. } => ("time_wait_timer", Some(("event", "rearm"))),
-        EventKind::TimeWaitCancel { .. } => ("time_wait_timer", Some(("event", "cancel"))),
-        EventKind::TimeWaitExpire { .. } => ("time_wait_timer", Some(("event", "expire"))),
-        EventKind::ResetSent => ("reset", Some(("direction", "sent"))),
-        EventKind::ResetReceived => ("reset", Some(("direction", "received"))),
-    };
-    line.raw("{\"type\":\"").raw(type_name).raw("\"");
-    if let Some((key, value)) = detail {
-        line.raw(",\"").raw(key).raw("\":\"").raw(value).raw("\"");
-    }
-    line.raw(",\"ts_ns\":").u64(event.ts_ns).raw(",\"sk\":").hex(event.sk);
-    if let Some((local, remote)) = addresses {
-        line.raw(",\"family\":\"").raw(Family::of(&local).name()).raw("\"");
-        line.raw(",\"local\":").address(&local).raw(",\"remote\":").address(&remote);
-    }
-    match event.kind {
-        EventKind::Transition { old, new, time_wait_timer } => {
-            line.raw(",\"old\":\"").raw(old.name()).raw("\",\"new\":\"").raw(new.name()).raw("\"");
-            if let Some(timer) = time_wait_timer {
-                line.raw(",\"time_wait_timer\":").hex(timer);
-            }
-        }
-        EventKind::TimeWaitRearm { timer, timeout_jiffies } => {
-            line.raw(",\"timer\":").hex(timer);
-            line.raw(",\"timeout_jiffies\":").u64(u64::from(timeout_jiffies));
-        }
-        EventKind::TimeWaitCancel { timer } | EventKind::TimeWaitExpire { timer } => {
-            line.raw(",\"timer\":").hex(timer);
-        }
-        EventKind::ResetSent | EventKind::ResetReceived => {}
     }
 }
 

@@ -18,8 +18,8 @@ use crate::{
     engine::{Connection, Endpoint, Role, TimeWaitEnd, TimeWaitKind},
     event::{Owner, TcpState},
     render::explain::Lang,
-    render::json_line::JsonLine,
     render::report::{self, by_role},
+    schema::json_line::JsonLine,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -179,6 +179,12 @@ impl JsonLine {
                 match c {
                     '"' => self.buffer.extend_from_slice(b"\\\""),
                     '\\' => self.buffer.extend_from_slice(b"\\\\"),
+                    // The short escapes, as serde_json writes them.
+                    '\u{8}' => self.buffer.extend_from_slice(b"\\b"),
+                    '\u{c}' => self.buffer.extend_from_slice(b"\\f"),
+                    '\n' => self.buffer.extend_from_slice(b"\\n"),
+                    '\r' => self.buffer.extend_from_slice(b"\\r"),
+                    '\t' => self.buffer.extend_from_slice(b"\\t"),
                     c if (c as u32) < 0x20 => {
                         let _ = write!(self.buffer, "\\u{:04x}", c as u32);
                     }
@@ -256,13 +262,17 @@ mod tests {
     }
 
     #[test]
-    fn strings_are_escaped_and_valid_json() {
-        for bytes in [&b"curl"[..], b"we\"ird\\n\tme", b"\xff\xfebad", "щука".as_bytes()] {
+    fn strings_are_escaped_as_serde_json_escapes_them() {
+        let every_control: Vec<u8> = (0..0x20).chain([0x7f]).collect();
+        for bytes in
+            [&b"curl"[..], b"we\"ird\\n\tme", b"\xff\xfebad", "щука".as_bytes(), &every_control]
+        {
             let json = text(|l| {
                 l.string(bytes);
             });
             let parsed: String = serde_json::from_str(&json).unwrap();
             assert_eq!(parsed, String::from_utf8_lossy(bytes));
+            assert_eq!(json, serde_json::to_string(&parsed).unwrap());
         }
     }
 }

@@ -1,0 +1,55 @@
+//! Writing a recording: the header, every raw event as the kernel reported it, losses with
+//! when they were noticed, and the end.
+
+use std::io::{self, Write};
+
+use crate::{
+    event::TcpEvent,
+    schema::{
+        End, Lost, RecordingHeader, RecordingLine, fast::event_head, json_line::JsonLine,
+        write_line,
+    },
+};
+
+/// Writes a recording. Buffered: call [`Recorder::flush`] with every batch.
+pub struct Recorder<W: Write> {
+    out: W,
+    line: JsonLine,
+}
+
+impl<W: Write> Recorder<W> {
+    pub fn new(mut out: W, header: &RecordingHeader) -> io::Result<Recorder<W>> {
+        write_line(&mut out, &RecordingLine::TcptraceRecording(*header))?;
+        Ok(Recorder { out, line: JsonLine::new() })
+    }
+
+    /// One event, written by hand: every event is recorded, so this is a hot path.
+    pub fn event(&mut self, event: &TcpEvent) -> io::Result<()> {
+        let line = self.line.clear();
+        event_head(line, event, event.addresses);
+        line.raw(",\"pid\":").u64(u64::from(event.task.pid));
+        line.raw(",\"tid\":").u64(u64::from(event.task.tid));
+        line.raw(",\"comm\":").string(event.task.comm.as_bytes());
+        line.raw(",\"process_context\":").bool(event.task.process_context);
+        line.raw(",\"cpu\":").u64(u64::from(event.cpu)).raw("}");
+        line.write_to(&mut self.out)
+    }
+
+    pub fn lost(&mut self, ts_ns: u64, count: u64) -> io::Result<()> {
+        write_line(&mut self.out, &RecordingLine::Lost(Lost { ts_ns: Some(ts_ns), count }))
+    }
+
+    /// The last line: when tracing stopped (open TIME-WAITs are measured against it).
+    pub fn end(&mut self, ts_ns: u64) -> io::Result<()> {
+        write_line(&mut self.out, &RecordingLine::End(End { ts_ns }))?;
+        self.out.flush()
+    }
+
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+
+    pub fn into_inner(self) -> W {
+        self.out
+    }
+}

@@ -1,0 +1,50 @@
+//! The hand-written JSON writers the hot lines share (the live stream's and the
+//! recording's events): no `fmt` machinery and no allocation per event. Tests check every
+//! line they start against serde's writing of the same [`super`] types.
+
+use std::net::SocketAddr;
+
+use super::json_line::JsonLine;
+use crate::event::{EventKind, Family, TcpEvent};
+
+/// The fields every JSON form of an event has (the live stream's and the recording's):
+/// type, time, socket, addresses, and what happened. The caller adds the rest and the `}`.
+pub fn event_head(
+    line: &mut JsonLine,
+    event: &TcpEvent,
+    addresses: Option<(SocketAddr, SocketAddr)>,
+) {
+    let (type_name, detail) = match event.kind {
+        EventKind::Transition { .. } => ("transition", None),
+        EventKind::TimeWaitRearm { .. } => ("time_wait_timer", Some(("event", "rearm"))),
+        EventKind::TimeWaitCancel { .. } => ("time_wait_timer", Some(("event", "cancel"))),
+        EventKind::TimeWaitExpire { .. } => ("time_wait_timer", Some(("event", "expire"))),
+        EventKind::ResetSent => ("reset", Some(("direction", "sent"))),
+        EventKind::ResetReceived => ("reset", Some(("direction", "received"))),
+    };
+    line.raw("{\"type\":\"").raw(type_name).raw("\"");
+    if let Some((key, value)) = detail {
+        line.raw(",\"").raw(key).raw("\":\"").raw(value).raw("\"");
+    }
+    line.raw(",\"ts_ns\":").u64(event.ts_ns).raw(",\"sk\":").hex(event.sk);
+    if let Some((local, remote)) = addresses {
+        line.raw(",\"family\":\"").raw(Family::of(&local).name()).raw("\"");
+        line.raw(",\"local\":").address(&local).raw(",\"remote\":").address(&remote);
+    }
+    match event.kind {
+        EventKind::Transition { old, new, time_wait_timer } => {
+            line.raw(",\"old\":\"").raw(old.name()).raw("\",\"new\":\"").raw(new.name()).raw("\"");
+            if let Some(timer) = time_wait_timer {
+                line.raw(",\"time_wait_timer\":").hex(timer);
+            }
+        }
+        EventKind::TimeWaitRearm { timer, timeout_jiffies } => {
+            line.raw(",\"timer\":").hex(timer);
+            line.raw(",\"timeout_jiffies\":").u64(u64::from(timeout_jiffies));
+        }
+        EventKind::TimeWaitCancel { timer } | EventKind::TimeWaitExpire { timer } => {
+            line.raw(",\"timer\":").hex(timer);
+        }
+        EventKind::ResetSent | EventKind::ResetReceived => {}
+    }
+}
