@@ -341,23 +341,36 @@ fn ns_per_run_of(runs: u64, run_time_ns: u64) -> Option<f64> {
 
 /// Writes a recording of `connections` loopback connections, each as the kernel reports a
 /// server-closes-first close, with `per_second` new connections per second of recorded time.
-/// With `close` false, connections stay ESTABLISHED (all open at once at the end).
+/// With `close` false, connections stay ESTABLISHED (all open at once at the end). Written
+/// by tcptrace's own recorder, so the lines are what `--record` writes.
 pub fn write_recording(
     out: impl Write,
     connections: u64,
     per_second: u64,
     close: bool,
 ) -> Result<u64> {
-    let mut out = BufWriter::with_capacity(1 << 20, out);
-    writeln!(
-        out,
-        r#"{{"type":"tcptrace_recording","version":1,"ephemeral_ports":[32768,60999],"realtime_offset_ns":0}}"#
-    )?;
+    use tcptrace::{
+        event::{Comm, EventKind, Task, TcpEvent, TcpState::*},
+        recording::{FORMAT_VERSION, Recorder, RecordingHeader},
+    };
+    let header = RecordingHeader {
+        version: FORMAT_VERSION,
+        ephemeral_ports: (32768, 60999),
+        realtime_offset_ns: 0,
+    };
+    let mut recorder = Recorder::new(BufWriter::with_capacity(1 << 20, out), &header)?;
+    let task = |process: bool, i: u64| {
+        let pid = if process { 1000 + (i % 50) as u32 } else { 7 };
+        let comm = Comm::new(if process { "churn" } else { "ksoftirqd/0" });
+        Task { pid, tid: pid, comm, process_context: process }
+    };
+    let idle = Task { pid: 0, tid: 0, comm: Comm::new("swapper/0"), process_context: false };
     let gap_ns = 1_000_000_000 / per_second.max(1);
     let mut events = 0u64;
     let mut expiries: std::collections::VecDeque<(u64, u64, u64)> =
         std::collections::VecDeque::new();
-    let mut line = String::with_capacity(512);
+    let server: std::net::SocketAddr = "127.0.0.1:8080".parse()?;
+    let unbound: std::net::SocketAddr = "127.0.0.1:0".parse()?;
     for i in 0..connections {
         let t = 1_000_000_000 + i * gap_ns;
         // TIME-WAITs that end before this connection starts.
@@ -366,62 +379,59 @@ pub fn write_recording(
                 break;
             }
             expiries.pop_front();
-            line.clear();
-            for (offset, what) in [(0, "cancel"), (5000, "expire")] {
-                writeln!(
-                    line,
-                    r#"{{"type":"time_wait_timer","event":"{what}","ts_ns":{},"sk":"{sk:#x}","timer":"{timer:#x}","pid":0,"tid":0,"comm":"swapper/0","process_context":false,"cpu":0}}"#,
-                    end + offset
-                )?;
+            for (offset, kind) in [
+                (0, EventKind::TimeWaitCancel { timer }),
+                (5000, EventKind::TimeWaitExpire { timer }),
+            ] {
+                let ts_ns = end + offset;
+                recorder.event(&TcpEvent {
+                    ts_ns,
+                    sk,
+                    kind,
+                    addresses: None,
+                    task: idle,
+                    cpu: 0,
+                })?;
+                events += 1;
             }
-            out.write_all(line.as_bytes())?;
-            events += 2;
         }
-        let port = 32768 + (i % 28000) as u16;
+        let client = std::net::SocketAddr::from(([127, 0, 0, 1], 32768 + (i % 28000) as u16));
         let (client_sk, server_sk) =
             (0xffff_8880_0000_0000u64 + i * 0x200, 0xffff_8890_0000_0000u64 + i * 0x200);
-        let client = format!("127.0.0.1:{port}");
-        let client = client.as_str();
-        let server = "127.0.0.1:8080";
-        let mut steps: Vec<(u64, u64, &str, &str, &str, &str, bool)> = vec![
-            (0, client_sk, "127.0.0.1:0", server, "CLOSED", "SYN_SENT", true),
-            (50_000, client_sk, client, server, "SYN_SENT", "ESTABLISHED", false),
-            (55_000, server_sk, server, client, "LISTEN", "SYN_RECEIVED", false),
-            (60_000, server_sk, server, client, "SYN_RECEIVED", "ESTABLISHED", false),
+        let mut steps = vec![
+            (0, client_sk, (unbound, server), Closed, SynSent, true),
+            (50_000, client_sk, (client, server), SynSent, Established, false),
+            (55_000, server_sk, (server, client), Listen, SynReceived, false),
+            (60_000, server_sk, (server, client), SynReceived, Established, false),
         ];
         if close {
             steps.extend([
-                (1_000_000, server_sk, server, client, "ESTABLISHED", "FIN_WAIT1", true),
-                (1_010_000, client_sk, client, server, "ESTABLISHED", "CLOSE_WAIT", false),
-                (1_020_000, server_sk, server, client, "FIN_WAIT1", "FIN_WAIT2", false),
-                (1_030_000, client_sk, client, server, "CLOSE_WAIT", "LAST_ACK", true),
-                (1_040_000, server_sk, server, client, "FIN_WAIT2", "CLOSED", false),
-                (1_050_000, client_sk, client, server, "LAST_ACK", "CLOSED", false),
+                (1_000_000, server_sk, (server, client), Established, FinWait1, true),
+                (1_010_000, client_sk, (client, server), Established, CloseWait, false),
+                (1_020_000, server_sk, (server, client), FinWait1, FinWait2, false),
+                (1_030_000, client_sk, (client, server), CloseWait, LastAck, true),
+                (1_040_000, server_sk, (server, client), FinWait2, Closed, false),
+                (1_050_000, client_sk, (client, server), LastAck, Closed, false),
             ]);
         }
-        line.clear();
-        for (offset, sk, local, remote, old, new, process) in steps {
-            let timer = if new == "CLOSED" && old == "FIN_WAIT2" {
+        for (offset, sk, addresses, old, new, process) in steps {
+            let time_wait_timer = (old == FinWait2 && new == Closed).then(|| {
                 let timer = sk + 0x100;
                 expiries.push_back((t + offset + 61_000_000_000, sk, timer));
-                format!(r#","time_wait_timer":"{timer:#x}""#)
-            } else {
-                String::new()
-            };
-            writeln!(
-                line,
-                r#"{{"type":"transition","ts_ns":{},"sk":"{sk:#x}","local":"{local}","remote":"{remote}","old":"{old}","new":"{new}"{timer},"pid":{},"tid":{},"comm":"{}","process_context":{process},"cpu":{}}}"#,
-                t + offset,
-                if process { 1000 + i % 50 } else { 7 },
-                if process { 1000 + i % 50 } else { 7 },
-                if process { "churn" } else { "ksoftirqd/0" },
-                i % 2
-            )?;
+                timer
+            });
+            recorder.event(&TcpEvent {
+                ts_ns: t + offset,
+                sk,
+                kind: EventKind::Transition { old, new, time_wait_timer },
+                addresses: Some(addresses),
+                task: task(process, i),
+                cpu: (i % 2) as u8,
+            })?;
             events += 1;
         }
-        out.write_all(line.as_bytes())?;
     }
-    out.flush()?;
+    recorder.flush()?;
     Ok(events)
 }
 
