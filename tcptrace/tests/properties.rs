@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use tcptrace::{
     engine::{Engine, EngineOptions, Output},
     event::{Comm, EventKind, Task, TcpEvent, TcpState},
-    recording::{FORMAT_VERSION, Header, Item, Reader, Recorder},
+    recording::{FORMAT_VERSION, Item, Reader, Recorder, RecordingHeader},
 };
 
 fn address() -> impl Strategy<Value = SocketAddr> {
@@ -104,7 +104,7 @@ proptest! {
 
     #[test]
     fn recordings_round_trip(events in proptest::collection::vec(event(), 0..50), name in "\\PC{0,15}") {
-        let header = Header { version: FORMAT_VERSION, ephemeral_ports: (32768, 60999), realtime_offset_ns: -5 };
+        let header = RecordingHeader { version: FORMAT_VERSION, ephemeral_ports: (32768, 60999), realtime_offset_ns: -5 };
         let mut recorder = Recorder::new(Vec::new(), &header).unwrap();
         let mut expected = Vec::new();
         for (i, (_, mut event)) in events.into_iter().enumerate() {
@@ -127,7 +127,7 @@ proptest! {
 
     #[test]
     fn the_reader_takes_any_damage(events in proptest::collection::vec(event(), 1..20), cut in any::<prop::sample::Index>(), flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4)) {
-        let header = Header { version: FORMAT_VERSION, ephemeral_ports: (1, 2), realtime_offset_ns: 0 };
+        let header = RecordingHeader { version: FORMAT_VERSION, ephemeral_ports: (1, 2), realtime_offset_ns: 0 };
         let mut recorder = Recorder::new(Vec::new(), &header).unwrap();
         for (_, event) in &events {
             recorder.event(event).unwrap();
