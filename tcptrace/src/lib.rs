@@ -27,6 +27,7 @@ pub mod recording;
 pub mod render;
 pub mod replay;
 pub mod schema;
+pub mod sink;
 #[cfg(test)]
 mod testing;
 

@@ -24,6 +24,7 @@ use crate::{
     kernel::loader::{TraceOptions, Tracer, drain, is_own_event},
     pipeline::Pipeline,
     recording::{FORMAT_VERSION, Recorder, RecordingHeader},
+    sink::{self, Named},
 };
 
 /// The kernel wakes the reader only when the ring fills up; this tick picks up the rest.
@@ -33,7 +34,7 @@ const POLL_INTERVAL: Duration = Duration::from_millis(10);
 /// sockets, recording, and lost-event checks.
 struct Live<W: Write> {
     pipeline: Pipeline<W>,
-    recorder: Option<Recorder<BufWriter<File>>>,
+    recorder: Option<Recorder<BufWriter<Named<File>>>>,
     own_pid: u32,
 }
 
@@ -137,6 +138,7 @@ pub async fn run(trace: &TraceArgs, output: &OutputArgs) -> Result<()> {
                 ephemeral_ports,
                 realtime_offset_ns: clock.realtime_offset_ns(),
             };
+            let file = Named::new(file, format!("the recording {}", path.display()));
             Some(Recorder::new(BufWriter::with_capacity(1 << 16, file), &header)?)
         }
         None => None,
@@ -145,19 +147,31 @@ pub async fn run(trace: &TraceArgs, output: &OutputArgs) -> Result<()> {
     for degraded in &tracer.degraded {
         eprintln!("tcptrace: warning: {} is off: {}", degraded.what, degraded.why);
     }
-    let stdout = BufWriter::with_capacity(1 << 16, io::stdout().lock());
     let engine = EngineOptions { ephemeral_ports, ..EngineOptions::default() };
     let mut live = Live {
-        pipeline: Pipeline::new(stdout, clock, output.pipeline_options(engine)),
+        pipeline: Pipeline::new(sink::stdout(), clock, output.pipeline_options(engine)),
         recorder,
         own_pid: std::process::id(),
     };
-    live.pipeline.start()?;
     eprintln!("tcptrace: tracing TCP state transitions{}; Ctrl-C to stop", describe(trace));
-
-    let result = stream_until_stopped(trace, &tracer, ring, &mut live).await;
-    match result {
-        Err(error) if is_broken_pipe(&error) => return Ok(()),
+    let streamed = match live.pipeline.start() {
+        Ok(()) => stream_until_stopped(trace, &tracer, ring, &mut live).await,
+        Err(error) => Err(error.into()),
+    };
+    match streamed {
+        Err(error) if sink::is_closed_pipe(&error) => {
+            // Nobody reads the output any more; the recording still gets its losses and end.
+            let lost = tracer.lost_events()?.saturating_sub(live.pipeline.lost_so_far());
+            drop(tracer);
+            if let Some(recorder) = &mut live.recorder {
+                let end_ns = monotonic_now_ns();
+                if lost > 0 {
+                    recorder.lost(end_ns, lost)?;
+                }
+                recorder.end(end_ns)?;
+            }
+            return Err(error);
+        }
         other => other?,
     }
     live.report_lost(&tracer)?;
@@ -210,12 +224,6 @@ async fn stream_until_stopped(
     // Whatever the kernel queued before we stopped is still shown.
     live.drain(ring.get_mut())?;
     Ok(())
-}
-
-fn is_broken_pipe(error: &anyhow::Error) -> bool {
-    error.chain().any(|cause| {
-        cause.downcast_ref::<io::Error>().is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
-    })
 }
 
 fn describe(trace: &TraceArgs) -> String {

@@ -19,6 +19,8 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of standard output has seen enough (`tcptrace … | head`).
+        Err(error) if tcptrace::sink::is_closed_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("tcptrace: error: {error:#}");
             ExitCode::FAILURE

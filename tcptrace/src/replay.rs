@@ -1,9 +1,6 @@
 //! `tcptrace replay FILE`: a recording through the same pipeline as live tracing.
 
-use std::{
-    fs::File,
-    io::{self, BufReader, BufWriter},
-};
+use std::{fs::File, io::BufReader};
 
 use anyhow::{Context, Result, anyhow};
 
@@ -13,6 +10,7 @@ use crate::{
     engine::EngineOptions,
     pipeline::Pipeline,
     recording::{Item, Reader},
+    sink,
 };
 
 pub fn run(args: &ReplayArgs) -> Result<()> {
@@ -21,11 +19,10 @@ pub fn run(args: &ReplayArgs) -> Result<()> {
     let mut reader = Reader::new(BufReader::with_capacity(1 << 16, file))
         .map_err(|error| anyhow!("{}: {error}", path.display()))?;
     let header = reader.header;
-    let stdout = BufWriter::with_capacity(1 << 16, io::stdout().lock());
     let engine =
         EngineOptions { ephemeral_ports: header.ephemeral_ports, ..EngineOptions::default() };
     let clock = WallClock::from_offset(header.realtime_offset_ns);
-    let mut pipeline = Pipeline::new(stdout, clock, args.output.pipeline_options(engine));
+    let mut pipeline = Pipeline::new(sink::stdout(), clock, args.output.pipeline_options(engine));
     pipeline.start()?;
     let mut end_ns = 0;
     while let Some(item) = reader.next_item() {

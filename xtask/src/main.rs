@@ -164,7 +164,7 @@ pub fn ebpf_object(root: &Path) -> PathBuf {
 
 fn build_ebpf(root: &Path) -> Result<PathBuf> {
     let tools = tools::ensure(root)?;
-    eprintln!("xtask: building the eBPF program with the {} toolchain", tools::NIGHTLY);
+    eprintln!("xtask: building the eBPF program with the {} toolchain", tools.toolchain);
     let path = std::env::join_paths(
         std::iter::once(tools.bin_dir.clone())
             .chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())),
@@ -172,7 +172,7 @@ fn build_ebpf(root: &Path) -> Result<PathBuf> {
     let mut build = Command::new("rustup");
     build
         .current_dir(root)
-        .args(["run", tools::NIGHTLY, "cargo", "build", "--release"])
+        .args(["run", &tools.toolchain, "cargo", "build", "--release"])
         .args(["--package", "tcptrace-ebpf", "--target", "bpfel-unknown-none"])
         .args(["-Z", "build-std=core", "--target-dir", "target/ebpf"])
         .env("PATH", path);

@@ -11,48 +11,94 @@ use anyhow::{Context, Result, bail};
 
 use crate::run_command;
 
-/// The toolchain that builds the eBPF program (`-Z build-std` is nightly-only).
-pub const NIGHTLY: &str = "nightly";
+/// The nightly that builds the eBPF program (`-Z build-std` is nightly-only), pinned: a
+/// newer nightly may change codegen or need another bpf-linker. Its rustc is 1.97.0-nightly
+/// (e50aa6fba 2026-05-19), with LLVM 22.
+pub const PINNED_NIGHTLY: &str = "nightly-2026-05-20";
+/// The commit of the pinned nightly's rustc: a toolchain installed under another name (a
+/// plain `nightly` of that day) is used as it is when it is this build.
+const PINNED_COMMIT: &str = "e50aa6fba4e63ab34c72bf9acfd2c307c1155d1a";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 pub struct Tools {
+    /// The rustup toolchain to build with: the pinned nightly, by whichever name it has.
+    pub toolchain: String,
     pub bin_dir: PathBuf,
 }
 
 pub fn ensure(root: &Path) -> Result<Tools> {
     let tools_dir = root.join(".tools");
-    ensure_rust_src()?;
+    let toolchain = ensure_nightly()?;
+    ensure_rust_src(&toolchain)?;
     let bin_dir = tools_dir.join("bin");
     if !bpf_linker_works(&bin_dir) {
-        install_bpf_linker(&tools_dir)?;
+        install_bpf_linker(&tools_dir, &toolchain)?;
         if !bpf_linker_works(&bin_dir) {
             bail!("bpf-linker was installed into {} but does not run", bin_dir.display());
         }
     }
-    Ok(Tools { bin_dir })
+    Ok(Tools { toolchain, bin_dir })
+}
+
+/// `rustc -vV` of a rustup toolchain, if it is installed.
+fn rustc_version(toolchain: &str) -> Option<String> {
+    let out = rustup().args(["run", toolchain, "rustc", "-vV"]).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The pinned nightly's toolchain name: the pinned name if installed, else a plain `nightly`
+/// that is the same build, else the pinned one, installed now with rustup.
+fn ensure_nightly() -> Result<String> {
+    let is_pinned = |toolchain: &str| {
+        rustc_version(toolchain)
+            .is_some_and(|version| version.contains(&format!("commit-hash: {PINNED_COMMIT}")))
+    };
+    for toolchain in [PINNED_NIGHTLY, "nightly"] {
+        if is_pinned(toolchain) {
+            return Ok(toolchain.to_owned());
+        }
+    }
+    eprintln!(
+        "xtask: installing the {PINNED_NIGHTLY} toolchain with rustup (builds the eBPF program)"
+    );
+    run_command(rustup().args([
+        "toolchain",
+        "install",
+        PINNED_NIGHTLY,
+        "--profile",
+        "minimal",
+        "--component",
+        "rust-src",
+    ]))
+    .with_context(|| {
+        format!("installing {PINNED_NIGHTLY} failed: is rustup installed and online?")
+    })?;
+    if !is_pinned(PINNED_NIGHTLY) {
+        bail!("rustup installed {PINNED_NIGHTLY}, but its rustc is not commit {PINNED_COMMIT}");
+    }
+    Ok(PINNED_NIGHTLY.to_owned())
 }
 
 fn rustup() -> Command {
     let mut command = Command::new("rustup");
-    command.env_remove("RUSTUP_TOOLCHAIN");
+    // Looking a toolchain up must not download it: installing is said out loud, once.
+    command.env_remove("RUSTUP_TOOLCHAIN").env("RUSTUP_AUTO_INSTALL", "0");
     command
 }
 
-fn ensure_rust_src() -> Result<()> {
+fn ensure_rust_src(toolchain: &str) -> Result<()> {
     let installed = rustup()
-        .args(["component", "list", "--installed", "--toolchain", NIGHTLY])
+        .args(["component", "list", "--installed", "--toolchain", toolchain])
         .output()
         .context("could not run rustup: is the Rust toolchain installed with rustup?")?;
     if !installed.status.success() {
-        bail!(
-            "the {NIGHTLY} toolchain is missing; install it with `rustup toolchain install {NIGHTLY}`"
-        );
+        bail!("rustup can't list the components of the {toolchain} toolchain");
     }
     if String::from_utf8_lossy(&installed.stdout).lines().any(|line| line.starts_with("rust-src")) {
         return Ok(());
     }
-    eprintln!("xtask: installing rust-src for the {NIGHTLY} toolchain (needed by -Z build-std)");
-    run_command(rustup().args(["component", "add", "rust-src", "--toolchain", NIGHTLY]))
+    eprintln!("xtask: installing rust-src for the {toolchain} toolchain (needed by -Z build-std)");
+    run_command(rustup().args(["component", "add", "rust-src", "--toolchain", toolchain]))
 }
 
 /// Runs the binary with an empty environment: it must find libLLVM through its own rpath,
@@ -67,11 +113,11 @@ fn bpf_linker_works(bin_dir: &Path) -> bool {
         .is_ok_and(|status| status.success())
 }
 
-/// The nightly toolchain's `lib/` folder and LLVM major version.
-fn toolchain_llvm() -> Result<(PathBuf, String)> {
+/// The toolchain's `lib/` folder and LLVM major version.
+fn toolchain_llvm(toolchain: &str) -> Result<(PathBuf, String)> {
     let output = |args: &[&str]| -> Result<String> {
         let out = rustup()
-            .args(["run", NIGHTLY, "rustc"])
+            .args(["run", toolchain, "rustc"])
             .args(args)
             .output()
             .context("could not run rustc")?;
@@ -90,8 +136,8 @@ fn toolchain_llvm() -> Result<(PathBuf, String)> {
 
 /// Builds bpf-linker from crates.io against the toolchain's own libLLVM, so the bitcode
 /// rustc emits and the LLVM that links it are the same version.
-fn install_bpf_linker(tools_dir: &Path) -> Result<()> {
-    let (toolchain_lib, llvm_major) = toolchain_llvm()?;
+fn install_bpf_linker(tools_dir: &Path, toolchain: &str) -> Result<()> {
+    let (toolchain_lib, llvm_major) = toolchain_llvm(toolchain)?;
     // LLVM_PREFIX wants `lib/libLLVM.so`; the toolchain ships `libLLVM-<major>-rust-…so`
     // (a linker script) and `libLLVM.so.<ver>-rust-…` (the library, also its SONAME).
     let prefix = tools_dir.join("llvm");
@@ -116,12 +162,12 @@ fn install_bpf_linker(tools_dir: &Path) -> Result<()> {
     }
     if !found_library {
         bail!(
-            "no libLLVM.so.* in {}: is the {NIGHTLY} toolchain complete?",
+            "no libLLVM.so.* in {}: is the {toolchain} toolchain complete?",
             toolchain_lib.display()
         );
     }
     eprintln!(
-        "xtask: building bpf-linker {BPF_LINKER_VERSION} against the {NIGHTLY} toolchain's LLVM {llvm_major} \
+        "xtask: building bpf-linker {BPF_LINKER_VERSION} against the {toolchain} toolchain's LLVM {llvm_major} \
          into {} (a few minutes, once)",
         tools_dir.display()
     );

@@ -58,7 +58,8 @@ pub struct ExportInput<'a> {
 }
 
 pub fn write(path: &Path, format: ExportFormat, input: &ExportInput<'_>) -> Result<()> {
-    let file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let file = File::create(path)
+        .with_context(|| format!("cannot create the export {}", path.display()))?;
     let mut out = BufWriter::new(file);
     let result = match format {
         ExportFormat::Jsonl => {
@@ -72,7 +73,9 @@ pub fn write(path: &Path, format: ExportFormat, input: &ExportInput<'_>) -> Resu
         ExportFormat::Mermaid => mermaid::write(&mut out, input),
         ExportFormat::Html => html::write(&mut out, input),
     };
-    result.and_then(|()| out.flush()).with_context(|| format!("writing {}", path.display()))
+    result
+        .and_then(|()| out.flush())
+        .with_context(|| format!("writing the export {}", path.display()))
 }
 
 /// One bar on an endpoint's lane.
