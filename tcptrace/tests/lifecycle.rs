@@ -205,16 +205,32 @@ fn pin_to_cpu(cpu: usize) {
     }
 }
 
-/// Both ends shut down their sending side at the same moment from two CPUs, until both
-/// FINs cross (FIN_WAIT1 → CLOSING on both sides).
+/// The (local, peer) pairs of every time-wait socket on the host, as `ss` shows them.
+fn time_wait_sockets() -> Vec<(String, String)> {
+    let table = support::run("ss", &["-Htn", "state", "time-wait"]);
+    table
+        .lines()
+        .filter_map(|line| {
+            let mut columns = line.split_whitespace().skip(2);
+            Some((columns.next()?.to_owned(), columns.next()?.to_owned()))
+        })
+        .collect()
+}
+
+/// Both ends shut down their sending side at the same moment from two CPUs, again and
+/// again. Whether the FINs crossed is told apart from tcptrace, by the kernel's own table:
+/// only after a simultaneous close do both ends hold a time-wait socket (`ss`). tcptrace must
+/// call exactly those connections simultaneous.
 #[test]
 fn simultaneous_close_puts_time_wait_on_both_sides() {
     let (listener, server_addr) = listener();
     let tracer = Tracer::start(&["--port", &server_addr.port().to_string()]);
     let mut sockets = Vec::new();
+    let mut crossed = Vec::new();
     for _ in 0..200 {
         let client = TcpStream::connect(server_addr).unwrap();
         let (accepted, _) = listener.accept().unwrap();
+        let client_addr = client.local_addr().unwrap();
         let barrier = Arc::new(Barrier::new(2));
         let shut = |stream: TcpStream, cpu: usize, barrier: Arc<Barrier>| {
             thread::spawn(move || {
@@ -227,44 +243,52 @@ fn simultaneous_close_puts_time_wait_on_both_sides() {
         let a = shut(client, 0, barrier.clone());
         let b = shut(accepted, 1, barrier);
         let (client, accepted) = (a.join().unwrap(), b.join().unwrap());
-        thread::sleep(Duration::from_millis(2));
-        let crossed = [&client, &accepted].iter().all(|s| {
-            // Both sides got the other's FIN; a simultaneous close shows on the trace.
-            let mut byte = [0u8; 1];
-            s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-            matches!((&**s).read(&mut byte), Ok(0))
-        });
-        assert!(crossed);
+        for stream in [&client, &accepted] {
+            // Each end has the other's FIN: both closes are over.
+            stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            assert_eq!((&*stream).read(&mut [0u8; 1]).unwrap(), 0);
+        }
+        thread::sleep(Duration::from_millis(5)); // the last ACKs on loopback
+        let time_waits = time_wait_sockets();
+        let (c, s) = (client_addr.to_string(), server_addr.to_string());
+        let both = time_waits.contains(&(c.clone(), s.clone())) && time_waits.contains(&(s, c));
+        if both {
+            crossed.push(client_addr.to_string());
+        }
         sockets.push((client, accepted));
-        if sockets.len() >= 20 {
+        if !crossed.is_empty() && sockets.len() >= 20 {
             break;
         }
     }
+    let tries = sockets.len();
     drop(sockets);
     let lines = tracer.stop();
+    assert!(!crossed.is_empty(), "the FINs never crossed in {tries} tries");
 
     let all = connections(&lines);
-    let simultaneous: Vec<&&Value> =
-        all.iter().filter(|c| c["closed_first"] == "simultaneous").collect();
-    assert!(!simultaneous.is_empty(), "no simultaneous close in {} tries: {all:#?}", all.len());
-    for record in simultaneous {
-        for side in [&record["client"], &record["server"]] {
-            assert_eq!(
-                endpoint_states(side)[2..],
-                ["FIN_WAIT1", "CLOSING", "CLOSED"],
-                "{record:#}"
-            );
-            assert_eq!(time_wait(side)["end"], "open");
-            assert_eq!(time_wait(side)["kind"], "time_wait");
+    assert_eq!(all.len(), tries, "one record per connection");
+    for record in &all {
+        let client = record["client"]["addr"].as_str().unwrap().to_owned();
+        let simultaneous = crossed.contains(&client);
+        assert_eq!(record["closed_first"] == "simultaneous", simultaneous, "{record:#}");
+        let holders: Vec<&Value> = [&record["client"], &record["server"]]
+            .into_iter()
+            .filter(|side| !time_wait(side).is_null())
+            .collect();
+        if simultaneous {
+            for side in [&record["client"], &record["server"]] {
+                assert_eq!(
+                    endpoint_states(side)[2..],
+                    ["FIN_WAIT1", "CLOSING", "CLOSED"],
+                    "{record:#}"
+                );
+                assert_eq!(time_wait(side)["end"], "open");
+                assert_eq!(time_wait(side)["kind"], "time_wait");
+            }
+        } else {
+            // An ordinary close: one TIME-WAIT, on the side that closed first.
+            assert_eq!(holders.len(), 1, "{record:#}");
         }
-    }
-    // Every other connection is an ordinary close with one TIME-WAIT, never a forced guess.
-    for record in all.iter().filter(|c| c["closed_first"] != "simultaneous") {
-        let holders = [&record["client"], &record["server"]]
-            .iter()
-            .filter(|s| !time_wait(s).is_null())
-            .count();
-        assert_eq!(holders, 1, "{record:#}");
     }
 }
 

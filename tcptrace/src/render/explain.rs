@@ -187,20 +187,25 @@ pub const TIME_WAIT_NOTES: [&Note; 5] =
 /// Notes on how one connection ended.
 pub fn connection(lang: Lang, connection: &Connection) -> Vec<&'static str> {
     let mut notes = vec![closer(lang, connection.closed_first)];
+    // Each note once, however many endpoints it applies to.
+    let mut add = |note: &'static str| {
+        if !notes.contains(&note) {
+            notes.push(note);
+        }
+    };
     for endpoint in &connection.endpoints {
         let Some(tw) = &endpoint.time_wait else { continue };
         if tw.kind == TimeWaitKind::FinWait2 {
-            notes.push(FIN_WAIT2_SOCKET.text(lang));
+            add(FIN_WAIT2_SOCKET.text(lang));
         }
         if tw.end == TimeWaitEnd::Killed {
-            notes.push(pick(
+            add(pick(
                 lang,
                 "This TIME-WAIT was killed early: a RST arrived, a new connection reused the 4-tuple (tcp_tw_reuse), or its network namespace went away.",
                 "Этот TIME-WAIT завершён досрочно: пришёл RST, новое соединение переиспользовало 4-кортеж (tcp_tw_reuse) или исчезло его сетевое пространство имён.",
             ));
         }
     }
-    notes.dedup();
     notes
 }
 
@@ -226,16 +231,38 @@ mod tests {
         }
     }
 
+    /// The notes follow what each connection did, read from real engine output.
     #[test]
-    fn time_wait_notes_cite_the_rfc_and_the_measured_range() {
-        assert!(WHY_TIME_WAIT.en.contains("RFC 9293") && WHY_TIME_WAIT.ru.contains("RFC 9293"));
-        assert!(WHY_60_TO_62.en.contains("62.05") && WHY_60_TO_62.ru.contains("62,05"));
-        assert!(
-            transition(Lang::En, TcpState::FinWait2, TcpState::Closed, true).contains("TIME-WAIT")
-        );
-        assert!(
-            transition(Lang::En, TcpState::FinWait1, TcpState::Closing, false)
-                .contains("simultaneous")
-        );
+    fn connection_notes_follow_how_it_ended() {
+        use crate::testing::*;
+        let (connections, _, _) = simultaneous_close().run(1400.0);
+        let [simultaneous] = connections.as_slice() else { panic!("{connections:#?}") };
+        for lang in Lang::ALL {
+            let notes = connection(lang, simultaneous);
+            assert_eq!(notes, [SIMULTANEOUS.text(lang)], "both TIME-WAITs expired naturally");
+        }
+        // The same connection, its client's TIME-WAIT killed early and the server's kept by
+        // an orphaned FIN_WAIT2: one note each, once.
+        let mut changed = simultaneous.clone();
+        changed.closed_first = Closer::Server;
+        for endpoint in &mut changed.endpoints {
+            let tw = endpoint.time_wait.as_mut().unwrap();
+            tw.end = TimeWaitEnd::Killed;
+            tw.kind = TimeWaitKind::FinWait2;
+        }
+        let notes = connection(Lang::En, &changed);
+        assert_eq!(notes.len(), 3, "{notes:#?}");
+        assert_eq!(notes[0], closer(Lang::En, Closer::Server));
+        assert_eq!(notes[1], FIN_WAIT2_SOCKET.en);
+        assert!(notes[2].starts_with("This TIME-WAIT was killed early"), "{}", notes[2]);
+    }
+
+    /// The note on TIME-WAIT's length states the engine's own constant and the range the
+    /// lifecycle test measures.
+    #[test]
+    fn the_time_wait_length_note_states_the_engines_constant() {
+        let seconds = crate::engine::TIME_WAIT_LEN_NS / 1_000_000_000;
+        assert!(WHY_60_TO_62.en.contains(&format!("at {seconds} s")), "{}", WHY_60_TO_62.en);
+        assert!(WHY_60_TO_62.ru.contains(&format!("длится {seconds} с")), "{}", WHY_60_TO_62.ru);
     }
 }

@@ -263,16 +263,23 @@ mod tests {
         assert_eq!(value["process_context"], true);
     }
 
+    /// An event in softirq on an idle CPU: the current task is the idle task, which owns
+    /// nothing, and the engine knows no owner yet.
+    fn softirq_on_an_idle_cpu() -> TcpEvent {
+        let idle = Task { pid: 0, tid: 0, comm: Comm::new("swapper/1"), process_context: false };
+        TcpEvent { task: idle, ..transition() }
+    }
+
     #[test]
     fn unknown_owner_is_null_in_json_and_dash_in_text() {
         let unknown = Attribution { owner: None, old_state_ns: None, addresses: None };
         let mut json = Stream::new(Vec::new(), StreamFormat::Json, WallClock::now());
-        json.event(&transition(), &unknown).unwrap();
+        json.event(&softirq_on_an_idle_cpu(), &unknown).unwrap();
         let value: serde_json::Value = serde_json::from_slice(&json.out).unwrap();
         assert!(value["pid"].is_null() && value["comm"].is_null());
 
         let mut text = Stream::new(Vec::new(), StreamFormat::Text, WallClock::now());
-        text.event(&transition(), &unknown).unwrap();
+        text.event(&softirq_on_an_idle_cpu(), &unknown).unwrap();
         let line = String::from_utf8(text.out).unwrap();
         let columns: Vec<&str> = line.split_whitespace().collect();
         assert_eq!(columns[1..3], ["-", "-"], "{line}");
