@@ -4,9 +4,10 @@
 mod support;
 
 use std::{
-    io::{Read, Write},
+    io::{BufRead, BufReader, Read, Write},
     net::{Shutdown, SocketAddr, TcpListener, TcpStream},
-    time::Duration,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
 };
 
 use support::{
@@ -240,4 +241,65 @@ fn every_thread_of_the_tracer_runs_as_sched_batch() {
     tracer.stop();
     assert!(!threads.is_empty());
     assert!(policies.iter().all(|&policy| policy == libc::SCHED_BATCH), "{policies:?}");
+}
+
+/// `tcptrace --record FILE | head -1`: when the reader of standard output goes away, live
+/// tracing ends quietly, and the recording is whole: it ends with its `end` line.
+#[test]
+fn a_closed_stdout_ends_tracing_quietly_and_the_recording_keeps_its_end() {
+    support::require_root();
+    let (watched, port) = listener();
+    let dir = std::env::temp_dir().join(format!("tcptrace-test-closed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let recording = dir.join("session.jsonl");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tcptrace"))
+        .args(["--json", "--port", &port.to_string(), "--record", recording.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("tracing TCP state transitions") {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "tcptrace stopped before tracing");
+    }
+    one_connection(&watched);
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap(); // and close
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "tcptrace kept running with nobody reading");
+        one_connection(&watched); // output that can no longer be written
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    assert!(status.success(), "{status}: {rest}");
+    assert!(!rest.contains("error"), "{rest}");
+    let recorded = std::fs::read_to_string(&recording).unwrap();
+    let last: serde_json::Value = serde_json::from_str(recorded.lines().last().unwrap()).unwrap();
+    assert_eq!(last["type"], "end", "{recorded}");
+    assert!(recorded.lines().filter(|l| l.contains("\"type\":\"transition\"")).count() >= 10);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A recording that can't be written stops tracing with an error that names it.
+#[test]
+fn a_full_recording_is_named_in_the_error() {
+    support::require_root();
+    let output = Command::new(env!("CARGO_BIN_EXE_tcptrace"))
+        .args(["--port", "9", "--duration", "3", "--record", "/dev/full"])
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("writing the recording /dev/full: No space left on device"),
+        "{stderr}"
+    );
 }

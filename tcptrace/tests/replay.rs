@@ -14,9 +14,10 @@ use std::{
 use serde_json::Value;
 use support::{Peer, Tracer, connections};
 
-/// A fresh folder under the target's tmp dir that anyone may read.
+/// A fresh folder that anyone may reach, wherever the checkout is (it may live under a
+/// folder only root can enter, such as /root): under the system's temporary folder.
 fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("tcptrace-test-{name}-{}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).unwrap();
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
@@ -27,17 +28,18 @@ fn tcptrace(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tcptrace")).args(args).output().unwrap()
 }
 
-/// Runs `tcptrace replay …` as the unprivileged user `nobody`.
-fn replay_unprivileged(args: &[&str]) -> Output {
+/// Runs `tcptrace replay …` as the unprivileged user `nobody`, from a copy of the binary in
+/// `dir` (the build's own may sit where `nobody` can't reach it).
+fn replay_unprivileged(dir: &Path, args: &[&str]) -> Output {
+    let binary = dir.join("tcptrace");
+    fs::copy(env!("CARGO_BIN_EXE_tcptrace"), &binary).unwrap();
+    fs::set_permissions(&binary, fs::Permissions::from_mode(0o755)).unwrap();
     Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            env!("CARGO_BIN_EXE_tcptrace"),
-            "replay",
-        ])
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&binary)
+        .arg("replay")
         .args(args)
+        .current_dir(dir)
         .output()
         .expect("setpriv (util-linux)")
 }
@@ -68,7 +70,7 @@ fn a_recorded_session_replays_without_root_to_the_same_connections() {
     let live = tracer.stop();
     fs::set_permissions(&recording, fs::Permissions::from_mode(0o644)).unwrap();
 
-    let replayed = json_lines(&replay_unprivileged(&[recording.to_str().unwrap(), "--json"]));
+    let replayed = json_lines(&replay_unprivileged(&dir, &[recording.to_str().unwrap(), "--json"]));
     let live_connections = connections(&live);
     assert_eq!(live_connections.len(), 2, "{live_connections:#?}");
     assert_eq!(connections(&replayed), live_connections);
@@ -105,7 +107,10 @@ fn broken_recordings_fail_with_an_error_naming_the_line() {
 
     let corrupt = format!("{header}\n{event}\n{}\n", event.replace("SYN_SENT", "SYN_SLEPT"));
     let error = replay_error("corrupt.jsonl", corrupt.as_bytes());
-    assert!(error.contains("line 3: `new` is not a TCP state: \"SYN_SLEPT\""), "{error}");
+    assert!(
+        error.contains("line 3: not a valid record: not a TCP state: \"SYN_SLEPT\""),
+        "{error}"
+    );
 
     let newer = header.replace("\"version\":1", "\"version\":9");
     let error = replay_error("newer.jsonl", format!("{newer}\n").as_bytes());
@@ -127,6 +132,73 @@ fn broken_recordings_fail_with_an_error_naming_the_line() {
 
 fn example_recording() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/close-lab.jsonl")
+}
+
+/// A recording of `count` connects (each one line, and more in the output than a pipe holds).
+fn many_connects(path: &Path, count: u64) {
+    use tcptrace::{
+        event::{Comm, EventKind, Task, TcpEvent, TcpState},
+        recording::{FORMAT_VERSION, Recorder, RecordingHeader},
+    };
+    let header =
+        RecordingHeader { version: FORMAT_VERSION, ephemeral_ports: (1, 2), realtime_offset_ns: 0 };
+    let mut recorder = Recorder::new(fs::File::create(path).unwrap(), &header).unwrap();
+    let task = Task { pid: 1, tid: 1, comm: Comm::new("curl"), process_context: true };
+    for i in 0..count {
+        let kind = EventKind::Transition {
+            old: TcpState::Closed,
+            new: TcpState::SynSent,
+            time_wait_timer: None,
+        };
+        let addresses = Some(("127.0.0.1:0".parse().unwrap(), "127.0.0.1:80".parse().unwrap()));
+        let event = TcpEvent { ts_ns: 1000 + i, sk: 0x1000 + i, kind, addresses, task, cpu: 0 };
+        recorder.event(&event).unwrap();
+    }
+    recorder.end(2000 + count).unwrap();
+}
+
+/// `tcptrace replay FILE | head -1`: the reader goes away, and replay ends quietly.
+#[test]
+fn replay_into_a_closed_pipe_ends_quietly() {
+    let dir = scratch("pipe");
+    let recording = dir.join("many.jsonl");
+    many_connects(&recording, 20_000);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tcptrace"))
+        .args(["replay", recording.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 1];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap(); // then the pipe closes
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(output.stderr.is_empty(), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// A full disk is named: what could not be written, not only the system's word for it.
+#[test]
+fn write_errors_name_what_could_not_be_written() {
+    let full = fs::File::options().write(true).open("/dev/full").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_tcptrace"))
+        .args(["replay", example_recording().to_str().unwrap()])
+        .stdout(full)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("writing standard output: No space left on device"), "{stderr}");
+    let dir = scratch("exports");
+    let export = dir.join("missing/lab.csv");
+    let output = tcptrace(&[
+        "replay",
+        example_recording().to_str().unwrap(),
+        "--export",
+        export.to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&format!("cannot create the export {}", export.display())), "{stderr}");
 }
 
 /// The example recording's page in headless Chromium: it renders lanes without console
