@@ -117,43 +117,43 @@ impl Event {
     }
 }
 
-/// Byte offsets of the tracepoint fields the program reads, taken from each tracepoint's
-/// `format` file in tracefs at start-up (they differ between kernels).
+/// Where a tracepoint record keeps a socket and its two ends: the same fields in
+/// `sock:inet_sock_set_state` and `tcp:tcp_receive_reset`. Byte offsets, taken from each
+/// tracepoint's `format` file in tracefs at start-up (they differ between kernels).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AddressOffsets {
+    pub skaddr: u16,
+    pub sport: u16,
+    pub dport: u16,
+    pub family: u16,
+    pub saddr: u16,
+    pub daddr: u16,
+    pub saddr_v6: u16,
+    pub daddr_v6: u16,
+}
+
+/// `sock:inet_sock_set_state`: the socket and its ends, then what changed.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SetStateOffsets {
-    pub skaddr: u16,
+    pub addresses: AddressOffsets,
     pub oldstate: u16,
     pub newstate: u16,
-    pub sport: u16,
-    pub dport: u16,
-    pub family: u16,
     pub protocol: u16,
-    pub saddr: u16,
-    pub daddr: u16,
-    pub saddr_v6: u16,
-    pub daddr_v6: u16,
     pub _pad: u16,
 }
 
-/// `tcp:tcp_receive_reset` has the same address fields as `inet_sock_set_state`;
-/// `tcp:tcp_send_reset` carries its addresses as `struct sockaddr_in6`-sized blobs.
+/// `tcp:tcp_send_reset` carries its addresses as `struct sockaddr_in6`-sized blobs, already
+/// oriented from the sender's side: family at +0, port (network order) at +2, address at +4
+/// (IPv4) or +8 (IPv6).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ResetOffsets {
+pub struct SendResetOffsets {
     pub skaddr: u16,
-    /// Offsets of `saddr`/`daddr` sockaddr blobs (send) …
-    pub saddr_sockaddr: u16,
-    pub daddr_sockaddr: u16,
-    /// … and of the plain fields (receive).
-    pub sport: u16,
-    pub dport: u16,
-    pub family: u16,
     pub saddr: u16,
     pub daddr: u16,
-    pub saddr_v6: u16,
-    pub daddr_v6: u16,
-    pub _pad: [u16; 2],
+    pub _pad: u16,
 }
 
 #[repr(C)]
@@ -200,8 +200,8 @@ impl BuiltInTimerLayout {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
     pub set_state: SetStateOffsets,
-    pub send_reset: ResetOffsets,
-    pub receive_reset: ResetOffsets,
+    pub send_reset: SendResetOffsets,
+    pub receive_reset: AddressOffsets,
     pub timer: TimerOffsets,
     /// Address of `tw_timer_handler` (from /proc/kallsyms); 0 turns time-wait tracking off.
     pub tw_timer_handler: u64,
@@ -281,9 +281,10 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(core::mem::size_of::<Event>(), 96);
+        assert_eq!(core::mem::size_of::<AddressOffsets>(), 16);
         assert_eq!(core::mem::size_of::<SetStateOffsets>(), 24);
-        assert_eq!(core::mem::size_of::<ResetOffsets>(), 24);
+        assert_eq!(core::mem::size_of::<SendResetOffsets>(), 8);
         assert_eq!(core::mem::size_of::<TimerOffsets>(), 16);
-        assert_eq!(core::mem::size_of::<Config>(), 24 + 48 + 16 + 16 + 16 + 16);
+        assert_eq!(core::mem::size_of::<Config>(), 24 + 8 + 16 + 16 + 16 + 16 + 16);
     }
 }

@@ -9,8 +9,8 @@ use aya::{
     programs::{ProgramError, TracePoint},
 };
 use tcptrace_common::{
-    BuiltInTimerLayout, Config, FAMILY_IPV4, FAMILY_IPV6, MAX_PORTS, RING_RECORD_BYTES,
-    ResetOffsets, SetStateOffsets, TimerOffsets, counter,
+    AddressOffsets, BuiltInTimerLayout, Config, FAMILY_IPV4, FAMILY_IPV6, MAX_PORTS,
+    RING_RECORD_BYTES, SendResetOffsets, SetStateOffsets, TimerOffsets, counter,
 };
 
 use crate::{
@@ -51,44 +51,37 @@ pub struct TraceOptions {
     pub ring_size: u32,
 }
 
-fn set_state_offsets(format: &Format) -> Result<SetStateOffsets> {
-    Ok(SetStateOffsets {
+/// The socket and its ends, where `inet_sock_set_state` and `tcp_receive_reset` keep them.
+fn address_offsets(format: &Format) -> Result<AddressOffsets> {
+    Ok(AddressOffsets {
         skaddr: format.record_field("skaddr", 8, 8)?,
-        oldstate: format.record_field("oldstate", 4, 4)?,
-        newstate: format.record_field("newstate", 4, 4)?,
         sport: format.record_field("sport", 2, 2)?,
         dport: format.record_field("dport", 2, 2)?,
         family: format.record_field("family", 2, 2)?,
-        protocol: format.record_field("protocol", 2, 2)?,
         saddr: format.record_field("saddr", 2, 4)?,
         daddr: format.record_field("daddr", 2, 4)?,
         saddr_v6: format.record_field("saddr_v6", 2, 16)?,
         daddr_v6: format.record_field("daddr_v6", 2, 16)?,
+    })
+}
+
+fn set_state_offsets(format: &Format) -> Result<SetStateOffsets> {
+    Ok(SetStateOffsets {
+        addresses: address_offsets(format)?,
+        oldstate: format.record_field("oldstate", 4, 4)?,
+        newstate: format.record_field("newstate", 4, 4)?,
+        protocol: format.record_field("protocol", 2, 2)?,
         _pad: 0,
     })
 }
 
 /// Each address is a `struct sockaddr_in6`-sized blob (28 bytes), read 2 bytes at a time.
-fn send_reset_offsets(format: &Format) -> Result<ResetOffsets> {
-    Ok(ResetOffsets {
+fn send_reset_offsets(format: &Format) -> Result<SendResetOffsets> {
+    Ok(SendResetOffsets {
         skaddr: format.record_field("skaddr", 8, 8)?,
-        saddr_sockaddr: format.record_field("saddr", 2, 28)?,
-        daddr_sockaddr: format.record_field("daddr", 2, 28)?,
-        ..ResetOffsets::default()
-    })
-}
-
-fn receive_reset_offsets(format: &Format) -> Result<ResetOffsets> {
-    Ok(ResetOffsets {
-        skaddr: format.record_field("skaddr", 8, 8)?,
-        sport: format.record_field("sport", 2, 2)?,
-        dport: format.record_field("dport", 2, 2)?,
-        family: format.record_field("family", 2, 2)?,
-        saddr: format.record_field("saddr", 2, 4)?,
-        daddr: format.record_field("daddr", 2, 4)?,
-        saddr_v6: format.record_field("saddr_v6", 2, 16)?,
-        daddr_v6: format.record_field("daddr_v6", 2, 16)?,
-        ..ResetOffsets::default()
+        saddr: format.record_field("saddr", 2, 28)?,
+        daddr: format.record_field("daddr", 2, 28)?,
+        _pad: 0,
     })
 }
 
@@ -151,7 +144,7 @@ impl Tracer {
         let resets = (|| -> Result<_> {
             Ok((
                 send_reset_offsets(&Format::read(&tracefs, "tcp", "tcp_send_reset")?)?,
-                receive_reset_offsets(&Format::read(&tracefs, "tcp", "tcp_receive_reset")?)?,
+                address_offsets(&Format::read(&tracefs, "tcp", "tcp_receive_reset")?)?,
             ))
         })();
         let resets_on = match resets {

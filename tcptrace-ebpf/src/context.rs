@@ -1,0 +1,36 @@
+//! Whether an event fired in process context, where the current task is the socket's user.
+//!
+//! The record's `common_flags` can't tell: before running a BPF program the kernel
+//! overwrites the record's first 8 bytes (`common_type`, `common_flags`, `common_pid`)
+//! with a pointer to perf's per-CPU `pt_regs` for the current context level (task,
+//! softirq, hardirq, NMI; `perf_trace_run_bpf_submit`). So the pointer itself says the
+//! level: it equals the one seen, on this CPU, by events that only happen in process
+//! context. Such an event (a socket entering LISTEN or SYN_SENT: `listen()` and
+//! `connect()`) teaches it; the loader makes one on every CPU at start-up.
+
+use aya_ebpf::programs::TracePointContext;
+
+use crate::{CPU_STATE, record::field};
+
+/// For the programs that don't copy the record: reads the pointer and compares it.
+#[inline(always)]
+pub fn in_process_context(ctx: &TracePointContext) -> bool {
+    let Ok(regs) = field::<u64>(ctx, 0) else {
+        return false;
+    };
+    let Some(state) = CPU_STATE.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's map value, valid while the program is loaded and used by one
+    // program at a time on this CPU.
+    same_as_process_context(regs, unsafe { &mut (*state).process_context_regs }, false)
+}
+
+/// Compares `regs` with this CPU's process-context pointer, after learning it if `learn`.
+#[inline(always)]
+pub fn same_as_process_context(regs: u64, known: &mut u64, learn: bool) -> bool {
+    if learn {
+        *known = regs;
+    }
+    regs != 0 && *known == regs
+}

@@ -1,0 +1,76 @@
+//! `tcp:tcp_send_reset` and `tcp:tcp_receive_reset`: RSTs, with both ends as the socket
+//! sees them.
+
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
+use tcptrace_common::kind;
+
+use crate::{
+    context::same_as_process_context,
+    emit::emit,
+    filter::{family_kept, keep_reset},
+    record::Record,
+};
+
+#[tracepoint]
+pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
+    let _ = try_tcp_send_reset(&ctx);
+    0
+}
+
+/// `tcp_send_reset` stores its addresses as `struct sockaddr_in`/`sockaddr_in6`, already
+/// oriented from the sender's side: family at +0, port (network order) at +2, address at
+/// +4 (IPv4) or +8 (IPv6).
+fn try_tcp_send_reset(ctx: &TracePointContext) -> Result<(), i32> {
+    let config = crate::config();
+    let offsets = &config.send_reset;
+    let (record, process_context_regs, _) = Record::copy(ctx).ok_or(0)?;
+    let family: u16 = record.get(offsets.saddr);
+    if !family_kept(config, family) {
+        return Ok(());
+    }
+    let sk: u64 = record.get(offsets.skaddr);
+    let sport = u16::from_be(record.get(offsets.saddr + 2));
+    let dport = u16::from_be(record.get(offsets.daddr + 2));
+    if !keep_reset(config, sk, sport, dport) {
+        return Ok(());
+    }
+    let process_context = same_as_process_context(record.get(0), process_context_regs, false);
+    // SAFETY: the helper has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // Each address is a `sockaddr_in` or `sockaddr_in6`: the IP after the family and port.
+    let (saddr, daddr) = (offsets.saddr, offsets.daddr);
+    emit(config, now, kind::RESET_SENT, sk, process_context, true, |event| {
+        let (v4, v6) = ((saddr + 4, daddr + 4), (saddr + 8, daddr + 8));
+        record.fill_endpoints(event, family, (sport, dport), v4, v6);
+    });
+    Ok(())
+}
+
+#[tracepoint]
+pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
+    let _ = try_tcp_receive_reset(&ctx);
+    0
+}
+
+fn try_tcp_receive_reset(ctx: &TracePointContext) -> Result<(), i32> {
+    let config = crate::config();
+    let offsets = &config.receive_reset;
+    let (record, process_context_regs, _) = Record::copy(ctx).ok_or(0)?;
+    let family: u16 = record.get(offsets.family);
+    if !family_kept(config, family) {
+        return Ok(());
+    }
+    let sk: u64 = record.get(offsets.skaddr);
+    let sport: u16 = record.get(offsets.sport);
+    let dport: u16 = record.get(offsets.dport);
+    if !keep_reset(config, sk, sport, dport) {
+        return Ok(());
+    }
+    let process_context = same_as_process_context(record.get(0), process_context_regs, false);
+    // SAFETY: the helper has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    emit(config, now, kind::RESET_RECEIVED, sk, process_context, true, |event| {
+        record.fill_from(event, offsets, family, (sport, dport));
+    });
+    Ok(())
+}

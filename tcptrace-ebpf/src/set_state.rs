@@ -1,0 +1,88 @@
+//! `sock:inet_sock_set_state`: every TCP state change, the bulk of all events. Filters
+//! first; names the time-wait timer of a socket that hands over to a time-wait socket.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use tcptrace_common::{IPPROTO_TCP, STARTED_TIMER_TTL_NS, counter, kind, tcp_state};
+
+use crate::{
+    STARTED_TIMER, TIME_WAIT_TIMERS,
+    context::same_as_process_context,
+    emit::{count, emit},
+    filter::{family_kept, keep_socket},
+    record::Record,
+    timers::take_slot,
+};
+
+#[tracepoint]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    let _ = try_inet_sock_set_state(&ctx);
+    0
+}
+
+fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
+    let config = crate::config();
+    let offsets = &config.set_state;
+    let (record, process_context_regs, until_fill_check) = Record::copy(ctx).ok_or(0)?;
+    if record.get::<u16>(offsets.protocol) != IPPROTO_TCP {
+        return Ok(());
+    }
+    let addresses = &offsets.addresses;
+    let family: u16 = record.get(addresses.family);
+    let old = record.get::<i32>(offsets.oldstate) as u8;
+    let new = record.get::<i32>(offsets.newstate) as u8;
+    // A hand-over to a time-wait socket takes the timer started just before, kept or not,
+    // so that a later hand-over on this CPU never takes a stale one.
+    let mut time_wait_timer = if new == tcp_state::CLOSE
+        && (old == tcp_state::FIN_WAIT2 || old == tcp_state::CLOSING)
+        && config.tw_timer_handler != 0
+    {
+        // SAFETY: the helper has no preconditions.
+        let now = unsafe { bpf_ktime_get_ns() };
+        take_slot(&STARTED_TIMER, now, STARTED_TIMER_TTL_NS, None).map_or(0, |s| s.timer)
+    } else {
+        0
+    };
+    // Learn from every socket (the loader's calibration sockets are filtered out below).
+    let known_process_context =
+        new == tcp_state::LISTEN || (old == tcp_state::CLOSE && new == tcp_state::SYN_SENT);
+    let process_context =
+        same_as_process_context(record.get(0), process_context_regs, known_process_context);
+    if !family_kept(config, family) {
+        return Ok(());
+    }
+    let sk: u64 = record.get(addresses.skaddr);
+    let sport: u16 = record.get(addresses.sport);
+    let dport: u16 = record.get(addresses.dport);
+    if config.filters_sockets() {
+        let pid = process_context.then(|| (bpf_get_current_pid_tgid() >> 32) as u32);
+        if !keep_socket(config, sk, sport, dport, pid, new) {
+            return Ok(());
+        }
+    }
+    // A timer is named only when it is tracked: otherwise its end would never be reported.
+    if time_wait_timer != 0 && TIME_WAIT_TIMERS.insert(&time_wait_timer, &sk, 0).is_err() {
+        count(counter::TW_TABLE_FULL);
+        time_wait_timer = 0;
+    }
+
+    // The bulk of all events: a look at the fill level costs a tenth of sending one.
+    let check_fill = *until_fill_check == 0;
+    *until_fill_check = if check_fill {
+        config.wakeup_check_every.saturating_sub(1)
+    } else {
+        *until_fill_check - 1
+    };
+    // SAFETY: the helper has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    emit(config, now, kind::TRANSITION, sk, process_context, check_fill, |event| {
+        event.old_state = old;
+        event.new_state = new;
+        event.timer = time_wait_timer;
+        record.fill_from(event, addresses, family, (sport, dport));
+    });
+    Ok(())
+}

@@ -1,0 +1,154 @@
+//! Time-wait sockets never pass `inet_sock_set_state`: their life is their timer
+//! (`tw_timer_handler`). `timer_start` names a new one for the CLOSE event that follows it
+//! on the same CPU, `timer_cancel` sees it leave the wheel, and `timer_expire_entry` sees
+//! it run out; a cancel followed at once by a start is a re-arm. These run for every timer
+//! on the machine, under the timer base's lock with interrupts off, so they give up on
+//! anything that is not a time-wait timer as early as they can.
+
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns, macros::tracepoint, maps::PerCpuArray, programs::TracePointContext,
+};
+use tcptrace_common::{
+    BuiltInTimerLayout, Config, EXPIRE_AFTER_CANCEL_TTL_NS, REARM_AFTER_CANCEL_TTL_NS, TimerSlot,
+    counter, kind,
+};
+
+use crate::{
+    CANCELLED_TIMER, STARTED_TIMER, TIME_WAIT_TIMERS,
+    context::in_process_context,
+    emit::{count, emit},
+    record::{field, timer_field},
+};
+
+/// Whether the timer of this `timer_start` or `timer_expire_entry` record is a time-wait
+/// timer: its `function` field (built-in offset `AT`, else `offset`) is `tw_timer_handler`.
+#[inline(always)]
+fn runs_time_wait_handler<const AT: u16>(
+    ctx: &TracePointContext,
+    config: &Config,
+    offset: u16,
+) -> Result<bool, i32> {
+    Ok(config.tw_timer_handler != 0
+        && timer_field::<AT>(ctx, config, offset)? == config.tw_timer_handler)
+}
+
+/// Takes this CPU's noted timer if it is younger than `ttl_ns` (and is `timer`, if given).
+#[inline(always)]
+pub fn take_slot(
+    slot_map: &PerCpuArray<TimerSlot>,
+    now: u64,
+    ttl_ns: u64,
+    timer: Option<u64>,
+) -> Option<TimerSlot> {
+    // SAFETY: this CPU's slot, valid while the program is loaded; the programs that use it
+    // run one at a time on a CPU (with interrupts off, or in the tracepoint they follow).
+    let slot = unsafe { &mut *slot_map.get_ptr_mut(0)? };
+    let fresh = slot.timer != 0
+        && now.wrapping_sub(slot.ts_ns) < ttl_ns
+        && timer.is_none_or(|t| t == slot.timer);
+    if !fresh {
+        return None;
+    }
+    let taken = *slot;
+    slot.timer = 0;
+    Some(taken)
+}
+
+#[inline(always)]
+fn put_slot(slot_map: &PerCpuArray<TimerSlot>, slot: TimerSlot) {
+    if let Some(ptr) = slot_map.get_ptr_mut(0) {
+        // SAFETY: as in `take_slot`.
+        unsafe { *ptr = slot };
+    }
+}
+
+#[tracepoint]
+pub fn timer_start(ctx: TracePointContext) -> u32 {
+    let _ = try_timer_start(&ctx);
+    0
+}
+
+fn try_timer_start(ctx: &TracePointContext) -> Result<(), i32> {
+    let config = crate::config();
+    let offsets = &config.timer;
+    if !runs_time_wait_handler::<{ BuiltInTimerLayout::START_FUNCTION }>(
+        ctx,
+        config,
+        offsets.start_function,
+    )? {
+        return Ok(());
+    }
+    let timer = timer_field::<{ BuiltInTimerLayout::TIMER }>(ctx, config, offsets.start_timer)?;
+    // SAFETY: the helper has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // mod_timer() on a pending timer shows as cancel + start: a re-arm of a live time-wait.
+    let Some(cancelled) = take_slot(&CANCELLED_TIMER, now, REARM_AFTER_CANCEL_TTL_NS, Some(timer))
+    else {
+        put_slot(&STARTED_TIMER, TimerSlot { timer, sk: 0, ts_ns: now });
+        return Ok(());
+    };
+    if TIME_WAIT_TIMERS.insert(&timer, &cancelled.sk, 0).is_err() {
+        count(counter::TW_TABLE_FULL);
+    }
+    let expires: u64 = field(ctx, offsets.start_expires)?;
+    let jiffies_now: u64 = field(ctx, offsets.start_now)?;
+    let process_context = in_process_context(ctx);
+    emit(config, now, kind::TW_REARM, cancelled.sk, process_context, true, |event| {
+        event.timer = timer;
+        event.timeout_jiffies = expires.wrapping_sub(jiffies_now) as u32;
+    });
+    Ok(())
+}
+
+#[tracepoint]
+pub fn timer_cancel(ctx: TracePointContext) -> u32 {
+    let _ = try_timer_cancel(&ctx);
+    0
+}
+
+fn try_timer_cancel(ctx: &TracePointContext) -> Result<(), i32> {
+    let config = crate::config();
+    if config.tw_timer_handler == 0 {
+        return Ok(());
+    }
+    let timer =
+        timer_field::<{ BuiltInTimerLayout::TIMER }>(ctx, config, config.timer.cancel_timer)?;
+    // SAFETY: the value is copied out at once; an entry is only ever replaced whole.
+    let Some(&sk) = (unsafe { TIME_WAIT_TIMERS.get(&timer) }) else {
+        return Ok(());
+    };
+    let _ = TIME_WAIT_TIMERS.remove(&timer);
+    // SAFETY: the helper has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    put_slot(&CANCELLED_TIMER, TimerSlot { timer, sk, ts_ns: now });
+    let process_context = in_process_context(ctx);
+    emit(config, now, kind::TW_CANCEL, sk, process_context, true, |event| event.timer = timer);
+    Ok(())
+}
+
+#[tracepoint]
+pub fn timer_expire_entry(ctx: TracePointContext) -> u32 {
+    let _ = try_timer_expire_entry(&ctx);
+    0
+}
+
+fn try_timer_expire_entry(ctx: &TracePointContext) -> Result<(), i32> {
+    let config = crate::config();
+    let offsets = &config.timer;
+    if !runs_time_wait_handler::<{ BuiltInTimerLayout::EXPIRE_FUNCTION }>(
+        ctx,
+        config,
+        offsets.expire_function,
+    )? {
+        return Ok(());
+    }
+    let timer = timer_field::<{ BuiltInTimerLayout::TIMER }>(ctx, config, offsets.expire_timer)?;
+    // SAFETY: the helper has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some(cancelled) = take_slot(&CANCELLED_TIMER, now, EXPIRE_AFTER_CANCEL_TTL_NS, Some(timer))
+    else {
+        return Ok(());
+    };
+    emit(config, now, kind::TW_EXPIRE, cancelled.sk, false, true, |event| event.timer = timer);
+    Ok(())
+}
