@@ -8,9 +8,23 @@
 //! context. Such an event (a socket entering LISTEN or SYN_SENT: `listen()` and
 //! `connect()`) teaches it; the loader makes one on every CPU at start-up.
 
-use aya_ebpf::programs::TracePointContext;
+use aya_ebpf::{helpers::bpf_get_smp_processor_id, programs::TracePointContext};
+use aya_log_ebpf::debug;
 
 use crate::{CPU_STATE, record::field};
+
+/// Learns `regs` as this CPU's process-context pointer, from an event that only happens in
+/// process context. A change is said under `--verbose` (once per CPU, or when perf moves
+/// its buffers), never per event.
+#[inline(always)]
+pub fn learn_process_context(ctx: &TracePointContext, regs: u64, known: &mut u64) {
+    if *known != regs {
+        *known = regs;
+        // SAFETY: the helper has no preconditions.
+        let cpu = unsafe { bpf_get_smp_processor_id() };
+        debug!(ctx, "cpu {}: learned the process-context marker", cpu);
+    }
+}
 
 /// For the programs that don't copy the record: reads the pointer and compares it.
 #[inline(always)]
@@ -23,14 +37,11 @@ pub fn in_process_context(ctx: &TracePointContext) -> bool {
     };
     // SAFETY: this CPU's map value, valid while the program is loaded and used by one
     // program at a time on this CPU.
-    same_as_process_context(regs, unsafe { &mut (*state).process_context_regs }, false)
+    same_as_process_context(regs, unsafe { &(*state).process_context_regs })
 }
 
-/// Compares `regs` with this CPU's process-context pointer, after learning it if `learn`.
+/// Compares `regs` with this CPU's process-context pointer.
 #[inline(always)]
-pub fn same_as_process_context(regs: u64, known: &mut u64, learn: bool) -> bool {
-    if learn {
-        *known = regs;
-    }
+pub fn same_as_process_context(regs: u64, known: &u64) -> bool {
     regs != 0 && *known == regs
 }

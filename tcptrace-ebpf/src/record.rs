@@ -2,6 +2,7 @@
 //! at the offsets the loader found in tracefs.
 
 use aya_ebpf::{EbpfContext, helpers::bpf_probe_read_kernel_buf, programs::TracePointContext};
+use aya_log_ebpf::error;
 use tcptrace_common::{AF_INET, AddressOffsets, Config, Event, RECORD_BYTES};
 
 use crate::{CPU_STATE, CpuState};
@@ -47,7 +48,14 @@ impl Record {
         let state = unsafe { &mut *CPU_STATE.get_ptr_mut(0)? };
         // SAFETY: the helper reads at most `RECORD_BYTES` from the record into our buffer
         // of that size, and fails (instead of faulting) on an unreadable address.
-        unsafe { bpf_probe_read_kernel_buf(ctx.as_ptr() as *const u8, &mut state.record) }.ok()?;
+        let copied =
+            unsafe { bpf_probe_read_kernel_buf(ctx.as_ptr() as *const u8, &mut state.record) };
+        if copied.is_err() {
+            // The loader checked that every field is within the first RECORD_BYTES of the
+            // record; a record shorter than that is a layout it did not expect.
+            error!(ctx, "the tracepoint record is shorter than {} bytes", RECORD_BYTES);
+            return None;
+        }
         let CpuState { record, process_context_regs, until_fill_check, .. } = state;
         Some((Record(record), process_context_regs, until_fill_check))
     }

@@ -34,7 +34,7 @@ fn try_tcp_send_reset(ctx: &TracePointContext) -> Result<(), i32> {
     if !keep_reset(config, sk, sport, dport) {
         return Ok(());
     }
-    let process_context = same_as_process_context(record.get(0), process_context_regs, false);
+    let process_context = same_as_process_context(record.get(0), process_context_regs);
     // SAFETY: the helper has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     // Each address is a `sockaddr_in` or `sockaddr_in6`: the IP after the family and port.
@@ -66,7 +66,7 @@ fn try_tcp_receive_reset(ctx: &TracePointContext) -> Result<(), i32> {
     if !keep_reset(config, sk, sport, dport) {
         return Ok(());
     }
-    let process_context = same_as_process_context(record.get(0), process_context_regs, false);
+    let process_context = same_as_process_context(record.get(0), process_context_regs);
     // SAFETY: the helper has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     emit(config, now, kind::RESET_RECEIVED, sk, process_context, true, |event| {

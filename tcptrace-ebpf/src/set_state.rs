@@ -6,15 +6,15 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use tcptrace_common::{IPPROTO_TCP, STARTED_TIMER_TTL_NS, counter, kind, tcp_state};
+use tcptrace_common::{IPPROTO_TCP, STARTED_TIMER_TTL_NS, kind, tcp_state};
 
 use crate::{
     STARTED_TIMER, TIME_WAIT_TIMERS,
-    context::same_as_process_context,
-    emit::{count, emit},
+    context::{learn_process_context, same_as_process_context},
+    emit::emit,
     filter::{family_kept, keep_socket},
     record::Record,
-    timers::take_slot,
+    timers::{table_full, take_slot},
 };
 
 #[tracepoint]
@@ -47,10 +47,11 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
         0
     };
     // Learn from every socket (the loader's calibration sockets are filtered out below).
-    let known_process_context =
-        new == tcp_state::LISTEN || (old == tcp_state::CLOSE && new == tcp_state::SYN_SENT);
-    let process_context =
-        same_as_process_context(record.get(0), process_context_regs, known_process_context);
+    let regs: u64 = record.get(0);
+    if new == tcp_state::LISTEN || (old == tcp_state::CLOSE && new == tcp_state::SYN_SENT) {
+        learn_process_context(ctx, regs, process_context_regs);
+    }
+    let process_context = same_as_process_context(regs, process_context_regs);
     if !family_kept(config, family) {
         return Ok(());
     }
@@ -65,7 +66,7 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
     }
     // A timer is named only when it is tracked: otherwise its end would never be reported.
     if time_wait_timer != 0 && TIME_WAIT_TIMERS.insert(&time_wait_timer, &sk, 0).is_err() {
-        count(counter::TW_TABLE_FULL);
+        table_full(ctx, time_wait_timer);
         time_wait_timer = 0;
     }
 

@@ -8,6 +8,7 @@
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns, macros::tracepoint, maps::PerCpuArray, programs::TracePointContext,
 };
+use aya_log_ebpf::warn;
 use tcptrace_common::{
     BuiltInTimerLayout, Config, EXPIRE_AFTER_CANCEL_TTL_NS, REARM_AFTER_CANCEL_TTL_NS, TimerSlot,
     counter, kind,
@@ -54,6 +55,14 @@ pub fn take_slot(
     Some(taken)
 }
 
+/// A time-wait timer that can't be tracked (the table is full): counted, and said under
+/// `--verbose`.
+#[inline(always)]
+pub fn table_full(ctx: &TracePointContext, timer: u64) {
+    count(counter::TW_TABLE_FULL);
+    warn!(ctx, "the time-wait timer table is full: timer {:x} is not followed", timer);
+}
+
 #[inline(always)]
 fn put_slot(slot_map: &PerCpuArray<TimerSlot>, slot: TimerSlot) {
     if let Some(ptr) = slot_map.get_ptr_mut(0) {
@@ -88,7 +97,7 @@ fn try_timer_start(ctx: &TracePointContext) -> Result<(), i32> {
         return Ok(());
     };
     if TIME_WAIT_TIMERS.insert(&timer, &cancelled.sk, 0).is_err() {
-        count(counter::TW_TABLE_FULL);
+        table_full(ctx, timer);
     }
     let expires: u64 = field(ctx, offsets.start_expires)?;
     let jiffies_now: u64 = field(ctx, offsets.start_now)?;

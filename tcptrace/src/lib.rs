@@ -39,9 +39,13 @@ pub fn set_verbose(verbose: bool) {
     VERBOSE.store(verbose, Ordering::Relaxed);
 }
 
+pub fn verbose() -> bool {
+    VERBOSE.load(Ordering::Relaxed)
+}
+
 /// A diagnostic for `--verbose`; silent otherwise.
 pub fn debug(message: std::fmt::Arguments<'_>) {
-    if VERBOSE.load(Ordering::Relaxed) {
+    if verbose() {
         eprintln!("tcptrace: debug: {message}");
     }
 }

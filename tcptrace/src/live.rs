@@ -143,7 +143,7 @@ pub async fn run(trace: &TraceArgs, output: &OutputArgs) -> Result<()> {
         }
         None => None,
     };
-    let (tracer, ring) = Tracer::attach(&options)?;
+    let (mut tracer, ring) = Tracer::attach(&options)?;
     for degraded in &tracer.degraded {
         eprintln!("tcptrace: warning: {} is off: {}", degraded.what, degraded.why);
     }
@@ -155,7 +155,7 @@ pub async fn run(trace: &TraceArgs, output: &OutputArgs) -> Result<()> {
     };
     eprintln!("tcptrace: tracing TCP state transitions{}; Ctrl-C to stop", describe(trace));
     let streamed = match live.pipeline.start() {
-        Ok(()) => stream_until_stopped(trace, &tracer, ring, &mut live).await,
+        Ok(()) => stream_until_stopped(trace, &mut tracer, ring, &mut live).await,
         Err(error) => Err(error.into()),
     };
     match streamed {
@@ -175,6 +175,7 @@ pub async fn run(trace: &TraceArgs, output: &OutputArgs) -> Result<()> {
         other => other?,
     }
     live.report_lost(&tracer)?;
+    tracer.flush_kernel_log();
     live.pipeline.kernel_counts(tracer.untracked_time_waits()?, tracer.program_stats());
     drop(tracer); // detaches every program
     let end_ns = monotonic_now_ns();
@@ -186,7 +187,7 @@ pub async fn run(trace: &TraceArgs, output: &OutputArgs) -> Result<()> {
 
 async fn stream_until_stopped(
     trace: &TraceArgs,
-    tracer: &Tracer,
+    tracer: &mut Tracer,
     ring: RingBuf<MapData>,
     live: &mut Live<impl Write>,
 ) -> Result<()> {
@@ -215,6 +216,7 @@ async fn stream_until_stopped(
             _ = tick.tick() => {
                 live.drain(ring.get_mut())?;
                 live.report_lost(tracer)?;
+                tracer.flush_kernel_log();
             }
             _ = interrupt.recv() => break,
             _ = terminate.recv() => break,

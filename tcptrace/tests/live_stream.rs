@@ -303,3 +303,28 @@ fn a_full_recording_is_named_in_the_error() {
         "{stderr}"
     );
 }
+
+/// The kernel program's own diagnostics (aya-log) reach stderr with `--verbose` only: its
+/// start-up calibration on every CPU says so.
+#[test]
+fn kernel_diagnostics_show_with_verbose_and_only_then() {
+    support::require_root();
+    let run = |extra: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_tcptrace"))
+            .args(["--port", "9", "--duration", "0.5"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(output.status.success());
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let verbose = run(&["--verbose"]);
+    // SAFETY: sysconf has no preconditions.
+    let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    for cpu in 0..cpus {
+        let said = format!("tcptrace: kernel: cpu {cpu}: learned the process-context marker");
+        assert!(verbose.contains(&said), "{verbose}");
+    }
+    let quiet = run(&[]);
+    assert!(!quiet.contains("kernel:"), "{quiet}");
+}

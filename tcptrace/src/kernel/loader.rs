@@ -8,6 +8,7 @@ use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
     programs::{ProgramError, TracePoint},
 };
+use aya_log::EbpfLogger;
 use tcptrace_common::{
     AddressOffsets, BuiltInTimerLayout, Config, FAMILY_IPV4, FAMILY_IPV6, MAX_PORTS,
     RING_RECORD_BYTES, SendResetOffsets, SetStateOffsets, TimerOffsets, counter,
@@ -107,11 +108,29 @@ pub struct Degraded {
     pub why: String,
 }
 
+/// The kernel program's own diagnostics (aya-log), shown with `--verbose` as
+/// `tcptrace: kernel: …`.
+struct KernelLog;
+
+impl log::Log for KernelLog {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        eprintln!("tcptrace: kernel: {}", record.args());
+    }
+
+    fn flush(&self) {}
+}
+
 /// The attached programs. Dropping it detaches them all.
 pub struct Tracer {
     // Owns the programs and their links: dropping it detaches everything.
     ebpf: Ebpf,
     counters: PerCpuArray<MapData, u64>,
+    /// With `--verbose`: the kernel program's log, read on every [`Tracer::flush_kernel_log`].
+    kernel_log: Option<EbpfLogger<KernelLog>>,
     /// Optional parts that are off on this kernel (reset or time-wait tracking).
     pub degraded: Vec<Degraded>,
 }
@@ -184,16 +203,28 @@ impl Tracer {
             }
         };
 
+        // The kernel program's log statements are compiled in, and off unless --verbose:
+        // with level 0 each costs one compare, on paths that are not the per-event one.
+        let log_level: u8 = if crate::verbose() { aya_log::Level::Debug as u8 } else { 0 };
         let mut ebpf = EbpfLoader::new()
             // No CO-RE relocations: skip parsing the kernel's BTF (tens of MiB of memory).
             .btf(None)
             .override_global("CONFIG", &config, true)
+            .override_global(aya_log::LEVEL, &log_level, true)
             .map_max_entries("EVENTS", options.ring_size)
             .map_max_entries("TIME_WAIT_TIMERS", time_wait_table_size())
             .load(object)
             .map_err(|error| explain_permission(anyhow::Error::new(error)))
             .context("loading the eBPF program failed")?;
 
+        let kernel_log = if crate::verbose() {
+            Some(
+                EbpfLogger::init_with_logger(&mut ebpf, KernelLog)
+                    .context("reading the kernel log")?,
+            )
+        } else {
+            None
+        };
         for (category, name) in PROGRAMS {
             let wanted = match category {
                 "tcp" => resets_on,
@@ -208,7 +239,16 @@ impl Tracer {
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
         let counters =
             PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("COUNTERS map missing")?)?;
-        Ok((Tracer { ebpf, counters, degraded }, ring))
+        let mut tracer = Tracer { ebpf, counters, kernel_log, degraded };
+        tracer.flush_kernel_log();
+        Ok((tracer, ring))
+    }
+
+    /// Prints what the kernel program logged since the last call (only with `--verbose`).
+    pub fn flush_kernel_log(&mut self) {
+        if let Some(log) = &mut self.kernel_log {
+            log.flush();
+        }
     }
 
     /// Events the kernel could not queue because the ring buffer was full, since start.
