@@ -131,6 +131,23 @@ pub const SERVER: (&str, &str) = ("127.0.0.1:18084", "127.0.0.1:58466");
 pub const CLIENT_SK: u64 = 0xffff_8880_0000_2e40;
 pub const SERVER_SK: u64 = 0xffff_8880_0000_2500;
 
+/// Adds, at 1300 s, a connection whose server (socket 12, pid 1743) closes first and hands
+/// over to a time-wait socket with timer 0x5150; the timer's end is the caller's to add.
+pub fn server_closes_first(r: &mut Recording) -> &mut Recording {
+    let client = ("127.0.0.1:40001", "127.0.0.1:18084");
+    let server = ("127.0.0.1:18084", "127.0.0.1:40001");
+    r.transition(1300.0, 11, Closed, SynSent, client, Some(31))
+        .transition(1300.0001, 11, SynSent, Established, client, None)
+        .transition(1300.00015, 12, Listen, SynReceived, server, None)
+        .transition(1300.0002, 12, SynReceived, Established, server, None)
+        .transition(1300.002, 12, Established, FinWait1, server, Some(1743))
+        .transition(1300.00201, 11, Established, CloseWait, client, None)
+        .transition(1300.00202, 12, FinWait1, FinWait2, server, None)
+        .transition(1300.00203, 11, CloseWait, LastAck, client, Some(31))
+        .hand_over_to_time_wait(1300.00204, 12, FinWait2, server, 0x5150)
+        .transition(1300.00205, 11, LastAck, Closed, client, None)
+}
+
 /// The notes' curl vs `python3 -m http.server`: both closed within 13 µs.
 pub fn simultaneous_close() -> Recording {
     let mut r = Recording::default();

@@ -14,18 +14,7 @@ use crate::{
 /// expires, plus one with a hostile process name that is still open at the end.
 fn connections() -> (Vec<Connection>, u64) {
     let mut r = simultaneous_close();
-    let client = ("127.0.0.1:40001", "127.0.0.1:18084");
-    let server = ("127.0.0.1:18084", "127.0.0.1:40001");
-    r.transition(1300.0, 11, Closed, SynSent, client, Some(31))
-        .transition(1300.0001, 11, SynSent, Established, client, None)
-        .transition(1300.00015, 12, Listen, SynReceived, server, None)
-        .transition(1300.0002, 12, SynReceived, Established, server, None)
-        .transition(1300.002, 12, Established, FinWait1, server, Some(1743))
-        .transition(1300.00201, 11, Established, CloseWait, client, None)
-        .transition(1300.00202, 12, FinWait1, FinWait2, server, None)
-        .transition(1300.00203, 11, CloseWait, LastAck, client, Some(31))
-        .hand_over_to_time_wait(1300.00204, 12, FinWait2, server, 0x5150)
-        .transition(1300.00205, 11, LastAck, Closed, client, None)
+    server_closes_first(&mut r)
         .timer(1361.1, 12, EventKind::TimeWaitCancel { timer: 0x5150 })
         .timer(1361.1000001, 12, EventKind::TimeWaitExpire { timer: 0x5150 });
     let evil = ("127.0.0.1:40002", "127.0.0.1:18084");
