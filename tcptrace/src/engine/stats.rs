@@ -13,7 +13,7 @@ use super::{Closer, Connection, Engine, TimeWaitEnd};
 pub(super) const DURATION_SAMPLE: usize = 1024;
 
 /// TIME-WAIT durations of one local endpoint: exact count, minimum and maximum, and a
-/// uniform sample (reservoir) of at most [`DURATION_SAMPLE`] durations for the median.
+/// uniform sample (reservoir) of at most 1024 durations for the median.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TimeWaitStats {
     pub count: u64,
@@ -40,7 +40,7 @@ impl TimeWaitStats {
         }
     }
 
-    /// The median: exact up to [`DURATION_SAMPLE`] durations, then that of the sample.
+    /// The median: exact up to 1024 durations, then that of the sample.
     pub fn median_ns(&self) -> Option<u64> {
         let mut sorted = self.sample.clone();
         sorted.sort_unstable();
