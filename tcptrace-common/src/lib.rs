@@ -52,7 +52,7 @@ pub mod kind {
     pub const RESET_RECEIVED: u8 = 6;
 }
 
-/// One record in the ring buffer. 96 bytes, no padding the kernel leaves uninitialised.
+/// One record in the ring buffer. 152 bytes, no padding the kernel leaves uninitialised.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Event {
@@ -86,7 +86,47 @@ pub struct Event {
     /// 0 in softirq, hardirq or NMI, or when the context could not be told.
     pub process_context: u8,
     pub cpu: u8,
-    pub _pad: [u8; 2],
+    /// 1 when `counters` holds the socket's counters (a close, with BTF offsets known).
+    pub has_counters: u8,
+    pub _pad: u8,
+    /// On a close (`X → CLOSE`): what the socket carried, as `TCP_INFO` reports it.
+    pub counters: TcpCounters,
+}
+
+/// A socket's counters when it closed, read from its `struct tcp_sock`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpCounters {
+    pub bytes_acked: u64,
+    pub bytes_received: u64,
+    pub bytes_retrans: u64,
+    pub segs_out: u32,
+    pub segs_in: u32,
+    pub total_retrans: u32,
+    /// Smoothed RTT in 1/8 µs, as the kernel keeps it (`srtt_us`).
+    pub srtt_us8: u32,
+    /// The windowed minimum RTT, µs (`rtt_min`'s current value).
+    pub min_rtt_us: u32,
+    pub snd_cwnd: u32,
+    /// The socket's pending error (`sk_err`), a positive errno; 0 for none.
+    pub sk_err: i32,
+    pub _pad: u32,
+}
+
+impl TcpCounters {
+    pub const ZERO: TcpCounters = TcpCounters {
+        bytes_acked: 0,
+        bytes_received: 0,
+        bytes_retrans: 0,
+        segs_out: 0,
+        segs_in: 0,
+        total_retrans: 0,
+        srtt_us8: 0,
+        min_rtt_us: 0,
+        snd_cwnd: 0,
+        sk_err: 0,
+        _pad: 0,
+    };
 }
 
 impl Event {
@@ -108,7 +148,9 @@ impl Event {
         new_state: 0,
         process_context: 0,
         cpu: 0,
-        _pad: [0; 2],
+        has_counters: 0,
+        _pad: 0,
+        counters: TcpCounters::ZERO,
     };
 
     /// Whether the event fired in process context, where pid and comm are the socket's user.
@@ -153,6 +195,27 @@ pub struct SendResetOffsets {
     pub skaddr: u16,
     pub saddr: u16,
     pub daddr: u16,
+    pub _pad: u16,
+}
+
+/// Offsets, from a socket's address, of what [`TcpCounters`] holds: members of `struct
+/// tcp_sock` (whose first member, nested, is `struct sock`), read from the kernel's BTF.
+/// Rust eBPF has no CO-RE relocations, so the loader finds them. `valid == 0` (no BTF, or a
+/// member missing) leaves the counters out.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpSockOffsets {
+    pub bytes_acked: u16,
+    pub bytes_received: u16,
+    pub bytes_retrans: u16,
+    pub segs_out: u16,
+    pub segs_in: u16,
+    pub total_retrans: u16,
+    pub srtt_us: u16,
+    pub min_rtt: u16,
+    pub snd_cwnd: u16,
+    pub sk_err: u16,
+    pub valid: u16,
     pub _pad: u16,
 }
 
@@ -203,6 +266,7 @@ pub struct Config {
     pub send_reset: SendResetOffsets,
     pub receive_reset: AddressOffsets,
     pub timer: TimerOffsets,
+    pub tcp_sock: TcpSockOffsets,
     /// Address of `tw_timer_handler` (from /proc/kallsyms); 0 turns time-wait tracking off.
     pub tw_timer_handler: u64,
     /// Ring-buffer fill level, in bytes, from which a submit wakes the reader at once.
@@ -280,11 +344,13 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(core::mem::size_of::<Event>(), 96);
+        assert_eq!(core::mem::size_of::<Event>(), 152);
+        assert_eq!(core::mem::size_of::<TcpCounters>(), 56);
+        assert_eq!(core::mem::size_of::<TcpSockOffsets>(), 24);
         assert_eq!(core::mem::size_of::<AddressOffsets>(), 16);
         assert_eq!(core::mem::size_of::<SetStateOffsets>(), 24);
         assert_eq!(core::mem::size_of::<SendResetOffsets>(), 8);
         assert_eq!(core::mem::size_of::<TimerOffsets>(), 16);
-        assert_eq!(core::mem::size_of::<Config>(), 24 + 8 + 16 + 16 + 16 + 16 + 16);
+        assert_eq!(core::mem::size_of::<Config>(), 24 + 8 + 16 + 16 + 24 + 16 + 16 + 16);
     }
 }

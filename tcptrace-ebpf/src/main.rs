@@ -7,12 +7,13 @@
 //! - [`record`]: the tracepoint record, copied once, and its fields.
 //! - [`filter`]: `--port`, `--pid`, `-4`/`-6`, sticky per socket.
 //! - [`context`]: whether an event fired in process context (and its task is the owner).
-//! - [`emit`]: writing an event into the ring buffer.
+//! - [`emit`]: writing an event into the ring buffer; [`counters`]: a closing socket's.
 //! - one module per job: [`set_state`], [`timers`] (time-wait sockets), [`resets`].
 #![no_std]
 #![no_main]
 
 mod context;
+mod counters;
 mod emit;
 mod filter;
 mod record;

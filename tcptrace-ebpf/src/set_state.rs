@@ -1,5 +1,6 @@
 //! `sock:inet_sock_set_state`: every TCP state change, the bulk of all events. Filters
-//! first; names the time-wait timer of a socket that hands over to a time-wait socket.
+//! first; names the time-wait timer of a socket that hands over to a time-wait socket, and
+//! sends a closing socket's counters with its close.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
@@ -11,6 +12,7 @@ use tcptrace_common::{IPPROTO_TCP, STARTED_TIMER_TTL_NS, kind, tcp_state};
 use crate::{
     STARTED_TIMER, TIME_WAIT_TIMERS,
     context::{learn_process_context, same_as_process_context},
+    counters,
     emit::emit,
     filter::{family_kept, keep_socket},
     record::Record,
@@ -84,6 +86,10 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
         event.new_state = new;
         event.timer = time_wait_timer;
         record.fill_from(event, addresses, family, (sport, dport));
+        if new == tcp_state::CLOSE && config.tcp_sock.valid != 0 {
+            counters::read(sk, &config.tcp_sock, &mut event.counters);
+            event.has_counters = 1;
+        }
     });
     Ok(())
 }

@@ -111,7 +111,7 @@ pub struct TraceArgs {
     pub record: Option<PathBuf>,
 
     /// Ring-buffer size in bytes (a power of two, at least 4096): kernel memory, mapped
-    /// into tcptrace. Each event takes 104 bytes; the default 4 MiB holds about 40 000
+    /// into tcptrace. Each event takes 160 bytes; the default 4 MiB holds about 26 000
     /// events. Raise it if events are lost (docs/sizing.md).
     #[arg(long, value_name = "BYTES", default_value_t = 4 << 20, value_parser = parse_ring_size)]
     pub ring_size: u32,

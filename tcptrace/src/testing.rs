@@ -2,7 +2,7 @@
 
 use crate::{
     engine::{Attribution, Connection, Engine, EngineOptions, Output},
-    event::{Comm, EventKind, Task, TcpEvent, TcpState, TcpState::*},
+    event::{Comm, Counters, EventKind, Task, TcpEvent, TcpState, TcpState::*},
 };
 
 pub const S: u64 = 1_000_000_000;
@@ -54,6 +54,12 @@ impl Recording {
         self.push(at, sk, kind, Some((local, remote)), None)
     }
 
+    /// The last event carries a closing socket's counters.
+    pub fn with_counters(&mut self, counters: Counters) -> &mut Self {
+        self.events.last_mut().expect("an event to give counters to").counters = Some(counters);
+        self
+    }
+
     pub fn timer(&mut self, at: f64, sk: u64, kind: EventKind) -> &mut Self {
         self.push(at, sk, kind, None, None)
     }
@@ -85,6 +91,7 @@ impl Recording {
             addresses: addresses.map(|(l, r)| (l.parse().unwrap(), r.parse().unwrap())),
             task: task(pid),
             cpu: 0,
+            counters: None,
         });
         self
     }

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use proptest::prelude::*;
 use tcptrace::{
     engine::{Engine, EngineOptions, Output},
-    event::{Comm, EventKind, Task, TcpEvent, TcpState},
+    event::{Comm, Counters, Errno, EventKind, Task, TcpEvent, TcpState},
     recording::{FORMAT_VERSION, Item, Reader, Recorder, RecordingHeader},
 };
 
@@ -41,6 +41,24 @@ fn kind() -> impl Strategy<Value = EventKind> {
     ]
 }
 
+/// A closing socket's counters, any values (the recording must carry them all).
+fn counters() -> impl Strategy<Value = Counters> {
+    (any::<[u64; 3]>(), any::<[u32; 6]>(), proptest::option::of(1..200u16)).prop_map(
+        |([bytes_acked, bytes_received, bytes_retrans], [a, b, c, d, e, f], error)| Counters {
+            bytes_acked,
+            bytes_received,
+            bytes_retrans,
+            segs_out: a,
+            segs_in: b,
+            total_retrans: c,
+            rtt_us: d,
+            min_rtt_us: e,
+            snd_cwnd: f,
+            error: error.map(Errno),
+        },
+    )
+}
+
 /// Events from a few sockets, timers and addresses, so that they collide and reuse each
 /// other the way real ones do; times wander, so some arrive out of order.
 fn event() -> impl Strategy<Value = (i64, TcpEvent)> {
@@ -51,15 +69,19 @@ fn event() -> impl Strategy<Value = (i64, TcpEvent)> {
         proptest::option::of((address(), address())),
         any::<bool>(),
         0..3u32,
+        proptest::option::of(counters()),
     )
-        .prop_map(|(step, sk, kind, addresses, process_context, pid)| {
+        .prop_map(|(step, sk, kind, addresses, process_context, pid, counters)| {
             let addresses = match kind {
                 EventKind::Transition { .. } => addresses
                     .or(Some(("127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap()))),
                 _ => addresses,
             };
             let task = Task { pid, tid: pid, comm: Comm::new("p"), process_context };
-            (step, TcpEvent { ts_ns: 0, sk, kind, addresses, task, cpu: 0 })
+            // Only closes carry counters.
+            let closes = matches!(kind, EventKind::Transition { new: TcpState::Closed, .. });
+            let counters = counters.filter(|_| closes);
+            (step, TcpEvent { ts_ns: 0, sk, kind, addresses, task, cpu: 0, counters })
         })
 }
 
@@ -93,7 +115,16 @@ fn whole_connection(n: u64) -> Vec<(i64, TcpEvent)> {
             let step = if new == FinWait1 { 50_000_000 } else { 1000 };
             let kind = EventKind::Transition { old, new, time_wait_timer: None };
             let task = Task { pid: 9, tid: 9, comm: Comm::new("whole"), process_context };
-            (step, TcpEvent { ts_ns: 0, sk, kind, addresses: Some(addresses), task, cpu: 0 })
+            let event = TcpEvent {
+                ts_ns: 0,
+                sk,
+                kind,
+                addresses: Some(addresses),
+                task,
+                cpu: 0,
+                counters: None,
+            };
+            (step, event)
         })
         .collect()
 }

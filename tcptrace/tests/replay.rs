@@ -151,7 +151,15 @@ fn many_connects(path: &Path, count: u64) {
             time_wait_timer: None,
         };
         let addresses = Some(("127.0.0.1:0".parse().unwrap(), "127.0.0.1:80".parse().unwrap()));
-        let event = TcpEvent { ts_ns: 1000 + i, sk: 0x1000 + i, kind, addresses, task, cpu: 0 };
+        let event = TcpEvent {
+            ts_ns: 1000 + i,
+            sk: 0x1000 + i,
+            kind,
+            addresses,
+            task,
+            cpu: 0,
+            counters: None,
+        };
         recorder.event(&event).unwrap();
     }
     recorder.end(2000 + count).unwrap();

@@ -350,7 +350,7 @@ pub fn write_recording(
     close: bool,
 ) -> Result<u64> {
     use tcptrace::{
-        event::{Comm, EventKind, Task, TcpEvent, TcpState::*},
+        event::{Comm, Counters, EventKind, Task, TcpEvent, TcpState::*},
         recording::{FORMAT_VERSION, Recorder, RecordingHeader},
     };
     let header = RecordingHeader {
@@ -391,6 +391,7 @@ pub fn write_recording(
                     addresses: None,
                     task: idle,
                     cpu: 0,
+                    counters: None,
                 })?;
                 events += 1;
             }
@@ -427,6 +428,17 @@ pub fn write_recording(
                 addresses: Some(addresses),
                 task: task(process, i),
                 cpu: (i % 2) as u8,
+                // Each close carries its socket's counters, as on a kernel with BTF.
+                counters: (new == Closed).then_some(Counters {
+                    bytes_acked: 80,
+                    bytes_received: 140,
+                    segs_out: 5,
+                    segs_in: 5,
+                    rtt_us: 40,
+                    min_rtt_us: 12,
+                    snd_cwnd: 10,
+                    ..Counters::default()
+                }),
             })?;
             events += 1;
         }

@@ -186,12 +186,13 @@ fn install_bpf_linker(tools_dir: &Path, toolchain: &str) -> Result<()> {
 }
 
 /// Programs the kernel and export tests drive, with the Debian package that has each.
-const TEST_PROGRAMS: [(&str, &str); 5] = [
+const TEST_PROGRAMS: [(&str, &str); 6] = [
     ("python3", "python3"),
     ("curl", "curl"),
     ("ip", "iproute2"),
     ("setpriv", "util-linux"),
     ("chromium", "chromium"),
+    ("nft", "nftables"),
 ];
 
 fn on_path(program: &str) -> bool {

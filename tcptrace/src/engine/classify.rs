@@ -36,7 +36,11 @@ pub fn closed_first(connection: &Connection) -> Closer {
         .iter()
         .flat_map(|e| {
             let fin = e.entered(TcpState::FinWait1).map(|ts| (ts, Act::Fin, e));
-            let abort_here = e.abort.filter(|&(_, process)| process).map(|(ts, _)| ts);
+            // An abort right after a RST came in is that RST's doing, even in process
+            // context (on loopback the peer's RST is handled inside our own connect()).
+            let answered_a_reset = |at: u64| e.reset_received_ns.is_some_and(|rst| rst <= at);
+            let abort_here =
+                e.abort.filter(|&(at, process)| process && !answered_a_reset(at)).map(|(ts, _)| ts);
             let reset = e.reset_sent_ns.or(abort_here).map(|ts| (ts, Act::Reset, e));
             [fin, reset]
         })

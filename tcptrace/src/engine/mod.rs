@@ -27,13 +27,13 @@ mod time_wait;
 
 pub use classify::closed_first;
 pub use records::{
-    Attribution, Closer, Connection, Endpoint, Output, Role, StateSpan, TimeWait, TimeWaitEnd,
-    TimeWaitKind,
+    Attribution, Closer, Connection, Endpoint, FailedConnect, Output, Role, StateSpan, TimeWait,
+    TimeWaitEnd, TimeWaitKind,
 };
 pub use stats::{PortPressure, Stats, TimeWaitStats};
 use storage::{Address, Index, NEVER, NO_INDEX, Side, Slab, Step, Steps, Tracked, UNKNOWN_NS};
 
-use crate::event::{Comm, EventKind, Owner, TcpEvent, TcpState};
+use crate::event::{Comm, Counters, EventKind, Owner, TcpEvent, TcpState};
 
 /// Fast, randomly seeded hashing: some keys (4-tuples of remote peers) are chosen by others.
 type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
@@ -88,6 +88,8 @@ pub struct Engine {
     connections: Slab<Tracked>,
     sides: Slab<Side>,
     time_waits: Slab<TimeWait>,
+    /// Counters of closed sides (see `Side::counters`).
+    counters: Slab<Counters>,
     /// Indexes into `sides`. A lookup checks that the side still has the key, so that a
     /// socket (or timer) address reused by the kernel never reaches another socket's side.
     by_sk: Map<u64, Index>,
@@ -118,6 +120,7 @@ impl Engine {
             connections: Slab::new(),
             sides: Slab::new(),
             time_waits: Slab::new(),
+            counters: Slab::new(),
             by_sk: Map::default(),
             closed_sk: Map::default(),
             closed_order: VecDeque::new(),
@@ -355,6 +358,12 @@ impl Engine {
         let tuple_known = tuple.0.port != 0 && tuple.1.port != 0;
 
         if new == TcpState::Closed {
+            if let Some(counters) = event.counters {
+                let previous = self.side(index).counters;
+                self.counters.remove(previous);
+                let stored = self.counters.insert(counters);
+                self.side_mut(index).counters = stored;
+            }
             self.by_sk.remove(&event.sk);
             self.closed_sk.insert(event.sk, index);
             self.closed_order.push_back((event.ts_ns, event.sk, index));
@@ -410,6 +419,7 @@ impl Engine {
             owner: Owner { pid: 0, comm: Comm::default() },
             connection,
             time_wait: NO_INDEX,
+            counters: NO_INDEX,
             role,
             incomplete: role == Role::Unknown,
             abort_in_process: false,
@@ -595,7 +605,8 @@ impl Engine {
                 }
             }
             let time_wait = self.time_waits.remove(side.time_wait);
-            endpoints.push(side.into_endpoint(time_wait));
+            let counters = self.counters.remove(side.counters);
+            endpoints.push(side.into_endpoint(time_wait, counters));
         }
         Some(Connection {
             id: tracked.id,

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use super::storage::Steps;
-use crate::event::{Owner, TcpEvent, TcpState};
+use crate::event::{Counters, Errno, Owner, TcpEvent, TcpState};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -154,6 +154,8 @@ pub struct Endpoint {
     /// Every state in order (see [`Endpoint::states`]).
     pub(super) steps: Steps,
     pub time_wait: Option<Box<TimeWait>>,
+    /// What the socket carried and its pending error, when its close was seen with them.
+    pub counters: Option<Counters>,
     pub reset_sent_ns: Option<u64>,
     pub reset_received_ns: Option<u64>,
     /// Events of this endpoint may be missing (a gap in its states, or events lost).
@@ -204,7 +206,31 @@ pub struct Connection {
     pub incomplete: bool,
 }
 
+/// A connect that never got through: what the client's socket ended with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FailedConnect {
+    /// How long the client waited in SYN_SENT.
+    pub attempt_ns: Option<u64>,
+    /// The socket's pending error (`ECONNREFUSED`, `ETIMEDOUT`), when its counters were seen.
+    pub error: Option<Errno>,
+    /// SYNs sent again before it gave up, when its counters were seen.
+    pub syn_retransmits: Option<u32>,
+}
+
 impl Connection {
+    /// The client's connect failed: it went from SYN_SENT straight to CLOSED.
+    pub fn failed_connect(&self) -> Option<FailedConnect> {
+        let client = self.endpoint(Role::Client)?;
+        let mut states = client.states();
+        let syn_sent = states.next().filter(|span| span.state == TcpState::SynSent)?;
+        states.next().filter(|span| span.state == TcpState::Closed)?;
+        Some(FailedConnect {
+            attempt_ns: syn_sent.duration_ns,
+            error: client.counters.and_then(|counters| counters.error),
+            syn_retransmits: client.counters.map(|counters| counters.total_retrans),
+        })
+    }
+
     /// The endpoint in `role`, where a role is known from the states or from the peer.
     pub fn endpoint(&self, role: Role) -> Option<&Endpoint> {
         self.endpoints.iter().find(|e| self.role_of(e) == role)

@@ -2,7 +2,7 @@
 //! TIME-WAIT durations per local endpoint, and ephemeral ports held toward each remote.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     net::{IpAddr, SocketAddr},
 };
 
@@ -63,6 +63,9 @@ pub struct Stats {
     pub time_wait_by_local: HashMap<SocketAddr, TimeWaitStats>,
     pub time_wait_toward_remote: HashMap<(IpAddr, SocketAddr), PortPressure>,
     pub incomplete: u64,
+    /// Connects that never got through (SYN_SENT → CLOSED), by the error they ended with
+    /// (its name, or `unknown` when the close came without the socket's counters).
+    pub failed_connects: BTreeMap<String, u64>,
     /// Connections dropped unfinished to keep memory bounded.
     pub aged_out: u64,
     /// Timer or reset events for sockets the engine never saw.
@@ -76,6 +79,10 @@ impl Engine {
         stats.connections += 1;
         *stats.closed_first.entry(connection.closed_first).or_default() += 1;
         stats.incomplete += u64::from(connection.incomplete);
+        if let Some(failed) = connection.failed_connect() {
+            let error = failed.error.map_or("unknown".into(), |error| error.name().into_owned());
+            *stats.failed_connects.entry(error).or_default() += 1;
+        }
         for endpoint in &connection.endpoints {
             let Some(tw) = &endpoint.time_wait else { continue };
             let entry = stats.time_wait_by_local.entry(endpoint.local).or_default();

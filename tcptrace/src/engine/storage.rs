@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use super::records::{Endpoint, Role, TimeWait};
-use crate::event::{Owner, Task, TcpState};
+use crate::event::{Counters, Owner, Task, TcpState};
 
 /// One state: durations follow from the next state's entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -143,6 +143,9 @@ pub(super) struct Side {
     pub(super) connection: Index,
     /// Its time-wait socket in the engine's time-wait table, or [`NO_INDEX`].
     pub(super) time_wait: Index,
+    /// Its counters at close in the engine's counter table, or [`NO_INDEX`]: most sides
+    /// followed at once are open and have none, so they take no room here.
+    pub(super) counters: Index,
     pub(super) role: Role,
     pub(super) incomplete: bool,
     pub(super) abort_in_process: bool,
@@ -169,7 +172,11 @@ impl Side {
         self.owner()
     }
 
-    pub(super) fn into_endpoint(self, time_wait: Option<TimeWait>) -> Endpoint {
+    pub(super) fn into_endpoint(
+        self,
+        time_wait: Option<TimeWait>,
+        counters: Option<Counters>,
+    ) -> Endpoint {
         Endpoint {
             local: self.local.into(),
             remote: self.remote.into(),
@@ -177,6 +184,7 @@ impl Side {
             owner: self.owner(),
             steps: self.steps,
             time_wait: time_wait.map(Box::new),
+            counters,
             reset_sent_ns: at(self.reset_sent_ns),
             reset_received_ns: at(self.reset_received_ns),
             incomplete: self.incomplete,

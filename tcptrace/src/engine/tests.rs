@@ -354,6 +354,7 @@ fn the_connection_table_stays_bounded() {
         addresses: Some(("127.0.0.1:0".parse().unwrap(), "127.0.0.1:80".parse().unwrap())),
         task: task(Some(1)),
         cpu: 0,
+        counters: None,
     });
     let mut engine = Engine::new(options);
     let mut sink = |_: Output<'_>| {};

@@ -7,7 +7,7 @@ use std::{
 
 use tcptrace_common::{AF_INET, AF_INET6, Event, kind};
 
-use super::{Comm, EventKind, Task, TcpEvent, TcpState};
+use super::{Comm, Counters, Errno, EventKind, Task, TcpEvent, TcpState};
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum DecodeError {
@@ -37,6 +37,22 @@ fn address(family: u8, bytes: [u8; 16], port: u16) -> Result<SocketAddr, DecodeE
         _ => return Err(DecodeError::UnknownFamily(family)),
     };
     Ok(SocketAddr::new(ip, port))
+}
+
+fn counters(raw: &tcptrace_common::TcpCounters) -> Counters {
+    Counters {
+        bytes_acked: raw.bytes_acked,
+        bytes_received: raw.bytes_received,
+        bytes_retrans: raw.bytes_retrans,
+        segs_out: raw.segs_out,
+        segs_in: raw.segs_in,
+        total_retrans: raw.total_retrans,
+        rtt_us: raw.srtt_us8 >> 3,
+        // `~0` until the first RTT sample.
+        min_rtt_us: if raw.min_rtt_us == u32::MAX { 0 } else { raw.min_rtt_us },
+        snd_cwnd: raw.snd_cwnd,
+        error: u16::try_from(raw.sk_err).ok().filter(|&n| n != 0).map(Errno),
+    }
 }
 
 fn state(number: u8) -> Result<TcpState, DecodeError> {
@@ -89,6 +105,7 @@ pub fn decode_event(raw: &Event) -> Result<TcpEvent, DecodeError> {
             process_context: raw.in_process_context(),
         },
         cpu: raw.cpu,
+        counters: (raw.has_counters != 0).then(|| counters(&raw.counters)),
     })
 }
 

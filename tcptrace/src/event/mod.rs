@@ -216,6 +216,72 @@ pub enum EventKind {
     ResetReceived,
 }
 
+/// An errno value, as the kernel leaves it in a socket's `sk_err`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Errno(pub u16);
+
+/// The errors a TCP socket can be left with (connects refused or timed out, resets, ICMP
+/// errors), by name.
+const ERRNO_NAMES: [(i32, &str); 17] = [
+    (libc::ECONNREFUSED, "ECONNREFUSED"),
+    (libc::ETIMEDOUT, "ETIMEDOUT"),
+    (libc::ECONNRESET, "ECONNRESET"),
+    (libc::EHOSTUNREACH, "EHOSTUNREACH"),
+    (libc::ENETUNREACH, "ENETUNREACH"),
+    (libc::EPIPE, "EPIPE"),
+    (libc::ECONNABORTED, "ECONNABORTED"),
+    (libc::EPROTO, "EPROTO"),
+    (libc::EMSGSIZE, "EMSGSIZE"),
+    (libc::ENOPROTOOPT, "ENOPROTOOPT"),
+    (libc::EOPNOTSUPP, "EOPNOTSUPP"),
+    (libc::EACCES, "EACCES"),
+    (libc::EPERM, "EPERM"),
+    (libc::ENONET, "ENONET"),
+    (libc::EHOSTDOWN, "EHOSTDOWN"),
+    (libc::ENETDOWN, "ENETDOWN"),
+    (libc::EADDRNOTAVAIL, "EADDRNOTAVAIL"),
+];
+
+impl Errno {
+    /// `ECONNREFUSED` and the like; an errno without a name here is `E` and its number.
+    pub fn name(self) -> std::borrow::Cow<'static, str> {
+        match ERRNO_NAMES.iter().find(|(number, _)| *number == i32::from(self.0)) {
+            Some((_, name)) => (*name).into(),
+            None => format!("E{}", self.0).into(),
+        }
+    }
+
+    /// The inverse of [`Errno::name`].
+    pub fn from_name(name: &str) -> Option<Errno> {
+        let number = match ERRNO_NAMES.iter().find(|(_, known)| *known == name) {
+            Some((number, _)) => *number,
+            None => name.strip_prefix('E')?.parse().ok()?,
+        };
+        u16::try_from(number).ok().filter(|&n| n != 0).map(Errno)
+    }
+}
+
+/// What a socket carried and how it ended, read from its `struct tcp_sock` when it closed:
+/// the counters `TCP_INFO` and `ss -i` report, and its pending error.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Bytes of ours the peer acknowledged (`tcpi_bytes_acked`).
+    pub bytes_acked: u64,
+    /// Bytes received in order (`tcpi_bytes_received`).
+    pub bytes_received: u64,
+    pub bytes_retrans: u64,
+    pub segs_out: u32,
+    pub segs_in: u32,
+    /// Segments sent again, SYNs included (`tcpi_total_retrans`).
+    pub total_retrans: u32,
+    /// The smoothed round-trip time, µs (`srtt_us >> 3`, as `tcpi_rtt`).
+    pub rtt_us: u32,
+    pub min_rtt_us: u32,
+    pub snd_cwnd: u32,
+    /// The socket's pending error (`sk_err`) when it closed.
+    pub error: Option<Errno>,
+}
+
 /// One decoded kernel event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TcpEvent {
@@ -229,6 +295,8 @@ pub struct TcpEvent {
     pub addresses: Option<(SocketAddr, SocketAddr)>,
     pub task: Task,
     pub cpu: u8,
+    /// On a close, with BTF: the socket's counters.
+    pub counters: Option<Counters>,
 }
 
 /// What the trace says about itself, beside the engine's statistics: events read, lost,

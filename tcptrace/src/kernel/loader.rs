@@ -16,7 +16,10 @@ use tcptrace_common::{
 
 use crate::{
     event::ProgramStats,
-    kernel::tracefs::{self, Format},
+    kernel::{
+        btf,
+        tracefs::{self, Format},
+    },
 };
 
 /// The kernel program, embedded at build time; empty when it was built without one
@@ -160,6 +163,13 @@ impl Tracer {
         };
         apply_filters(&mut config, &options.filters);
 
+        match btf::tcp_sock_offsets(btf::VMLINUX) {
+            Ok(offsets) => config.tcp_sock = offsets,
+            Err(error) => degraded.push(Degraded {
+                what: "TCP counters at close (bytes, segments, retransmits, RTT, errors)",
+                why: format!("{error:#}"),
+            }),
+        }
         let resets = (|| -> Result<_> {
             Ok((
                 send_reset_offsets(&Format::read(&tracefs, "tcp", "tcp_send_reset")?)?,
@@ -445,10 +455,11 @@ mod tests {
     #[test]
     fn the_fill_level_is_checked_often_enough_for_small_rings() {
         assert_eq!(wakeup_check_every(4 << 20, 2), 16, "the default ring");
-        // 4096 / 8 = 512 bytes past the level, shared by two CPUs: two 104-byte events each.
-        assert_eq!(wakeup_check_every(4096, 2), 2);
+        // 8192 / 8 = 1024 bytes past the level, shared by two CPUs: three 160-byte events each.
+        assert_eq!(wakeup_check_every(8192, 2), 3);
+        assert_eq!(wakeup_check_every(4096, 2), 1);
         assert_eq!(wakeup_check_every(4096, 64), 1, "every event, never less");
-        assert_eq!(wakeup_check_every(4096, 0), 4);
+        assert_eq!(wakeup_check_every(4096, 0), 3);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use super::{Item, ReadError, scan::read_canonical};
 use crate::{
     event::{Comm, EventKind, Task, TcpEvent},
     schema::{
-        Addresses, End, FORMAT_VERSION, Hex, Lost, RecordedTask, RecordingHeader, RecordingLine,
+        Addresses, End, Hex, Lost, READABLE_VERSIONS, RecordedTask, RecordingHeader, RecordingLine,
         TimerEvent,
     },
 };
@@ -47,11 +47,13 @@ impl<R: BufRead> Reader<R> {
             return Err(not_ours(format!("no \"type\":\"{HEADER_TYPE}\" header")));
         }
         let version = value.get("version").and_then(|v| v.as_u64()).unwrap_or(0);
-        if version != u64::from(FORMAT_VERSION) {
+        if !READABLE_VERSIONS.iter().any(|&readable| u64::from(readable) == version) {
+            let readable: Vec<String> = READABLE_VERSIONS.iter().map(u32::to_string).collect();
             return Err(ReadError {
                 line: 1,
                 message: format!(
-                    "recording format version {version} is not supported: this tcptrace reads version {FORMAT_VERSION}"
+                    "recording format version {version} is not supported: this tcptrace reads versions {}",
+                    readable.join(" and ")
                 ),
             });
         }
@@ -132,6 +134,7 @@ pub(super) fn read_with_serde(text: &str, complete: bool) -> Result<Item, String
 
 fn into_item(line: RecordingLine<'_>) -> Result<Item, String> {
     let missing = |field: &str| format!("not a valid record: missing field `{field}`");
+    let mut counters = None;
     let (ts_ns, sk, kind, addresses, task) = match line {
         RecordingLine::TcptraceRecording(_) => return Err("a second recording header".into()),
         RecordingLine::Lost(Lost { ts_ns, count }) => {
@@ -141,6 +144,7 @@ fn into_item(line: RecordingLine<'_>) -> Result<Item, String> {
         RecordingLine::Transition(line) => {
             let time_wait_timer = line.time_wait_timer.map(|Hex(timer)| timer);
             let kind = EventKind::Transition { old: line.old, new: line.new, time_wait_timer };
+            counters = line.tcp_info.map(|info| info.with_error(line.error));
             (line.ts_ns, line.sk, kind, Some(line.addresses), line.tail)
         }
         RecordingLine::TimeWaitTimer(line) => {
@@ -173,5 +177,6 @@ fn into_item(line: RecordingLine<'_>) -> Result<Item, String> {
         addresses: addresses.map(|Addresses { local, remote, .. }| (local, remote)),
         task: Task { pid, tid, comm: Comm::new(&comm), process_context },
         cpu,
+        counters,
     }))
 }

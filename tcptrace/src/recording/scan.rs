@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 
 use super::Item;
-use crate::event::{Comm, EventKind, Task, TcpEvent, TcpState};
+use crate::event::{Comm, Counters, Errno, EventKind, Task, TcpEvent, TcpState};
 
 /// Reads a line laid out exactly as [`super::Recorder`] writes it: its keys in its order, ASCII
 /// strings without escapes, plain numbers. `None` for anything else, which serde_json then
@@ -49,6 +49,7 @@ pub(super) fn read_canonical(bytes: &[u8]) -> Option<Item> {
         }
     };
     let ts_ns = line.number_field(b",\"ts_ns\":")?;
+    let mut counters = None;
     line.expect(b",\"sk\":")?;
     let sk = line.hex()?;
     // The addresses say the family.
@@ -71,6 +72,9 @@ pub(super) fn read_canonical(bytes: &[u8]) -> Option<Item> {
             let new = line.state()?;
             let time_wait_timer =
                 if line.optional(b",\"time_wait_timer\":") { Some(line.hex()?) } else { None };
+            if line.optional(b",\"tcp_info\":") {
+                counters = Some(line.tcp_info()?);
+            }
             EventKind::Transition { old, new, time_wait_timer }
         }
         Kind::Rearm | Kind::Cancel | Kind::Expire => {
@@ -97,7 +101,8 @@ pub(super) fn read_canonical(bytes: &[u8]) -> Option<Item> {
     let process_context = line.boolean()?;
     let cpu = line.number_field(b",\"cpu\":")?.try_into().ok()?;
     let task = Task { pid, tid, comm, process_context };
-    line.end().then_some(Item::Event(TcpEvent { ts_ns, sk, kind, addresses, task, cpu }))
+    let event = TcpEvent { ts_ns, sk, kind, addresses, task, cpu, counters };
+    line.end().then_some(Item::Event(event))
 }
 
 /// The kinds of event line, before their fields are read.
@@ -232,6 +237,27 @@ impl<'a> Cursor<'a> {
         }
         self.at = open;
         std::str::from_utf8(self.string()?).ok()?.parse().ok()
+    }
+
+    /// A `tcp_info` object in the recorder's order, and the `error` after it, if any.
+    fn tcp_info(&mut self) -> Option<Counters> {
+        let mut counters = Counters {
+            bytes_acked: self.number_field(b"{\"bytes_acked\":")?,
+            bytes_received: self.number_field(b",\"bytes_received\":")?,
+            bytes_retrans: self.number_field(b",\"bytes_retrans\":")?,
+            segs_out: self.number_field(b",\"segs_out\":")?.try_into().ok()?,
+            segs_in: self.number_field(b",\"segs_in\":")?.try_into().ok()?,
+            total_retrans: self.number_field(b",\"total_retrans\":")?.try_into().ok()?,
+            rtt_us: self.number_field(b",\"rtt_us\":")?.try_into().ok()?,
+            min_rtt_us: self.number_field(b",\"min_rtt_us\":")?.try_into().ok()?,
+            snd_cwnd: self.number_field(b",\"snd_cwnd\":")?.try_into().ok()?,
+            error: None,
+        };
+        self.expect(b"}")?;
+        if self.optional(b",\"error\":") {
+            counters.error = Some(Errno::from_name(std::str::from_utf8(self.string()?).ok()?)?);
+        }
+        Some(counters)
     }
 
     fn state(&mut self) -> Option<TcpState> {

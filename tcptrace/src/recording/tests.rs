@@ -43,6 +43,7 @@ fn events() -> Vec<TcpEvent> {
             },
             task,
             cpu: 1,
+            counters: None,
         })
         .collect()
 }
@@ -143,8 +144,8 @@ fn wrong_files_are_named_as_such() {
     assert!(error_of(b"").contains("not a tcptrace recording"));
     assert!(error_of(b"hello\n").contains("line 1: this is not a tcptrace recording"));
     assert!(error_of(b"{\"type\":\"transition\"}\n").contains("not a tcptrace recording"));
-    let newer = br#"{"type":"tcptrace_recording","version":2,"ephemeral_ports":[1,2],"realtime_offset_ns":0}"#;
-    assert!(error_of(newer).contains("version 2 is not supported"), "{}", error_of(newer));
+    let newer = br#"{"type":"tcptrace_recording","version":3,"ephemeral_ports":[1,2],"realtime_offset_ns":0}"#;
+    assert!(error_of(newer).contains("version 3 is not supported"), "{}", error_of(newer));
 }
 
 #[test]

@@ -8,11 +8,11 @@ use std::{
 };
 
 use crate::{
-    engine::{Closer, Connection, Endpoint, Role, Stats, TimeWait, TimeWaitEnd},
-    event::{Owner, TraceCounts},
+    engine::{Closer, Connection, Endpoint, FailedConnect, Role, Stats, TimeWait, TimeWaitEnd},
+    event::{Counters, Owner, TraceCounts},
     render::explain::{self, Lang},
     schema::{
-        ClosedFirstCounts, KernelProgram, PileUp, StreamLine, Summary, TimeWaitByLocal,
+        ClosedFirstCounts, KernelProgram, PileUp, StreamLine, Summary, TimeWaitByLocal, fast,
         json_line::JsonLine, write_line,
     },
 };
@@ -58,6 +58,67 @@ pub fn closer_sentence(closer: Closer) -> &'static str {
         Closer::ClientReset => "client reset the connection",
         Closer::ServerReset => "server reset the connection",
         Closer::Unknown => "who closed first is unknown",
+    }
+}
+
+/// Bytes for people: `78 B`, `12.3 kB`, `1.2 MB` (powers of 1000, as `ss` and curl count).
+pub struct Bytes(pub u64);
+
+impl fmt::Display for Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let bytes = self.0 as f64;
+        match self.0 {
+            0..1000 => write!(f, "{} B", self.0),
+            1000..1_000_000 => write!(f, "{:.1} kB", bytes / 1e3),
+            1_000_000..1_000_000_000 => write!(f, "{:.1} MB", bytes / 1e6),
+            _ => write!(f, "{:.2} GB", bytes / 1e9),
+        }
+    }
+}
+
+/// A socket's counters in one line: `sent 1.2 MB, received 3.4 kB, 0 retransmits, RTT 52 µs`.
+struct CountersText<'a>(&'a Counters);
+
+impl fmt::Display for CountersText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = self.0;
+        let s = if c.total_retrans == 1 { "" } else { "s" };
+        write!(f, "sent {}, received {}, ", Bytes(c.bytes_acked), Bytes(c.bytes_received))?;
+        write!(f, "{} retransmit{s}", c.total_retrans)?;
+        if c.rtt_us > 0 {
+            match c.rtt_us {
+                0..1000 => write!(f, ", RTT {} µs", c.rtt_us)?,
+                _ => write!(f, ", RTT {:.1} ms", f64::from(c.rtt_us) / 1e3)?,
+            }
+        }
+        if let Some(error) = c.error {
+            write!(f, ", ended with {}", error.name())?;
+        }
+        Ok(())
+    }
+}
+
+/// A connect that failed, in words: `connect to 127.0.0.1:9 refused after 0.1 ms`.
+struct FailedText(SocketAddr, FailedConnect);
+
+impl fmt::Display for FailedText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let FailedText(remote, failed) = self;
+        write!(f, "connect to {remote} ")?;
+        match failed.error.map(|error| error.name()) {
+            Some(name) if name == "ECONNREFUSED" => write!(f, "refused")?,
+            Some(name) if name == "ETIMEDOUT" => write!(f, "timed out")?,
+            Some(name) => write!(f, "failed with {name}")?,
+            None => write!(f, "never got through")?,
+        }
+        if let Some(attempt) = failed.attempt_ns {
+            write!(f, " after {}", Human(attempt))?;
+        }
+        match failed.syn_retransmits {
+            Some(0) | None => Ok(()),
+            Some(1) => write!(f, " (its SYN was sent again once)"),
+            Some(n) => write!(f, " (its SYN was sent again {n} times)"),
+        }
     }
 }
 
@@ -110,6 +171,17 @@ pub fn write_connection_text(
             }
         }
         writeln!(out)?;
+    }
+    let failed = connection.failed_connect();
+    for (name, endpoint) in &sides {
+        // A failed connect carried nothing: its sentence below says what happened.
+        let connected = failed.is_none() || connection.role_of(endpoint) != Role::Client;
+        if let Some(counters) = endpoint.counters.as_ref().filter(|_| connected) {
+            writeln!(out, "   {name:<6} {}", CountersText(counters))?;
+        }
+    }
+    if let (Some(failed), Some(client)) = (failed, client) {
+        writeln!(out, "   {}", FailedText(client.remote, failed))?;
     }
     for (_, endpoint) in &sides {
         if let Some(tw) = &endpoint.time_wait {
@@ -192,6 +264,17 @@ fn endpoint_json(line: &mut JsonLine, connection: &Connection, endpoint: Option<
             line.raw(",\"time_left_ns\":").optional(tw.time_left_ns).raw("}");
         }
     }
+    line.raw(",\"tcp_info\":");
+    match &endpoint.counters {
+        Some(counters) => fast::tcp_info(line, counters),
+        None => {
+            line.raw("null");
+        }
+    }
+    match endpoint.counters.and_then(|counters| counters.error) {
+        Some(error) => line.raw(",\"error\":\"").raw(&error.name()).raw("\""),
+        None => line.raw(",\"error\":null"),
+    };
     line.raw(",\"reset_sent_ns\":").optional(endpoint.reset_sent_ns);
     line.raw(",\"reset_received_ns\":").optional(endpoint.reset_received_ns);
     line.raw(",\"incomplete\":").bool(endpoint.incomplete).raw("}");
@@ -287,6 +370,11 @@ pub fn write_summary_text(
         write!(out, "; closed first: {}", parts.join(", "))?;
     }
     writeln!(out)?;
+    if !stats.failed_connects.is_empty() {
+        let parts: Vec<String> =
+            stats.failed_connects.iter().map(|(error, n)| format!("{error} {n}")).collect();
+        writeln!(out, "failed connects: {}", parts.join(", "))?;
+    }
     let rows = time_wait_rows(stats);
     if !rows.is_empty() {
         writeln!(
@@ -391,6 +479,7 @@ pub fn write_summary_json(
         incomplete: stats.incomplete,
         aged_out: stats.aged_out,
         time_wait_by_local,
+        failed_connects: stats.failed_connects.clone(),
         ephemeral_ports,
         pile_ups,
         kernel_programs,

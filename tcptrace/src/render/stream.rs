@@ -234,6 +234,7 @@ mod tests {
             )),
             task: Task { pid: 7, tid: 7, comm: Comm::new("x"), process_context: true },
             cpu: 1,
+            counters: None,
         }
     }
 

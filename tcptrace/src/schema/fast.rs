@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 
 use super::json_line::JsonLine;
-use crate::event::{EventKind, Family, TcpEvent};
+use crate::event::{Counters, EventKind, Family, TcpEvent};
 
 /// The fields every JSON form of an event has (the live stream's and the recording's):
 /// type, time, socket, addresses, and what happened. The caller adds the rest and the `}`.
@@ -37,6 +37,13 @@ pub fn event_head(
             if let Some(timer) = time_wait_timer {
                 line.raw(",\"time_wait_timer\":").hex(timer);
             }
+            if let Some(counters) = &event.counters {
+                line.raw(",\"tcp_info\":");
+                tcp_info(line, counters);
+                if let Some(error) = counters.error {
+                    line.raw(",\"error\":\"").raw(&error.name()).raw("\"");
+                }
+            }
         }
         EventKind::TimeWaitRearm { timer, timeout_jiffies } => {
             line.raw(",\"timer\":").hex(timer);
@@ -47,4 +54,17 @@ pub fn event_head(
         }
         EventKind::ResetSent | EventKind::ResetReceived => {}
     }
+}
+
+/// A [`super::TcpInfo`] object: the counters but for the error.
+pub fn tcp_info(line: &mut JsonLine, counters: &Counters) {
+    line.raw("{\"bytes_acked\":").u64(counters.bytes_acked);
+    line.raw(",\"bytes_received\":").u64(counters.bytes_received);
+    line.raw(",\"bytes_retrans\":").u64(counters.bytes_retrans);
+    line.raw(",\"segs_out\":").u64(counters.segs_out.into());
+    line.raw(",\"segs_in\":").u64(counters.segs_in.into());
+    line.raw(",\"total_retrans\":").u64(counters.total_retrans.into());
+    line.raw(",\"rtt_us\":").u64(counters.rtt_us.into());
+    line.raw(",\"min_rtt_us\":").u64(counters.min_rtt_us.into());
+    line.raw(",\"snd_cwnd\":").u64(counters.snd_cwnd.into()).raw("}");
 }

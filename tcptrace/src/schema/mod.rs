@@ -23,11 +23,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     engine::{Closer, Role, TimeWaitEnd, TimeWaitKind},
-    event::{Family, TcpState},
+    event::{Counters, Errno, Family, TcpState},
 };
 
-/// The recording format this tcptrace writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The recording format this tcptrace writes. Version 2 added `tcp_info` and `error` to
+/// closes; version 1 recordings still read (their connections have no counters).
+pub const FORMAT_VERSION: u32 = 2;
+/// The recording formats this tcptrace reads.
+pub const READABLE_VERSIONS: [u32; 2] = [1, 2];
 
 /// Writes one line through serde: for the lines that are not on the per-event path.
 pub fn write_line(out: &mut impl Write, line: &impl Serialize) -> io::Result<()> {
@@ -103,8 +106,61 @@ pub struct Transition<T> {
     /// On a hand-over to a time-wait socket: that socket's timer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_wait_timer: Option<Hex>,
+    /// On a close, when the kernel's BTF gave the offsets: the socket's counters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_info: Option<TcpInfo>,
+    /// On a close: the socket's pending error, if it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<Errno>,
     #[serde(flatten)]
     pub tail: T,
+}
+
+/// What a socket carried, as `TCP_INFO` and `ss -i` say it (the socket's counters when it
+/// closed, but for its pending error).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TcpInfo {
+    pub bytes_acked: u64,
+    pub bytes_received: u64,
+    pub bytes_retrans: u64,
+    pub segs_out: u32,
+    pub segs_in: u32,
+    pub total_retrans: u32,
+    pub rtt_us: u32,
+    pub min_rtt_us: u32,
+    pub snd_cwnd: u32,
+}
+
+impl TcpInfo {
+    pub fn of(counters: &Counters) -> TcpInfo {
+        TcpInfo {
+            bytes_acked: counters.bytes_acked,
+            bytes_received: counters.bytes_received,
+            bytes_retrans: counters.bytes_retrans,
+            segs_out: counters.segs_out,
+            segs_in: counters.segs_in,
+            total_retrans: counters.total_retrans,
+            rtt_us: counters.rtt_us,
+            min_rtt_us: counters.min_rtt_us,
+            snd_cwnd: counters.snd_cwnd,
+        }
+    }
+
+    /// The counters these are, with the socket's pending error.
+    pub fn with_error(self, error: Option<Errno>) -> Counters {
+        Counters {
+            bytes_acked: self.bytes_acked,
+            bytes_received: self.bytes_received,
+            bytes_retrans: self.bytes_retrans,
+            segs_out: self.segs_out,
+            segs_in: self.segs_in,
+            total_retrans: self.total_retrans,
+            rtt_us: self.rtt_us,
+            min_rtt_us: self.min_rtt_us,
+            snd_cwnd: self.snd_cwnd,
+            error,
+        }
+    }
 }
 
 /// `time_wait_timer`: the timer of a time-wait socket was re-armed, cancelled or ran out.
@@ -246,6 +302,10 @@ pub struct EndpointRecord<'a> {
     pub comm: Option<Cow<'a, str>>,
     pub states: Vec<StateRecord>,
     pub time_wait: Option<TimeWaitRecord>,
+    /// `null` when the close was not seen with its counters.
+    pub tcp_info: Option<TcpInfo>,
+    /// The socket's pending error when it closed (`ECONNREFUSED`, `ETIMEDOUT`, …).
+    pub error: Option<Errno>,
     pub reset_sent_ns: Option<u64>,
     pub reset_received_ns: Option<u64>,
     pub incomplete: bool,
@@ -282,6 +342,8 @@ pub struct Summary<'a> {
     pub incomplete: u64,
     pub aged_out: u64,
     pub time_wait_by_local: Vec<TimeWaitByLocal>,
+    /// Connects that never became connections, by the error they ended with.
+    pub failed_connects: std::collections::BTreeMap<String, u64>,
     pub ephemeral_ports: (u16, u16),
     pub pile_ups: Vec<PileUp>,
     #[serde(borrow)]

@@ -5,7 +5,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer, de::Error};
 
 use crate::{
     engine::{Closer, Role, TimeWaitEnd, TimeWaitKind},
-    event::{Family, TcpState},
+    event::{Errno, Family, TcpState},
 };
 
 macro_rules! by_name {
@@ -26,6 +26,19 @@ macro_rules! by_name {
             }
         }
     )*};
+}
+
+impl Serialize for Errno {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for Errno {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Errno, D::Error> {
+        let name = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+        Errno::from_name(&name).ok_or_else(|| D::Error::custom(format!("not an errno: {name:?}")))
+    }
 }
 
 by_name! {

@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::*;
 use crate::{
     clock::WallClock,
-    event::{EventKind, TcpState::*},
+    event::{Counters, Errno, EventKind, TcpState::*},
     pipeline::{Pipeline, PipelineOptions},
     recording::Recorder,
     render::{explain::Lang, stream::StreamFormat},
@@ -36,6 +36,16 @@ impl Write for Shared {
 fn every_kind_of_event() -> Vec<crate::event::TcpEvent> {
     let mut r = simultaneous_close();
     server_closes_first(&mut r)
+        .with_counters(Counters {
+            bytes_acked: 81,
+            bytes_received: 1_024_577,
+            segs_out: 9,
+            segs_in: 40,
+            rtt_us: 25,
+            min_rtt_us: 11,
+            snd_cwnd: 10,
+            ..Counters::default()
+        })
         .timer(1310.0, 12, EventKind::TimeWaitCancel { timer: 0x5150 })
         .timer(1310.000001, 12, EventKind::TimeWaitRearm { timer: 0x5150, timeout_jiffies: 15000 })
         .timer(1371.1, 12, EventKind::TimeWaitCancel { timer: 0x5150 })
@@ -48,6 +58,12 @@ fn every_kind_of_event() -> Vec<crate::event::TcpEvent> {
         .transition(1380.0002, 32, SynReceived, Established, v6_server, None)
         .reset(1380.1, 31, true, v6_client, Some(32))
         .transition(1380.1, 31, Established, Closed, v6_client, Some(32))
+        .with_counters(Counters {
+            bytes_retrans: 1448,
+            total_retrans: 3,
+            error: Some(Errno(libc::ECONNRESET as u16)),
+            ..Counters::default()
+        })
         .reset(1380.10001, 32, false, v6_server, None)
         .transition(1380.10001, 32, Established, Closed, v6_server, None)
         .reset(1381.0, 0, true, ("127.0.0.1:9", "127.0.0.1:40009"), None);
