@@ -180,6 +180,21 @@ pub const FIN_WAIT2_SOCKET: Note = Note {
     ru: "Это осиротевший FIN_WAIT2, а не TIME-WAIT: приложение закрыло сокет, наш FIN подтверждён, но FIN собеседника так и не пришёл. Ядро держит его на time-wait-сокете net.ipv4.tcp_fin_timeout (по умолчанию 60 с).",
 };
 
+pub const COUNTERS: Note = Note {
+    en: "What the counters say: a retransmit is a segment sent again because its acknowledgement did not come in time (it was lost, or late); some are normal on a real network, many mean loss or congestion. RTT is the round-trip time, from sending a segment to its ACK, smoothed by the kernel (srtt): tens of µs on loopback, milliseconds across a network. They are read from the socket when it closed, as ss -i shows them.",
+    ru: "Что говорят счётчики: повторная передача (retransmit) — сегмент, отправленный снова, потому что подтверждение не пришло вовремя (он потерялся или задержался); немного их — норма для настоящей сети, много — признак потерь или перегрузки. RTT — время кругового пути, от отправки сегмента до его ACK, сглаженное ядром (srtt): десятки мкс на loopback, миллисекунды через сеть. Они прочитаны из сокета при закрытии, как их показывает ss -i.",
+};
+
+pub const REFUSED: Note = Note {
+    en: "The connect was refused: the other host answered the SYN with a RST, which means nothing listens on that port (ECONNREFUSED). It fails at once, after one round trip.",
+    ru: "Соединение отвергнуто: другой хост ответил на SYN сегментом RST — на этом порту никто не слушает (ECONNREFUSED). Ошибка приходит сразу, через один круговой путь.",
+};
+
+pub const TIMED_OUT: Note = Note {
+    en: "The connect timed out: no answer came to the SYN, so the kernel sent it again after 1 s, 2 s, 4 s… (net.ipv4.tcp_syn_retries times) and then gave up with ETIMEDOUT. A firewall that drops packets silently, or a host that is down, looks like this.",
+    ru: "Время соединения истекло: на SYN никто не ответил, и ядро повторяло его через 1 с, 2 с, 4 с… (net.ipv4.tcp_syn_retries раз), а затем сдалось с ошибкой ETIMEDOUT. Так выглядит брандмауэр, молча отбрасывающий пакеты, или выключенный хост.",
+};
+
 /// The general notes about TIME-WAIT, shown once per run.
 pub const TIME_WAIT_NOTES: [&Note; 5] =
     [&WHY_TIME_WAIT, &WHY_NOT_DELETE, &WHY_60_TO_62, &TRACE_SHOWS_CLOSED, &PILE_UP];
@@ -193,6 +208,16 @@ pub fn connection(lang: Lang, connection: &Connection) -> Vec<&'static str> {
             notes.push(note);
         }
     };
+    match connection.failed_connect().and_then(|failed| failed.error) {
+        Some(error) if error.name() == "ECONNREFUSED" => add(REFUSED.text(lang)),
+        Some(error) if error.name() == "ETIMEDOUT" => add(TIMED_OUT.text(lang)),
+        _ => {}
+    }
+    if connection.failed_connect().is_none()
+        && connection.endpoints.iter().any(|e| e.counters.is_some())
+    {
+        add(COUNTERS.text(lang));
+    }
     for endpoint in &connection.endpoints {
         let Some(tw) = &endpoint.time_wait else { continue };
         if tw.kind == TimeWaitKind::FinWait2 {
@@ -255,6 +280,50 @@ mod tests {
         assert_eq!(notes[0], closer(Lang::En, Closer::Server));
         assert_eq!(notes[1], FIN_WAIT2_SOCKET.en);
         assert!(notes[2].starts_with("This TIME-WAIT was killed early"), "{}", notes[2]);
+    }
+
+    /// A connection that carried data is told what its counters mean; a refused connect
+    /// and a timed-out one, why they failed; in both languages.
+    #[test]
+    fn counters_and_failed_connects_are_explained() {
+        use crate::{
+            event::{Counters, Errno, TcpState::*},
+            testing::*,
+        };
+        let mut r = Recording::default();
+        let refused = ("127.0.0.1:40010", "127.0.0.1:9");
+        let timed_out = ("127.0.0.1:40011", "127.0.0.1:4000");
+        server_closes_first(&mut r)
+            .with_counters(Counters { bytes_acked: 81, rtt_us: 25, ..Counters::default() })
+            .transition(1301.0, 41, Closed, SynSent, refused, Some(5))
+            .transition(1301.0001, 41, SynSent, Closed, refused, Some(5))
+            .with_counters(Counters {
+                error: Some(Errno(libc::ECONNREFUSED as u16)),
+                ..Counters::default()
+            })
+            .transition(1302.0, 42, Closed, SynSent, timed_out, Some(5))
+            .transition(1305.0, 42, SynSent, Closed, timed_out, None)
+            .with_counters(Counters {
+                error: Some(Errno(libc::ETIMEDOUT as u16)),
+                total_retrans: 2,
+                ..Counters::default()
+            });
+        let (connections, _, _) = r.run(1400.0);
+        assert_eq!(connections.len(), 3, "{connections:#?}");
+        let port = |c: &Connection| c.endpoints[0].remote.port();
+        for lang in Lang::ALL {
+            for record in &connections {
+                let notes = connection(lang, record);
+                let expected = match port(record) {
+                    9 => REFUSED.text(lang),
+                    4000 => TIMED_OUT.text(lang),
+                    _ => COUNTERS.text(lang),
+                };
+                assert!(notes.contains(&expected), "{notes:#?}");
+                let others = [REFUSED.text(lang), TIMED_OUT.text(lang), COUNTERS.text(lang)];
+                assert_eq!(notes.iter().filter(|n| others.contains(n)).count(), 1, "{notes:#?}");
+            }
+        }
     }
 
     /// The note on TIME-WAIT's length states the engine's own constant and the range the

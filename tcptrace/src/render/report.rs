@@ -77,7 +77,7 @@ impl fmt::Display for Bytes {
 }
 
 /// A socket's counters in one line: `sent 1.2 MB, received 3.4 kB, 0 retransmits, RTT 52 µs`.
-struct CountersText<'a>(&'a Counters);
+pub struct CountersText<'a>(pub &'a Counters);
 
 impl fmt::Display for CountersText<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

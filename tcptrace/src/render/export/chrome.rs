@@ -21,7 +21,7 @@ pub fn write(out: &mut impl Write, input: &ExportInput<'_>) -> io::Result<()> {
         events.push(json!({"ph": "M", "name": "process_name", "pid": pid, "tid": 0, "args": {"name": title}}));
         for (index, lane) in timeline.lanes.iter().enumerate() {
             let tid = index + 1;
-            events.push(json!({"ph": "M", "name": "thread_name", "pid": pid, "tid": tid, "args": {"name": lane.label()}}));
+            events.push(json!({"ph": "M", "name": "thread_name", "pid": pid, "tid": tid, "args": {"name": lane.carried().map_or_else(|| lane.label(), |carried| format!("{}: {carried}", lane.label()))}}));
             for interval in &lane.intervals {
                 let mut args = json!({"open": interval.open});
                 if let Some(detail) = &interval.detail {

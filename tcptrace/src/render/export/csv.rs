@@ -4,17 +4,30 @@ use std::io::{self, Write};
 
 use super::{ExportInput, Timeline};
 
-pub const HEADER: &str = "connection_id,endpoint,role,state,start_ns,end_ns,duration_ns,open";
+pub const HEADER: &str = "connection_id,endpoint,role,state,start_ns,end_ns,duration_ns,open,\
+bytes_acked,bytes_received,total_retrans,rtt_us,error";
 
 pub fn write(out: &mut impl Write, input: &ExportInput<'_>) -> io::Result<()> {
     writeln!(out, "{HEADER}")?;
     for connection in input.connections {
         let timeline = Timeline::new(connection, input.end_ns);
         for lane in &timeline.lanes {
+            // The endpoint's counters at close, on each of its rows (empty when not seen).
+            let counters = match &lane.endpoint.counters {
+                Some(c) => format!(
+                    "{},{},{},{},{}",
+                    c.bytes_acked,
+                    c.bytes_received,
+                    c.total_retrans,
+                    c.rtt_us,
+                    c.error.map(|e| e.name()).unwrap_or_default()
+                ),
+                None => ",,,,".into(),
+            };
             for interval in &lane.intervals {
                 writeln!(
                     out,
-                    "{},{},{},{},{},{},{},{}",
+                    "{},{},{},{},{},{},{},{},{counters}",
                     connection.id,
                     field(&lane.endpoint.local.to_string()),
                     lane.role.name(),

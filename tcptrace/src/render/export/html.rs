@@ -44,6 +44,7 @@ h2 { font-size: 1.05em; margin: 1.2em 0 .3em; }
 .legend span::before { content: ""; display: inline-block; width: 1em; height: 1em; margin-right: .3em; vertical-align: -.15em; background: var(--c); border: 1px solid #0003; }
 .notes p { margin: .3em 0; max-width: 70em; }
 .lane { display: flex; align-items: center; margin: 2px 0; }
+.carried { color: #666; font-size: 11px; }
 .label { width: 26em; flex: none; font-family: ui-monospace, monospace; font-size: 12px; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; padding-right: .5em; }
 .track { position: relative; flex: 1; height: 26px; background: #fafafa; border: 1px solid #ddd; }
 .bar { position: absolute; top: 2px; bottom: 2px; border: 1px solid #0004; box-sizing: border-box; font-size: 11px; line-height: 20px; overflow: hidden; white-space: nowrap; padding: 0 2px; cursor: default; }
@@ -108,7 +109,8 @@ function render() {
     if (c.note) { const p = el('div', 'note'); p.textContent = c.note; section.append(p); }
     for (const lane of c.lanes) {
       const row = el('div', 'lane');
-      const label = el('div', 'label'); label.textContent = lane.label; label.title = lane.label;
+      const label = el('div', 'label'); label.textContent = lane.label; label.title = lane.label + (lane.carried ? '\n' + lane.carried : '');
+      if (lane.carried) { const carried = el('div', 'carried'); carried.textContent = lane.carried; label.append(carried); }
       const track = el('div', 'track');
       for (const iv of lane.intervals) {
         const bar = el('div', 'bar' + (iv.open ? ' open' : ''));
@@ -189,7 +191,7 @@ fn connection_data(timeline: &Timeline<'_>, lang: Lang) -> Value {
                 .collect();
             let instants: Vec<Value> =
                 lane.instants.iter().map(|i| json!({"name": i.name, "t": us(i.ts_ns)})).collect();
-            json!({"label": lane.label(), "intervals": intervals, "instants": instants})
+            json!({"label": lane.label(), "carried": lane.carried(), "intervals": intervals, "instants": instants})
         })
         .collect();
     let connection = timeline.connection;

@@ -114,6 +114,11 @@ impl Lane<'_> {
         };
         format!("{} {} ({owner})", self.role.name(), self.endpoint.local)
     }
+
+    /// What the endpoint carried, in words, when its counters were seen at close.
+    pub fn carried(&self) -> Option<String> {
+        self.endpoint.counters.as_ref().map(|counters| report::CountersText(counters).to_string())
+    }
 }
 
 /// A connection as lanes of bars and instants.

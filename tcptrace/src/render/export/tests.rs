@@ -15,6 +15,13 @@ use crate::{
 fn connections() -> (Vec<Connection>, u64) {
     let mut r = simultaneous_close();
     server_closes_first(&mut r)
+        .with_counters(crate::event::Counters {
+            bytes_acked: 81,
+            bytes_received: 1_024_001,
+            total_retrans: 2,
+            rtt_us: 52,
+            ..Default::default()
+        })
         .timer(1361.1, 12, EventKind::TimeWaitCancel { timer: 0x5150 })
         .timer(1361.1000001, 12, EventKind::TimeWaitExpire { timer: 0x5150 });
     let evil = ("127.0.0.1:40002", "127.0.0.1:18084");
@@ -59,7 +66,7 @@ fn csv_has_one_row_per_state_interval() {
     let mut lines = text.lines();
     assert_eq!(lines.next(), Some(csv::HEADER));
     let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
-    assert!(rows.iter().all(|r| r.len() == 8), "{text}");
+    assert!(rows.iter().all(|r| r.len() == 13), "{text}");
     // Simultaneous: 4 bars and a TIME-WAIT per side; server-first: client 4 bars, server
     // 4 and a TIME-WAIT; the open connection: one open SYN_SENT bar.
     assert_eq!(rows.len(), 10 + 9 + 1, "{text}");
@@ -74,6 +81,14 @@ fn csv_has_one_row_per_state_interval() {
     let server_tw = rows.iter().find(|r| r[0] == server_first_id && r[3] == "TIME_WAIT").unwrap();
     assert_eq!((server_tw[1], server_tw[2], server_tw[7]), ("127.0.0.1:18084", "server", "false"));
     assert_eq!(rows.last().unwrap()[7], "true", "still open at the end");
+    // The client of the server-first connection closed with its counters: on each of its
+    // rows, and on no other endpoint's.
+    let with_counters: Vec<&Vec<&str>> = rows.iter().filter(|r| !r[8].is_empty()).collect();
+    assert_eq!(with_counters.len(), 4, "{text}");
+    for row in with_counters {
+        assert_eq!((row[0], row[2]), (server_first_id.as_str(), "client"));
+        assert_eq!(row[8..], ["81", "1024001", "2", "52", ""]);
+    }
 }
 
 #[test]
@@ -165,4 +180,21 @@ fn html_is_self_contained_and_escapes_event_text() {
     };
     assert!((bar("TIME_WAIT") / 1e6 - 61.1).abs() < 0.01);
     assert!(bar("SYN_RECEIVED") < 100.0);
+}
+
+/// The Perfetto trace and the HTML page show, per endpoint, what it carried.
+#[test]
+fn the_trace_and_the_page_show_what_each_endpoint_carried() {
+    let carried = "sent 81 B, received 1.0 MB, 2 retransmits, RTT 52 µs";
+    let trace: Value = serde_json::from_str(&export(ExportFormat::ChromeTrace)).unwrap();
+    let names: Vec<&str> = trace["traceEvents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["name"] == "thread_name")
+        .filter_map(|e| e["args"]["name"].as_str())
+        .collect();
+    assert_eq!(names.iter().filter(|n| n.ends_with(carried)).count(), 1, "{names:#?}");
+    let page = export(ExportFormat::Html);
+    assert_eq!(page.matches(carried).count(), 1, "in the page's data, once");
 }
