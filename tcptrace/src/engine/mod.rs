@@ -30,7 +30,7 @@ pub use records::{
     Attribution, Closer, Connection, Endpoint, FailedConnect, Output, Role, StateSpan, TimeWait,
     TimeWaitEnd, TimeWaitKind,
 };
-pub use stats::{PortPressure, Stats, TimeWaitStats};
+pub use stats::{Carried, PortPressure, Stats, TimeWaitStats};
 use storage::{Address, Index, NEVER, NO_INDEX, Side, Slab, Step, Steps, Tracked, UNKNOWN_NS};
 
 use crate::event::{Comm, Counters, EventKind, Owner, TcpEvent, TcpState};

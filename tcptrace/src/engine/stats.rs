@@ -6,7 +6,10 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
+use serde::{Deserialize, Serialize};
+
 use super::{Closer, Connection, Engine, TimeWaitEnd};
+use crate::event::Counters;
 
 /// How many TIME-WAIT durations a local endpoint keeps for its median: memory stays
 /// bounded however long tcptrace runs.
@@ -48,6 +51,27 @@ impl TimeWaitStats {
     }
 }
 
+/// Counters of many sockets, added up.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Carried {
+    /// Sockets whose counters are in the sums.
+    pub sockets: u64,
+    pub bytes_acked: u64,
+    pub bytes_received: u64,
+    pub bytes_retrans: u64,
+    pub total_retrans: u64,
+}
+
+impl Carried {
+    fn add(&mut self, counters: &Counters) {
+        self.sockets += 1;
+        self.bytes_acked += counters.bytes_acked;
+        self.bytes_received += counters.bytes_received;
+        self.bytes_retrans += counters.bytes_retrans;
+        self.total_retrans += u64::from(counters.total_retrans);
+    }
+}
+
 /// TIME-WAIT sockets on ephemeral ports toward one remote endpoint from one local address:
 /// each holds a port that a new connection to that remote endpoint can't use.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -66,6 +90,8 @@ pub struct Stats {
     /// Connects that never got through (SYN_SENT → CLOSED), by the error they ended with
     /// (its name, or `unknown` when the close came without the socket's counters).
     pub failed_connects: BTreeMap<String, u64>,
+    /// What every socket that closed with its counters carried, added up.
+    pub carried: Carried,
     /// Connections dropped unfinished to keep memory bounded.
     pub aged_out: u64,
     /// Timer or reset events for sockets the engine never saw.
@@ -82,6 +108,9 @@ impl Engine {
         if let Some(failed) = connection.failed_connect() {
             let error = failed.error.map_or("unknown".into(), |error| error.name().into_owned());
             *stats.failed_connects.entry(error).or_default() += 1;
+        }
+        for counters in connection.endpoints.iter().filter_map(|e| e.counters.as_ref()) {
+            stats.carried.add(counters);
         }
         for endpoint in &connection.endpoints {
             let Some(tw) = &endpoint.time_wait else { continue };

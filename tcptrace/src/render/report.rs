@@ -375,6 +375,18 @@ pub fn write_summary_text(
             stats.failed_connects.iter().map(|(error, n)| format!("{error} {n}")).collect();
         writeln!(out, "failed connects: {}", parts.join(", "))?;
     }
+    let carried = &stats.carried;
+    if carried.sockets > 0 {
+        let s = if carried.total_retrans == 1 { "" } else { "s" };
+        writeln!(
+            out,
+            "carried: sent {}, received {}, {} retransmit{s} ({} sockets' counters at close)",
+            Bytes(carried.bytes_acked),
+            Bytes(carried.bytes_received),
+            carried.total_retrans,
+            carried.sockets
+        )?;
+    }
     let rows = time_wait_rows(stats);
     if !rows.is_empty() {
         writeln!(
@@ -480,6 +492,7 @@ pub fn write_summary_json(
         aged_out: stats.aged_out,
         time_wait_by_local,
         failed_connects: stats.failed_connects.clone(),
+        carried: stats.carried,
         ephemeral_ports,
         pile_ups,
         kernel_programs,

@@ -22,7 +22,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    engine::{Closer, Role, TimeWaitEnd, TimeWaitKind},
+    engine::{Carried, Closer, Role, TimeWaitEnd, TimeWaitKind},
     event::{Counters, Errno, Family, TcpState},
 };
 
@@ -344,6 +344,8 @@ pub struct Summary<'a> {
     pub time_wait_by_local: Vec<TimeWaitByLocal>,
     /// Connects that never became connections, by the error they ended with.
     pub failed_connects: std::collections::BTreeMap<String, u64>,
+    /// What the sockets that closed with their counters carried, added up.
+    pub carried: Carried,
     pub ephemeral_ports: (u16, u16),
     pub pile_ups: Vec<PileUp>,
     #[serde(borrow)]
