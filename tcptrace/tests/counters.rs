@@ -206,29 +206,41 @@ fn a_connect_whose_syns_are_dropped_times_out_after_its_retries() {
     assert_eq!(summary(&lines)["failed_connects"]["ETIMEDOUT"], 1);
 }
 
-/// The counters' BTF offsets are found in this machine's kernel: inside struct tcp_sock,
-/// all different, `struct sock` (and its `sk_err`) first.
+/// tcptrace's own BTF reader finds every member it reads where btfparse, a general BTF
+/// parser, finds it in this machine's kernel, with the same size.
 #[test]
-fn the_counters_are_found_in_this_kernels_btf() {
-    let offsets = tcptrace::kernel::btf::tcp_sock_offsets(tcptrace::kernel::btf::VMLINUX).unwrap();
-    let all = [
-        offsets.bytes_acked,
-        offsets.bytes_received,
-        offsets.bytes_retrans,
-        offsets.segs_out,
-        offsets.segs_in,
-        offsets.total_retrans,
-        offsets.srtt_us,
-        offsets.min_rtt,
-        offsets.snd_cwnd,
-        offsets.sk_err,
-    ];
-    let mut distinct = all.to_vec();
-    distinct.sort_unstable();
-    distinct.dedup();
-    assert_eq!(distinct.len(), all.len(), "{offsets:?}");
-    assert!(all.iter().all(|&offset| offset < 4096), "{offsets:?}");
-    assert!(offsets.sk_err < offsets.bytes_acked, "{offsets:?}");
+fn the_btf_reader_agrees_with_btfparse_on_this_kernel() {
+    use tcptrace::kernel::btf::{Btf, TCP_SOCK_MEMBERS, VMLINUX};
+    struct Bytes(Vec<u8>);
+    impl btfparse::Readable for Bytes {
+        fn read(&self, offset: u64, buffer: &mut [u8]) -> btfparse::Result<()> {
+            let start = offset as usize;
+            let bytes = self
+                .0
+                .get(start..start + buffer.len())
+                .ok_or_else(|| btfparse::Error::new(btfparse::ErrorKind::EOF, "past the end"))?;
+            buffer.copy_from_slice(bytes);
+            Ok(())
+        }
+    }
+    let bytes = std::fs::read(VMLINUX).unwrap();
+    let theirs = btfparse::TypeInformation::new(&Bytes(bytes.clone())).unwrap();
+    let ours = Btf::parse(bytes).unwrap();
+    let (their_id, our_id) =
+        (theirs.id_of("tcp_sock").unwrap(), ours.struct_named("tcp_sock").unwrap());
+    assert_eq!(their_id, our_id);
+    for (member, size) in TCP_SOCK_MEMBERS {
+        let (their_type, their_offset) = theirs.offset_of(their_id, member).unwrap();
+        let btfparse::Offset::ByteOffset(their_offset) = their_offset else {
+            panic!("{member} is a bitfield")
+        };
+        let their_size = theirs.size_of(their_type).unwrap() as u32;
+        assert_eq!(ours.offset_of(our_id, member).unwrap(), (their_offset, their_size), "{member}");
+        assert_eq!(their_size, size, "{member}");
+    }
+    let offsets = tcptrace::kernel::btf::tcp_sock_offsets(VMLINUX).unwrap();
+    assert_eq!(offsets.valid, 1);
+    assert!(offsets.sk_err < offsets.bytes_acked, "struct sock comes first: {offsets:?}");
 }
 
 /// A recording made before the counters (format version 1) still replays; its
