@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use proptest::prelude::*;
 use tcptrace::{
     engine::{Engine, EngineOptions, Output},
-    event::{Comm, Counters, Errno, EventKind, Task, TcpEvent, TcpState},
+    event::{Comm, Counters, Errno, EventKind, Task, TcpEvent, TcpInfo, TcpState},
     recording::{FORMAT_VERSION, Item, Reader, Recorder, RecordingHeader},
 };
 
@@ -45,15 +45,17 @@ fn kind() -> impl Strategy<Value = EventKind> {
 fn counters() -> impl Strategy<Value = Counters> {
     (any::<[u64; 3]>(), any::<[u32; 6]>(), proptest::option::of(1..200u16)).prop_map(
         |([bytes_acked, bytes_received, bytes_retrans], [a, b, c, d, e, f], error)| Counters {
-            bytes_acked,
-            bytes_received,
-            bytes_retrans,
-            segs_out: a,
-            segs_in: b,
-            total_retrans: c,
-            rtt_us: d,
-            min_rtt_us: e,
-            snd_cwnd: f,
+            info: TcpInfo {
+                bytes_acked,
+                bytes_received,
+                bytes_retrans,
+                segs_out: a,
+                segs_in: b,
+                total_retrans: c,
+                rtt_us: d,
+                min_rtt_us: e,
+                snd_cwnd: f,
+            },
             error: error.map(Errno),
         },
     )

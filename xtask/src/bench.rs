@@ -350,7 +350,7 @@ pub fn write_recording(
     close: bool,
 ) -> Result<u64> {
     use tcptrace::{
-        event::{Comm, Counters, EventKind, Task, TcpEvent, TcpState::*},
+        event::{Comm, Counters, EventKind, Task, TcpEvent, TcpInfo, TcpState::*},
         recording::{FORMAT_VERSION, Recorder, RecordingHeader},
     };
     let header = RecordingHeader {
@@ -430,14 +430,17 @@ pub fn write_recording(
                 cpu: (i % 2) as u8,
                 // Each close carries its socket's counters, as on a kernel with BTF.
                 counters: (new == Closed).then_some(Counters {
-                    bytes_acked: 80,
-                    bytes_received: 140,
-                    segs_out: 5,
-                    segs_in: 5,
-                    rtt_us: 40,
-                    min_rtt_us: 12,
-                    snd_cwnd: 10,
-                    ..Counters::default()
+                    info: TcpInfo {
+                        bytes_acked: 80,
+                        bytes_received: 140,
+                        segs_out: 5,
+                        segs_in: 5,
+                        rtt_us: 40,
+                        min_rtt_us: 12,
+                        snd_cwnd: 10,
+                        ..TcpInfo::default()
+                    },
+                    error: None,
                 }),
             })?;
             events += 1;

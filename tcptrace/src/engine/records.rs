@@ -227,7 +227,7 @@ impl Connection {
         Some(FailedConnect {
             attempt_ns: syn_sent.duration_ns,
             error: client.counters.and_then(|counters| counters.error),
-            syn_retransmits: client.counters.map(|counters| counters.total_retrans),
+            syn_retransmits: client.counters.map(|counters| counters.info.total_retrans),
         })
     }
 

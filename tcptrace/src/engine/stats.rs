@@ -9,7 +9,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use super::{Closer, Connection, Engine, TimeWaitEnd};
-use crate::event::Counters;
+use crate::event::TcpInfo;
 
 /// How many TIME-WAIT durations a local endpoint keeps for its median: memory stays
 /// bounded however long tcptrace runs.
@@ -63,7 +63,7 @@ pub struct Carried {
 }
 
 impl Carried {
-    fn add(&mut self, counters: &Counters) {
+    fn add(&mut self, counters: &TcpInfo) {
         self.sockets += 1;
         self.bytes_acked += counters.bytes_acked;
         self.bytes_received += counters.bytes_received;
@@ -110,7 +110,7 @@ impl Engine {
             *stats.failed_connects.entry(error).or_default() += 1;
         }
         for counters in connection.endpoints.iter().filter_map(|e| e.counters.as_ref()) {
-            stats.carried.add(counters);
+            stats.carried.add(&counters.info);
         }
         for endpoint in &connection.endpoints {
             let Some(tw) = &endpoint.time_wait else { continue };

@@ -7,7 +7,7 @@ use std::{
 
 use tcptrace_common::{AF_INET, AF_INET6, Event, kind};
 
-use super::{Comm, Counters, Errno, EventKind, Task, TcpEvent, TcpState};
+use super::{Comm, Counters, Errno, EventKind, Task, TcpEvent, TcpInfo, TcpState};
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum DecodeError {
@@ -40,7 +40,7 @@ fn address(family: u8, bytes: [u8; 16], port: u16) -> Result<SocketAddr, DecodeE
 }
 
 fn counters(raw: &tcptrace_common::TcpCounters) -> Counters {
-    Counters {
+    let info = TcpInfo {
         bytes_acked: raw.bytes_acked,
         bytes_received: raw.bytes_received,
         bytes_retrans: raw.bytes_retrans,
@@ -51,8 +51,8 @@ fn counters(raw: &tcptrace_common::TcpCounters) -> Counters {
         // `~0` until the first RTT sample.
         min_rtt_us: if raw.min_rtt_us == u32::MAX { 0 } else { raw.min_rtt_us },
         snd_cwnd: raw.snd_cwnd,
-        error: u16::try_from(raw.sk_err).ok().filter(|&n| n != 0).map(Errno),
-    }
+    };
+    Counters { info, error: u16::try_from(raw.sk_err).ok().filter(|&n| n != 0).map(Errno) }
 }
 
 fn state(number: u8) -> Result<TcpState, DecodeError> {

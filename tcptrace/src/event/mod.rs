@@ -261,10 +261,17 @@ impl Errno {
     }
 }
 
-/// What a socket carried and how it ended, read from its `struct tcp_sock` when it closed:
-/// the counters `TCP_INFO` and `ss -i` report, and its pending error.
+/// What a socket carried and how it ended, read from its `struct tcp_sock` when it closed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
+    pub info: TcpInfo,
+    /// The socket's pending error (`sk_err`) when it closed.
+    pub error: Option<Errno>,
+}
+
+/// The counters `TCP_INFO` and `ss -i` report (also the JSON lines' `tcp_info`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TcpInfo {
     /// Bytes of ours the peer acknowledged (`tcpi_bytes_acked`).
     pub bytes_acked: u64,
     /// Bytes received in order (`tcpi_bytes_received`).
@@ -278,8 +285,6 @@ pub struct Counters {
     pub rtt_us: u32,
     pub min_rtt_us: u32,
     pub snd_cwnd: u32,
-    /// The socket's pending error (`sk_err`) when it closed.
-    pub error: Option<Errno>,
 }
 
 /// One decoded kernel event.

@@ -5,7 +5,7 @@ use std::io::{self, BufRead};
 
 use super::{Item, ReadError, scan::read_canonical};
 use crate::{
-    event::{Comm, EventKind, Task, TcpEvent},
+    event::{Comm, Counters, EventKind, Task, TcpEvent},
     schema::{
         Addresses, End, Hex, Lost, READABLE_VERSIONS, RecordedTask, RecordingHeader, RecordingLine,
         TimerEvent,
@@ -144,7 +144,7 @@ fn into_item(line: RecordingLine<'_>) -> Result<Item, String> {
         RecordingLine::Transition(line) => {
             let time_wait_timer = line.time_wait_timer.map(|Hex(timer)| timer);
             let kind = EventKind::Transition { old: line.old, new: line.new, time_wait_timer };
-            counters = line.tcp_info.map(|info| info.with_error(line.error));
+            counters = line.tcp_info.map(|info| Counters { info, error: line.error });
             (line.ts_ns, line.sk, kind, Some(line.addresses), line.tail)
         }
         RecordingLine::TimeWaitTimer(line) => {

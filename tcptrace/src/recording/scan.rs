@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 
 use super::Item;
-use crate::event::{Comm, Counters, Errno, EventKind, Task, TcpEvent, TcpState};
+use crate::event::{Comm, Counters, Errno, EventKind, Task, TcpEvent, TcpInfo, TcpState};
 
 /// Reads a line laid out exactly as [`super::Recorder`] writes it: its keys in its order, ASCII
 /// strings without escapes, plain numbers. `None` for anything else, which serde_json then
@@ -241,7 +241,7 @@ impl<'a> Cursor<'a> {
 
     /// A `tcp_info` object in the recorder's order, and the `error` after it, if any.
     fn tcp_info(&mut self) -> Option<Counters> {
-        let mut counters = Counters {
+        let info = TcpInfo {
             bytes_acked: self.number_field(b"{\"bytes_acked\":")?,
             bytes_received: self.number_field(b",\"bytes_received\":")?,
             bytes_retrans: self.number_field(b",\"bytes_retrans\":")?,
@@ -251,13 +251,14 @@ impl<'a> Cursor<'a> {
             rtt_us: self.number_field(b",\"rtt_us\":")?.try_into().ok()?,
             min_rtt_us: self.number_field(b",\"min_rtt_us\":")?.try_into().ok()?,
             snd_cwnd: self.number_field(b",\"snd_cwnd\":")?.try_into().ok()?,
-            error: None,
         };
         self.expect(b"}")?;
-        if self.optional(b",\"error\":") {
-            counters.error = Some(Errno::from_name(std::str::from_utf8(self.string()?).ok()?)?);
-        }
-        Some(counters)
+        let error = if self.optional(b",\"error\":") {
+            Some(Errno::from_name(std::str::from_utf8(self.string()?).ok()?)?)
+        } else {
+            None
+        };
+        Some(Counters { info, error })
     }
 
     fn state(&mut self) -> Option<TcpState> {

@@ -287,14 +287,17 @@ mod tests {
     #[test]
     fn counters_and_failed_connects_are_explained() {
         use crate::{
-            event::{Counters, Errno, TcpState::*},
+            event::{Counters, Errno, TcpInfo, TcpState::*},
             testing::*,
         };
         let mut r = Recording::default();
         let refused = ("127.0.0.1:40010", "127.0.0.1:9");
         let timed_out = ("127.0.0.1:40011", "127.0.0.1:4000");
         server_closes_first(&mut r)
-            .with_counters(Counters { bytes_acked: 81, rtt_us: 25, ..Counters::default() })
+            .with_counters(Counters {
+                info: TcpInfo { bytes_acked: 81, rtt_us: 25, ..TcpInfo::default() },
+                error: None,
+            })
             .transition(1301.0, 41, Closed, SynSent, refused, Some(5))
             .transition(1301.0001, 41, SynSent, Closed, refused, Some(5))
             .with_counters(Counters {
@@ -304,9 +307,8 @@ mod tests {
             .transition(1302.0, 42, Closed, SynSent, timed_out, Some(5))
             .transition(1305.0, 42, SynSent, Closed, timed_out, None)
             .with_counters(Counters {
+                info: TcpInfo { total_retrans: 2, ..TcpInfo::default() },
                 error: Some(Errno(libc::ETIMEDOUT as u16)),
-                total_retrans: 2,
-                ..Counters::default()
             });
         let (connections, _, _) = r.run(1400.0);
         assert_eq!(connections.len(), 3, "{connections:#?}");

@@ -81,7 +81,7 @@ pub struct CountersText<'a>(pub &'a Counters);
 
 impl fmt::Display for CountersText<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let c = self.0;
+        let (c, error) = (&self.0.info, self.0.error);
         let s = if c.total_retrans == 1 { "" } else { "s" };
         write!(f, "sent {}, received {}, ", Bytes(c.bytes_acked), Bytes(c.bytes_received))?;
         write!(f, "{} retransmit{s}", c.total_retrans)?;
@@ -91,7 +91,7 @@ impl fmt::Display for CountersText<'_> {
                 _ => write!(f, ", RTT {:.1} ms", f64::from(c.rtt_us) / 1e3)?,
             }
         }
-        if let Some(error) = c.error {
+        if let Some(error) = error {
             write!(f, ", ended with {}", error.name())?;
         }
         Ok(())
@@ -266,7 +266,7 @@ fn endpoint_json(line: &mut JsonLine, connection: &Connection, endpoint: Option<
     }
     line.raw(",\"tcp_info\":");
     match &endpoint.counters {
-        Some(counters) => fast::tcp_info(line, counters),
+        Some(counters) => fast::tcp_info(line, &counters.info),
         None => {
             line.raw("null");
         }

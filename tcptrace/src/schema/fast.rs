@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 
 use super::json_line::JsonLine;
-use crate::event::{Counters, EventKind, Family, TcpEvent};
+use crate::event::{EventKind, Family, TcpEvent, TcpInfo};
 
 /// The fields every JSON form of an event has (the live stream's and the recording's):
 /// type, time, socket, addresses, and what happened. The caller adds the rest and the `}`.
@@ -39,7 +39,7 @@ pub fn event_head(
             }
             if let Some(counters) = &event.counters {
                 line.raw(",\"tcp_info\":");
-                tcp_info(line, counters);
+                tcp_info(line, &counters.info);
                 if let Some(error) = counters.error {
                     line.raw(",\"error\":\"").raw(&error.name()).raw("\"");
                 }
@@ -56,8 +56,8 @@ pub fn event_head(
     }
 }
 
-/// A [`super::TcpInfo`] object: the counters but for the error.
-pub fn tcp_info(line: &mut JsonLine, counters: &Counters) {
+/// A [`TcpInfo`] object.
+pub fn tcp_info(line: &mut JsonLine, counters: &TcpInfo) {
     line.raw("{\"bytes_acked\":").u64(counters.bytes_acked);
     line.raw(",\"bytes_received\":").u64(counters.bytes_received);
     line.raw(",\"bytes_retrans\":").u64(counters.bytes_retrans);

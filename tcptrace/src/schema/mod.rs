@@ -23,8 +23,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     engine::{Carried, Closer, Role, TimeWaitEnd, TimeWaitKind},
-    event::{Counters, Errno, Family, TcpState},
+    event::{Errno, Family, TcpState},
 };
+
+pub use crate::event::TcpInfo;
 
 /// The recording format this tcptrace writes. Version 2 added `tcp_info` and `error` to
 /// closes; version 1 recordings still read (their connections have no counters).
@@ -114,53 +116,6 @@ pub struct Transition<T> {
     pub error: Option<Errno>,
     #[serde(flatten)]
     pub tail: T,
-}
-
-/// What a socket carried, as `TCP_INFO` and `ss -i` say it (the socket's counters when it
-/// closed, but for its pending error).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TcpInfo {
-    pub bytes_acked: u64,
-    pub bytes_received: u64,
-    pub bytes_retrans: u64,
-    pub segs_out: u32,
-    pub segs_in: u32,
-    pub total_retrans: u32,
-    pub rtt_us: u32,
-    pub min_rtt_us: u32,
-    pub snd_cwnd: u32,
-}
-
-impl TcpInfo {
-    pub fn of(counters: &Counters) -> TcpInfo {
-        TcpInfo {
-            bytes_acked: counters.bytes_acked,
-            bytes_received: counters.bytes_received,
-            bytes_retrans: counters.bytes_retrans,
-            segs_out: counters.segs_out,
-            segs_in: counters.segs_in,
-            total_retrans: counters.total_retrans,
-            rtt_us: counters.rtt_us,
-            min_rtt_us: counters.min_rtt_us,
-            snd_cwnd: counters.snd_cwnd,
-        }
-    }
-
-    /// The counters these are, with the socket's pending error.
-    pub fn with_error(self, error: Option<Errno>) -> Counters {
-        Counters {
-            bytes_acked: self.bytes_acked,
-            bytes_received: self.bytes_received,
-            bytes_retrans: self.bytes_retrans,
-            segs_out: self.segs_out,
-            segs_in: self.segs_in,
-            total_retrans: self.total_retrans,
-            rtt_us: self.rtt_us,
-            min_rtt_us: self.min_rtt_us,
-            snd_cwnd: self.snd_cwnd,
-            error,
-        }
-    }
 }
 
 /// `time_wait_timer`: the timer of a time-wait socket was re-armed, cancelled or ran out.

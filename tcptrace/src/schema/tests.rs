@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::*;
 use crate::{
     clock::WallClock,
-    event::{Counters, Errno, EventKind, TcpState::*},
+    event::{Counters, Errno, EventKind, TcpInfo, TcpState::*},
     pipeline::{Pipeline, PipelineOptions},
     recording::Recorder,
     render::{explain::Lang, stream::StreamFormat},
@@ -37,14 +37,17 @@ fn every_kind_of_event() -> Vec<crate::event::TcpEvent> {
     let mut r = simultaneous_close();
     server_closes_first(&mut r)
         .with_counters(Counters {
-            bytes_acked: 81,
-            bytes_received: 1_024_577,
-            segs_out: 9,
-            segs_in: 40,
-            rtt_us: 25,
-            min_rtt_us: 11,
-            snd_cwnd: 10,
-            ..Counters::default()
+            info: TcpInfo {
+                bytes_acked: 81,
+                bytes_received: 1_024_577,
+                segs_out: 9,
+                segs_in: 40,
+                rtt_us: 25,
+                min_rtt_us: 11,
+                snd_cwnd: 10,
+                ..TcpInfo::default()
+            },
+            error: None,
         })
         .timer(1310.0, 12, EventKind::TimeWaitCancel { timer: 0x5150 })
         .timer(1310.000001, 12, EventKind::TimeWaitRearm { timer: 0x5150, timeout_jiffies: 15000 })
@@ -59,10 +62,8 @@ fn every_kind_of_event() -> Vec<crate::event::TcpEvent> {
         .reset(1380.1, 31, true, v6_client, Some(32))
         .transition(1380.1, 31, Established, Closed, v6_client, Some(32))
         .with_counters(Counters {
-            bytes_retrans: 1448,
-            total_retrans: 3,
+            info: TcpInfo { bytes_retrans: 1448, total_retrans: 3, ..TcpInfo::default() },
             error: Some(Errno(libc::ECONNRESET as u16)),
-            ..Counters::default()
         })
         .reset(1380.10001, 32, false, v6_server, None)
         .transition(1380.10001, 32, Established, Closed, v6_server, None)

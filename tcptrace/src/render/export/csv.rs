@@ -16,10 +16,10 @@ pub fn write(out: &mut impl Write, input: &ExportInput<'_>) -> io::Result<()> {
             let counters = match &lane.endpoint.counters {
                 Some(c) => format!(
                     "{},{},{},{},{}",
-                    c.bytes_acked,
-                    c.bytes_received,
-                    c.total_retrans,
-                    c.rtt_us,
+                    c.info.bytes_acked,
+                    c.info.bytes_received,
+                    c.info.total_retrans,
+                    c.info.rtt_us,
                     c.error.map(|e| e.name()).unwrap_or_default()
                 ),
                 None => ",,,,".into(),

@@ -16,11 +16,14 @@ fn connections() -> (Vec<Connection>, u64) {
     let mut r = simultaneous_close();
     server_closes_first(&mut r)
         .with_counters(crate::event::Counters {
-            bytes_acked: 81,
-            bytes_received: 1_024_001,
-            total_retrans: 2,
-            rtt_us: 52,
-            ..Default::default()
+            info: crate::event::TcpInfo {
+                bytes_acked: 81,
+                bytes_received: 1_024_001,
+                total_retrans: 2,
+                rtt_us: 52,
+                ..Default::default()
+            },
+            error: None,
         })
         .timer(1361.1, 12, EventKind::TimeWaitCancel { timer: 0x5150 })
         .timer(1361.1000001, 12, EventKind::TimeWaitExpire { timer: 0x5150 });
