@@ -229,7 +229,7 @@ fn the_btf_reader_agrees_with_btfparse_on_this_kernel() {
     let (their_id, our_id) =
         (theirs.id_of("tcp_sock").unwrap(), ours.struct_named("tcp_sock").unwrap());
     assert_eq!(their_id, our_id);
-    for (member, size) in TCP_SOCK_MEMBERS {
+    for (member, size, _) in TCP_SOCK_MEMBERS {
         let (their_type, their_offset) = theirs.offset_of(their_id, member).unwrap();
         let btfparse::Offset::ByteOffset(their_offset) = their_offset else {
             panic!("{member} is a bitfield")

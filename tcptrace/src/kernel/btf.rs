@@ -214,59 +214,38 @@ fn u32_at(bytes: &[u8], at: usize) -> Result<u32> {
     Ok(u32::from_le_bytes([word[0], word[1], word[2], word[3]]))
 }
 
-/// The members of `struct tcp_sock` the kernel program reads, with their sizes in bytes.
-pub const TCP_SOCK_MEMBERS: [(&str, u32); 10] = [
-    ("bytes_acked", 8),
-    ("bytes_received", 8),
-    ("bytes_retrans", 8),
-    ("segs_out", 4),
-    ("segs_in", 4),
-    ("total_retrans", 4),
-    ("srtt_us", 4),
-    ("rtt_min.s[0].v", 4),
-    ("snd_cwnd", 4),
-    ("inet_conn.icsk_inet.sk.sk_err", 4),
+/// Where [`TcpSockOffsets`] keeps one member's offset.
+type Slot = fn(&mut TcpSockOffsets) -> &mut u16;
+
+/// The members of `struct tcp_sock` the kernel program reads: the member's path, its size
+/// in bytes, and where its offset goes.
+pub const TCP_SOCK_MEMBERS: [(&str, u32, Slot); 10] = [
+    ("bytes_acked", 8, |o| &mut o.bytes_acked),
+    ("bytes_received", 8, |o| &mut o.bytes_received),
+    ("bytes_retrans", 8, |o| &mut o.bytes_retrans),
+    ("segs_out", 4, |o| &mut o.segs_out),
+    ("segs_in", 4, |o| &mut o.segs_in),
+    ("total_retrans", 4, |o| &mut o.total_retrans),
+    ("srtt_us", 4, |o| &mut o.srtt_us),
+    ("rtt_min.s[0].v", 4, |o| &mut o.min_rtt),
+    ("snd_cwnd", 4, |o| &mut o.snd_cwnd),
+    ("inet_conn.icsk_inet.sk.sk_err", 4, |o| &mut o.sk_err),
 ];
 
 /// Where `struct tcp_sock` keeps what `TCP_INFO` reports, from `path` (the kernel's BTF).
 pub fn tcp_sock_offsets(path: &str) -> Result<TcpSockOffsets> {
     let btf = Btf::read(path)?;
     let tcp_sock = btf.struct_named("tcp_sock")?;
-    let mut offsets = [0u16; TCP_SOCK_MEMBERS.len()];
-    for ((member, size), slot) in TCP_SOCK_MEMBERS.iter().zip(&mut offsets) {
+    let mut offsets = TcpSockOffsets { valid: 1, ..TcpSockOffsets::default() };
+    for (member, size, slot) in TCP_SOCK_MEMBERS {
         let (offset, found) = btf
             .offset_of(tcp_sock, member)
             .with_context(|| format!("struct tcp_sock has no usable `{member}`"))?;
-        ensure!(found == *size, "`tcp_sock.{member}` is {found} bytes here; tcptrace reads {size}");
-        *slot =
+        ensure!(found == size, "`tcp_sock.{member}` is {found} bytes here; tcptrace reads {size}");
+        *slot(&mut offsets) =
             u16::try_from(offset).map_err(|_| anyhow!("`tcp_sock.{member}` lies past 64 KiB"))?;
     }
-    let [
-        bytes_acked,
-        bytes_received,
-        bytes_retrans,
-        segs_out,
-        segs_in,
-        total_retrans,
-        srtt_us,
-        min_rtt,
-        snd_cwnd,
-        sk_err,
-    ] = offsets;
-    Ok(TcpSockOffsets {
-        bytes_acked,
-        bytes_received,
-        bytes_retrans,
-        segs_out,
-        segs_in,
-        total_retrans,
-        srtt_us,
-        min_rtt,
-        snd_cwnd,
-        sk_err,
-        valid: 1,
-        _pad: 0,
-    })
+    Ok(offsets)
 }
 
 #[cfg(test)]
