@@ -51,11 +51,32 @@ fn transfer(netns: Option<&Netns>, host: &str, up: u64, down: u64) -> (Vec<Value
     server_out.read_line(&mut done).unwrap();
     assert_eq!(done.trim(), "done");
     server.wait().unwrap();
+    wait_until_closed(netns, &port);
     let lines = tracer.stop();
     let (local_port, received) = report.split_once(' ').expect("LOCALPORT RECEIVED");
     assert_eq!(received.parse::<u64>().unwrap(), down, "the client got all the server sent");
     let ip: std::net::IpAddr = host.parse().unwrap();
     (lines, SocketAddr::new(ip, local_port.parse().unwrap()))
+}
+
+/// Waits until no socket on `port` is left but TIME-WAIT ones: with loss, the server's
+/// LAST_ACK can outlive its process while its FIN is sent again, and its counters are read
+/// only when it closes.
+fn wait_until_closed(netns: Option<&Netns>, port: &str) {
+    let filter = format!("( sport = :{port} or dport = :{port} )");
+    let command = ["ss", "-Htan", "exclude", "time-wait", &filter];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let open = match netns {
+            Some(netns) => netns.exec(&command),
+            None => support::run(command[0], &command[1..]),
+        };
+        if open.trim().is_empty() {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "sockets still open on {port}: {open}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 fn counter(endpoint: &Value, name: &str) -> u64 {
