@@ -12,6 +12,8 @@ pub const COMM_LEN: usize = 16;
 pub const RECORD_BYTES: usize = 128;
 /// Most `--port` values the kernel filter holds.
 pub const MAX_PORTS: usize = 8;
+/// Most `--netns` values the kernel filter holds.
+pub const MAX_NETNS: usize = 8;
 
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
@@ -52,7 +54,7 @@ pub mod kind {
     pub const RESET_RECEIVED: u8 = 6;
 }
 
-/// One record in the ring buffer. 152 bytes, no padding the kernel leaves uninitialised.
+/// One record in the ring buffer. 168 bytes, no padding the kernel leaves uninitialised.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Event {
@@ -91,6 +93,13 @@ pub struct Event {
     pub _pad: u8,
     /// On a close (`X → CLOSE`): what the socket carried, as `TCP_INFO` reports it.
     pub counters: TcpCounters,
+    /// The id of the socket's cgroup (v2), read where a socket starts (connect, a child of
+    /// a listener) and where it closes; 0 on other events, or without BTF.
+    pub cgroup: u64,
+    /// The inode of the socket's network namespace (`net->ns.inum`); 0 when the event has
+    /// no socket, or without BTF.
+    pub netns: u32,
+    pub _pad2: u32,
 }
 
 /// A socket's counters when it closed, read from its `struct tcp_sock`.
@@ -151,6 +160,9 @@ impl Event {
         has_counters: 0,
         _pad: 0,
         counters: TcpCounters::ZERO,
+        cgroup: 0,
+        netns: 0,
+        _pad2: 0,
     };
 
     /// Whether the event fired in process context, where pid and comm are the socket's user.
@@ -219,6 +231,31 @@ pub struct TcpSockOffsets {
     pub _pad: u16,
 }
 
+/// Where a socket says which network namespace and cgroup it belongs to, from the kernel's
+/// BTF: `struct sock` → `struct net` → its inode, and `struct sock` → `struct cgroup` →
+/// its `kernfs_node`'s id, the cgroup's ancestors and its depth. A zero `*_valid` (no BTF,
+/// or a member missing) leaves that part out.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketHomeOffsets {
+    /// `sock.__sk_common.skc_net.net`: a `struct net *`.
+    pub sock_net: u16,
+    /// `net.ns.inum`: u32.
+    pub net_inum: u16,
+    /// `sock.sk_cgrp_data.cgroup`: a `struct cgroup *`.
+    pub sock_cgroup: u16,
+    /// `cgroup.kn`: a `struct kernfs_node *`.
+    pub cgroup_kn: u16,
+    /// `kernfs_node.id`: u64, the cgroup's id.
+    pub kernfs_id: u16,
+    /// `cgroup.level`: its depth below the root (int).
+    pub cgroup_level: u16,
+    /// `cgroup.ancestors`: `struct cgroup *[]`, indexed by level.
+    pub cgroup_ancestors: u16,
+    pub netns_valid: u8,
+    pub cgroup_valid: u8,
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TimerOffsets {
@@ -267,11 +304,19 @@ pub struct Config {
     pub receive_reset: AddressOffsets,
     pub timer: TimerOffsets,
     pub tcp_sock: TcpSockOffsets,
+    pub socket_home: SocketHomeOffsets,
     /// Address of `tw_timer_handler` (from /proc/kallsyms); 0 turns time-wait tracking off.
     pub tw_timer_handler: u64,
     /// Ring-buffer fill level, in bytes, from which a submit wakes the reader at once.
     /// Below it the reader is not woken and picks events up on its next poll tick.
     pub wakeup_bytes: u64,
+    /// With `--cgroup`: the id of the cgroup whose subtree is kept, and its depth below
+    /// the root; 0 keeps every cgroup.
+    pub cgroup: u64,
+    pub cgroup_level: u32,
+    /// Network namespaces to keep (their inodes); `netns_count == 0` keeps every one.
+    pub netns: [u32; MAX_NETNS],
+    pub netns_count: u32,
     /// Ports to keep (local or remote); `port_count == 0` keeps every port.
     pub ports: [u16; MAX_PORTS],
     pub port_count: u32,
@@ -292,9 +337,10 @@ pub const FAMILY_IPV4: u32 = 1;
 pub const FAMILY_IPV6: u32 = 2;
 
 impl Config {
-    /// Whether any filter needs the per-socket "already matched" memory.
+    /// Whether any filter needs the per-socket "already matched" memory. (`--netns` does
+    /// not: every event names its socket's namespace, which never changes.)
     pub fn filters_sockets(&self) -> bool {
-        self.port_count != 0 || self.pid != 0
+        self.port_count != 0 || self.pid != 0 || self.cgroup != 0
     }
 }
 
@@ -344,13 +390,15 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(core::mem::size_of::<Event>(), 152);
+        assert_eq!(core::mem::size_of::<Event>(), 168);
         assert_eq!(core::mem::size_of::<TcpCounters>(), 56);
         assert_eq!(core::mem::size_of::<TcpSockOffsets>(), 24);
         assert_eq!(core::mem::size_of::<AddressOffsets>(), 16);
         assert_eq!(core::mem::size_of::<SetStateOffsets>(), 24);
         assert_eq!(core::mem::size_of::<SendResetOffsets>(), 8);
         assert_eq!(core::mem::size_of::<TimerOffsets>(), 16);
-        assert_eq!(core::mem::size_of::<Config>(), 24 + 8 + 16 + 16 + 24 + 16 + 16 + 16);
+        assert_eq!(core::mem::size_of::<SocketHomeOffsets>(), 16);
+        let filters = 8 + 4 + 4 * MAX_NETNS + 4 + 16 + 16;
+        assert_eq!(core::mem::size_of::<Config>(), 24 + 8 + 16 + 16 + 24 + 16 + 16 + filters);
     }
 }

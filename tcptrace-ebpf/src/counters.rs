@@ -2,15 +2,14 @@
 //! `struct tcp_sock` at the offsets the loader found in the kernel's BTF. Only close events
 //! pay for these reads.
 
-use aya_ebpf::helpers::bpf_probe_read_kernel;
 use tcptrace_common::{TcpCounters, TcpSockOffsets};
+
+use crate::home;
 
 /// The member of type `T` at `offset` from the socket's address; 0 if it can't be read.
 #[inline(always)]
 fn member<T: Default>(sk: u64, offset: u16) -> T {
-    // SAFETY: the helper checks the kernel address itself and fails instead of faulting;
-    // `T` is a plain integer type the offset's member has (the loader checked its size).
-    unsafe { bpf_probe_read_kernel((sk + u64::from(offset)) as *const T) }.unwrap_or_default()
+    home::read(sk + u64::from(offset))
 }
 
 #[inline(always)]

@@ -1,9 +1,10 @@
-//! The filters, applied before anything else costs: `-4`/`-6` by family, `--port` and
-//! `--pid` per socket. A socket that matched once stays kept until it closes.
+//! The filters, applied before anything else costs: `-4`/`-6` by family, `--netns` by
+//! the namespace every event names, and `--port`, `--pid` and `--cgroup` per socket. A
+//! socket that matched once stays kept until it closes.
 
 use tcptrace_common::{AF_INET, AF_INET6, Config, FAMILY_IPV4, FAMILY_IPV6, MAX_PORTS, tcp_state};
 
-use crate::KEPT_SOCKETS;
+use crate::{KEPT_SOCKETS, home::in_kept_cgroup};
 
 #[inline(always)]
 pub fn family_kept(config: &Config, family: u16) -> bool {
@@ -39,8 +40,8 @@ fn kept(sk: u64) -> bool {
     unsafe { KEPT_SOCKETS.get(&sk) }.is_some()
 }
 
-/// The `--port`/`--pid` filter for a socket's state change. A socket is kept once both
-/// filters match, and from then on until it closes.
+/// The `--port`/`--pid`/`--cgroup` filter for a socket's state change. A socket is kept
+/// once all of them match, and from then on until it closes.
 #[inline(always)]
 pub fn keep_socket(
     config: &Config,
@@ -61,15 +62,23 @@ pub fn keep_socket(
     if !(pid_matches && ports_match(config, sport, dport)) {
         return false;
     }
+    if config.cgroup != 0 && !in_kept_cgroup(sk, config) {
+        return false;
+    }
     if !closing {
         let _ = KEPT_SOCKETS.insert(&sk, &1, 0);
     }
     true
 }
 
-/// Resets pass the filter when their socket was kept, or (without `--pid`) by port, so that
-/// a RST for a socket-less port is seen too.
+/// Resets pass the filter when their socket was kept, or (without `--pid`) by port and
+/// cgroup, so that a RST for a socket-less port is seen too (unless `--cgroup` asks for an
+/// owner it can't have).
 #[inline(always)]
 pub fn keep_reset(config: &Config, sk: u64, sport: u16, dport: u16) -> bool {
-    !config.filters_sockets() || kept(sk) || (config.pid == 0 && ports_match(config, sport, dport))
+    !config.filters_sockets()
+        || kept(sk)
+        || (config.pid == 0
+            && ports_match(config, sport, dport)
+            && (config.cgroup == 0 || in_kept_cgroup(sk, config)))
 }

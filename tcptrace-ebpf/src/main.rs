@@ -5,7 +5,8 @@
 //! and push fixed-size [`Event`](tcptrace_common::Event)s into one ring buffer. Everything else happens in userspace.
 //!
 //! - [`record`]: the tracepoint record, copied once, and its fields.
-//! - [`filter`]: `--port`, `--pid`, `-4`/`-6`, sticky per socket.
+//! - [`filter`]: `-4`/`-6`, `--netns`; `--port`, `--pid`, `--cgroup` sticky per socket.
+//! - [`home`]: a socket's network namespace and cgroup.
 //! - [`context`]: whether an event fired in process context (and its task is the owner).
 //! - [`emit`]: writing an event into the ring buffer; [`counters`]: a closing socket's.
 //! - one module per job: [`set_state`], [`timers`] (time-wait sockets), [`resets`].
@@ -16,6 +17,7 @@ mod context;
 mod counters;
 mod emit;
 mod filter;
+mod home;
 mod record;
 mod resets;
 mod set_state;

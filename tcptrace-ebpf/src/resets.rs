@@ -8,6 +8,7 @@ use crate::{
     context::same_as_process_context,
     emit::emit,
     filter::{family_kept, keep_reset},
+    home::{netns, netns_kept},
     record::Record,
 };
 
@@ -29,6 +30,11 @@ fn try_tcp_send_reset(ctx: &TracePointContext) -> Result<(), i32> {
         return Ok(());
     }
     let sk: u64 = record.get(offsets.skaddr);
+    // A RST for a port with no socket has no namespace to tell: `--netns` drops it.
+    let netns = netns(sk, &config.socket_home);
+    if !netns_kept(config, netns) {
+        return Ok(());
+    }
     let sport = u16::from_be(record.get(offsets.saddr + 2));
     let dport = u16::from_be(record.get(offsets.daddr + 2));
     if !keep_reset(config, sk, sport, dport) {
@@ -42,6 +48,7 @@ fn try_tcp_send_reset(ctx: &TracePointContext) -> Result<(), i32> {
     emit(config, now, kind::RESET_SENT, sk, process_context, true, |event| {
         let (v4, v6) = ((saddr + 4, daddr + 4), (saddr + 8, daddr + 8));
         record.fill_endpoints(event, family, (sport, dport), v4, v6);
+        event.netns = netns;
     });
     Ok(())
 }
@@ -61,6 +68,10 @@ fn try_tcp_receive_reset(ctx: &TracePointContext) -> Result<(), i32> {
         return Ok(());
     }
     let sk: u64 = record.get(offsets.skaddr);
+    let netns = netns(sk, &config.socket_home);
+    if !netns_kept(config, netns) {
+        return Ok(());
+    }
     let sport: u16 = record.get(offsets.sport);
     let dport: u16 = record.get(offsets.dport);
     if !keep_reset(config, sk, sport, dport) {
@@ -71,6 +82,7 @@ fn try_tcp_receive_reset(ctx: &TracePointContext) -> Result<(), i32> {
     let now = unsafe { bpf_ktime_get_ns() };
     emit(config, now, kind::RESET_RECEIVED, sk, process_context, true, |event| {
         record.fill_from(event, offsets, family, (sport, dport));
+        event.netns = netns;
     });
     Ok(())
 }

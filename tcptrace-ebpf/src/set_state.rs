@@ -1,6 +1,7 @@
 //! `sock:inet_sock_set_state`: every TCP state change, the bulk of all events. Filters
-//! first; names the time-wait timer of a socket that hands over to a time-wait socket, and
-//! sends a closing socket's counters with its close.
+//! first; names the socket's network namespace (and, where it starts and ends, its
+//! cgroup), the time-wait timer of a socket that hands over to a time-wait socket, and a
+//! closing socket's counters.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
@@ -15,6 +16,7 @@ use crate::{
     counters,
     emit::emit,
     filter::{family_kept, keep_socket},
+    home::{netns, netns_kept, socket_cgroup_id},
     record::Record,
     timers::{table_full, take_slot},
 };
@@ -58,6 +60,10 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
         return Ok(());
     }
     let sk: u64 = record.get(addresses.skaddr);
+    let netns = netns(sk, &config.socket_home);
+    if !netns_kept(config, netns) {
+        return Ok(());
+    }
     let sport: u16 = record.get(addresses.sport);
     let dport: u16 = record.get(addresses.dport);
     if config.filters_sockets() {
@@ -86,6 +92,12 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
         event.new_state = new;
         event.timer = time_wait_timer;
         record.fill_from(event, addresses, family, (sport, dport));
+        event.netns = netns;
+        // Where a socket starts (a connect, a listener's child) and where it ends: its
+        // cgroup is its creator's and never changes, so these say it for the rest.
+        if new == tcp_state::SYN_SENT || new == tcp_state::SYN_RECV || new == tcp_state::CLOSE {
+            event.cgroup = socket_cgroup_id(sk, &config.socket_home);
+        }
         if new == tcp_state::CLOSE && config.tcp_sock.valid != 0 {
             counters::read(sk, &config.tcp_sock, &mut event.counters);
             event.has_counters = 1;

@@ -11,6 +11,7 @@
 //! - [`render`]: live lines (text or JSON), connection records and the summary, notes for
 //!   learners, and the `--export` files.
 //! - [`schema`]: every JSON line type, defined once, for every writer and reader.
+//! - [`names`]: what the namespace and cgroup numbers in events stand for.
 //!
 //! On top: [`pipeline`] joins events → engine → rendering; [`live`] feeds it from the
 //! kernel and [`replay`] from a recording; [`cli`] is the command line. The engine and
@@ -22,6 +23,7 @@ pub mod engine;
 pub mod event;
 pub mod kernel;
 pub mod live;
+pub mod names;
 pub mod pipeline;
 pub mod recording;
 pub mod render;

@@ -20,8 +20,12 @@ use crate::{
     cli::{OutputArgs, TraceArgs},
     clock::{WallClock, monotonic_now_ns},
     engine::EngineOptions,
-    event::decode,
-    kernel::loader::{TraceOptions, Tracer, drain, is_own_event},
+    event::{TcpEvent, decode},
+    kernel::{
+        host::HomeResolver,
+        loader::{TraceOptions, Tracer, drain, is_own_event},
+    },
+    names::{Cgroup, Learned},
     pipeline::Pipeline,
     recording::{FORMAT_VERSION, Recorder, RecordingHeader},
     sink::{self, Named},
@@ -31,11 +35,16 @@ use crate::{
 const POLL_INTERVAL: Duration = Duration::from_millis(10);
 
 /// The ring buffer's side of the pipeline: decoding, dropping our own calibration
-/// sockets, recording, and lost-event checks.
+/// sockets, naming namespaces and cgroups, recording, and lost-event checks.
 struct Live<W: Write> {
     pipeline: Pipeline<W>,
     recorder: Option<Recorder<BufWriter<Named<File>>>>,
     own_pid: u32,
+    resolver: HomeResolver,
+    /// Numbers looked up already (most events repeat the last one's).
+    known_netns: std::collections::HashSet<u32>,
+    known_cgroups: std::collections::HashSet<u64>,
+    last_netns: Option<u32>,
 }
 
 impl<W: Write> Live<W> {
@@ -43,6 +52,7 @@ impl<W: Write> Live<W> {
         match decode(bytes) {
             Ok(event) if is_own_event(&event, self.own_pid) => Ok(()),
             Ok(event) => {
+                self.learn_home(&event)?;
                 if let Some(recorder) = &mut self.recorder {
                     recorder.event(&event)?;
                 }
@@ -55,6 +65,35 @@ impl<W: Write> Live<W> {
                 Ok(())
             }
         }
+    }
+
+    /// Names a namespace or cgroup the first time an event carries it: for the outputs,
+    /// and in the recording before the event.
+    fn learn_home(&mut self, event: &TcpEvent) -> io::Result<()> {
+        let mut learned = Vec::new();
+        if let Some(netns) = event.home.netns
+            && self.last_netns != Some(netns)
+        {
+            self.last_netns = Some(netns);
+            if self.known_netns.insert(netns)
+                && let Some(name) = self.resolver.netns_name(netns)
+            {
+                learned.push(Learned::NetnsName { inode: netns, name });
+            }
+        }
+        if let Some(id) = event.home.cgroup
+            && self.known_cgroups.insert(id)
+        {
+            let cgroup: Option<Cgroup> = self.resolver.cgroup(id);
+            learned.push(Learned::Cgroup { id, cgroup });
+        }
+        for learned in learned {
+            if let Some(recorder) = &mut self.recorder {
+                recorder.name(&learned)?;
+            }
+            self.pipeline.learn(learned);
+        }
+        Ok(())
     }
 
     /// Takes everything waiting in the ring buffer and writes what it makes certain.
@@ -125,7 +164,7 @@ fn run_as_batch_job() {
 
 pub async fn run(trace: &TraceArgs, output: &OutputArgs) -> Result<()> {
     run_as_batch_job();
-    let options = TraceOptions { filters: trace.filters(), ring_size: trace.ring_size };
+    let options = TraceOptions { filters: trace.filters()?, ring_size: trace.ring_size };
     let ephemeral_ports = ephemeral_port_range();
     let clock = WallClock::now();
     // Create the recording before attaching, so a bad path fails before any tracing.
@@ -152,6 +191,10 @@ pub async fn run(trace: &TraceArgs, output: &OutputArgs) -> Result<()> {
         pipeline: Pipeline::new(sink::stdout(), clock, output.pipeline_options(engine)),
         recorder,
         own_pid: std::process::id(),
+        resolver: HomeResolver::new(),
+        known_netns: Default::default(),
+        known_cgroups: Default::default(),
+        last_netns: None,
     };
     eprintln!("tcptrace: tracing TCP state transitions{}; Ctrl-C to stop", describe(trace));
     let streamed = match live.pipeline.start() {
@@ -236,6 +279,12 @@ fn describe(trace: &TraceArgs) -> String {
     }
     if let Some(pid) = trace.pid {
         parts.push(format!("pid {pid}"));
+    }
+    for netns in &trace.netns {
+        parts.push(format!("netns {netns}"));
+    }
+    if let Some(cgroup) = &trace.cgroup {
+        parts.push(format!("cgroup {}", cgroup.display()));
     }
     if trace.ipv4 {
         parts.push("IPv4".into());

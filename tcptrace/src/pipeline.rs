@@ -9,6 +9,7 @@ use crate::{
     clock::WallClock,
     engine::{Connection, Engine, EngineOptions, Output},
     event::{ProgramStats, TcpEvent, TraceCounts},
+    names::{Learned, Names},
     render::explain::Lang,
     render::export::{self, ExportFormat, ExportInput},
     render::stream::{Stream, StreamFormat},
@@ -40,6 +41,12 @@ pub struct Pipeline<W: Write> {
     collected: Vec<Connection>,
     lang: Lang,
     latest_ns: u64,
+    /// What the namespace and cgroup numbers in events stand for.
+    names: Names,
+    /// The namespace of the last event: most events are in the same one as the last.
+    last_netns: Option<u32>,
+    /// Whether the stream was told there is more than one namespace or container.
+    said_many_homes: bool,
 }
 
 impl<W: Write> Pipeline<W> {
@@ -53,6 +60,9 @@ impl<W: Write> Pipeline<W> {
             collected: Vec::new(),
             lang: options.lang,
             latest_ns: 0,
+            names: Names::default(),
+            last_netns: None,
+            said_many_homes: false,
         }
     }
 
@@ -67,7 +77,16 @@ impl<W: Write> Pipeline<W> {
     pub fn push(&mut self, event: TcpEvent) {
         self.counts.events += 1;
         self.latest_ns = self.latest_ns.max(event.ts_ns);
+        if event.home.netns.is_some() && event.home.netns != self.last_netns {
+            self.last_netns = event.home.netns;
+            self.names.saw_netns(event.home.netns.unwrap_or(0));
+        }
         self.engine.push(event);
+    }
+
+    /// What a namespace or cgroup number stands for (before the events that carry it).
+    pub fn learn(&mut self, learned: Learned) {
+        self.names.learn(learned);
     }
 
     /// A record that could not be decoded was skipped (counted in the summary).
@@ -104,7 +123,14 @@ impl<W: Write> Pipeline<W> {
     }
 
     fn run_engine(&mut self, now_ns: u64, finish: bool) -> io::Result<()> {
-        let Pipeline { stream, engine, show_events, exports, collected, .. } = self;
+        if !self.said_many_homes && self.names.many_homes() {
+            self.said_many_homes = true;
+            if self.show_events {
+                self.stream.many_homes()?;
+            }
+        }
+        let Pipeline { stream, engine, show_events, exports, collected, names, .. } = self;
+        let names = &*names;
         let mut result = Ok(());
         let mut write = |output: Output<'_>| {
             if result.is_err() {
@@ -112,14 +138,14 @@ impl<W: Write> Pipeline<W> {
             }
             result = match output {
                 Output::Event(event, attribution) if *show_events => {
-                    stream.event(event, &attribution)
+                    stream.event(event, &attribution, names)
                 }
                 Output::Event(..) => Ok(()),
                 Output::Connection(connection) => {
                     if !exports.is_empty() {
                         collected.push(connection.clone());
                     }
-                    stream.connection(connection)
+                    stream.connection(connection, names)
                 }
             };
         };
@@ -137,9 +163,14 @@ impl<W: Write> Pipeline<W> {
         let end_ns = end_ns.max(self.latest_ns);
         self.run_engine(end_ns, true)?;
         let ephemeral_ports = self.engine.options().ephemeral_ports;
-        self.stream.summary(self.engine.stats(), &self.counts, ephemeral_ports)?;
+        self.stream.summary(self.engine.stats(), &self.counts, ephemeral_ports, &self.names)?;
         self.stream.flush()?;
-        let input = ExportInput { connections: &self.collected, end_ns, lang: self.lang };
+        let input = ExportInput {
+            connections: &self.collected,
+            end_ns,
+            lang: self.lang,
+            names: &self.names,
+        };
         for (path, format) in &self.exports {
             export::write(path, *format, &input)?;
             eprintln!("tcptrace: wrote {}", path.display());

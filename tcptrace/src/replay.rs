@@ -33,6 +33,7 @@ pub fn run(args: &ReplayArgs) -> Result<()> {
                 pipeline.advance(ts_ns)?;
             }
             Item::Lost { ts_ns, count } => pipeline.lost(count, ts_ns)?,
+            Item::Name(learned) => pipeline.learn(learned),
             Item::End { ts_ns } => end_ns = ts_ns,
         }
     }

@@ -2,7 +2,7 @@
 
 use crate::{
     engine::{Attribution, Connection, Engine, EngineOptions, Output},
-    event::{Comm, Counters, EventKind, Task, TcpEvent, TcpState, TcpState::*},
+    event::{Comm, Counters, EventKind, Home, Task, TcpEvent, TcpState, TcpState::*},
 };
 
 pub const S: u64 = 1_000_000_000;
@@ -11,6 +11,8 @@ pub const S: u64 = 1_000_000_000;
 #[derive(Default)]
 pub struct Recording {
     pub events: Vec<TcpEvent>,
+    /// The namespace the next socket events are in (timer events carry none).
+    pub netns: Option<u32>,
 }
 
 pub fn task(pid: Option<u32>) -> Task {
@@ -23,6 +25,12 @@ pub fn task(pid: Option<u32>) -> Task {
 }
 
 impl Recording {
+    /// The events added from now on are in namespace `netns`.
+    pub fn in_netns(&mut self, netns: u32) -> &mut Self {
+        self.netns = Some(netns);
+        self
+    }
+
     /// `at` in seconds (as the notes print them); `pid` only for process-context events.
     pub fn transition(
         &mut self,
@@ -92,6 +100,7 @@ impl Recording {
             task: task(pid),
             cpu: 0,
             counters: None,
+            home: Home { netns: self.netns.filter(|_| addresses.is_some()), cgroup: None },
         });
         self
     }

@@ -231,7 +231,9 @@ fn a_connect_whose_syns_are_dropped_times_out_after_its_retries() {
 /// parser, finds it in this machine's kernel, with the same size.
 #[test]
 fn the_btf_reader_agrees_with_btfparse_on_this_kernel() {
-    use tcptrace::kernel::btf::{Btf, TCP_SOCK_MEMBERS, VMLINUX};
+    use tcptrace::kernel::btf::{
+        Btf, CGROUP_MEMBERS, Member, NETNS_MEMBERS, TCP_SOCK_MEMBERS, VMLINUX,
+    };
     struct Bytes(Vec<u8>);
     impl btfparse::Readable for Bytes {
         fn read(&self, offset: u64, buffer: &mut [u8]) -> btfparse::Result<()> {
@@ -247,21 +249,30 @@ fn the_btf_reader_agrees_with_btfparse_on_this_kernel() {
     let bytes = std::fs::read(VMLINUX).unwrap();
     let theirs = btfparse::TypeInformation::new(&Bytes(bytes.clone())).unwrap();
     let ours = Btf::parse(bytes).unwrap();
-    let (their_id, our_id) =
-        (theirs.id_of("tcp_sock").unwrap(), ours.struct_named("tcp_sock").unwrap());
-    assert_eq!(their_id, our_id);
-    for (member, size, _) in TCP_SOCK_MEMBERS {
-        let (their_type, their_offset) = theirs.offset_of(their_id, member).unwrap();
-        let btfparse::Offset::ByteOffset(their_offset) = their_offset else {
-            panic!("{member} is a bitfield")
-        };
-        let their_size = theirs.size_of(their_type).unwrap() as u32;
-        assert_eq!(ours.offset_of(our_id, member).unwrap(), (their_offset, their_size), "{member}");
-        assert_eq!(their_size, size, "{member}");
+    fn check<O>(theirs: &btfparse::TypeInformation, ours: &Btf, members: &[Member<O>]) {
+        for Member { parent, path, size, .. } in members {
+            let (their_id, our_id) =
+                (theirs.id_of(parent).unwrap(), ours.struct_named(parent).unwrap());
+            assert_eq!(their_id, our_id, "{parent}");
+            let (their_type, their_offset) = theirs.offset_of(their_id, path).unwrap();
+            let btfparse::Offset::ByteOffset(their_offset) = their_offset else {
+                panic!("{path} is a bitfield")
+            };
+            let their_size = theirs.size_of(their_type).unwrap() as u32;
+            let ours = ours.offset_of(our_id, path).unwrap();
+            assert_eq!(ours, (their_offset, their_size), "{parent}.{path}");
+            assert_eq!(their_size, *size, "{parent}.{path}");
+        }
     }
-    let offsets = tcptrace::kernel::btf::tcp_sock_offsets(VMLINUX).unwrap();
+    check(&theirs, &ours, &TCP_SOCK_MEMBERS);
+    check(&theirs, &ours, &NETNS_MEMBERS);
+    check(&theirs, &ours, &CGROUP_MEMBERS);
+    let offsets = tcptrace::kernel::btf::tcp_sock_offsets(&ours).unwrap();
     assert_eq!(offsets.valid, 1);
     assert!(offsets.sk_err < offsets.bytes_acked, "struct sock comes first: {offsets:?}");
+    let (home, errors) = tcptrace::kernel::btf::socket_home_offsets(&ours);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!((home.netns_valid, home.cgroup_valid), (1, 1));
 }
 
 /// A recording made before the counters (format version 1) still replays; its

@@ -8,7 +8,8 @@ use std::net::SocketAddr;
 use proptest::prelude::*;
 use tcptrace::{
     engine::{Engine, EngineOptions, Output},
-    event::{Comm, Counters, Errno, EventKind, Task, TcpEvent, TcpInfo, TcpState},
+    event::{Comm, Counters, Errno, EventKind, Home, Task, TcpEvent, TcpInfo, TcpState},
+    names::{Cgroup, Learned},
     recording::{FORMAT_VERSION, Item, Reader, Recorder, RecordingHeader},
 };
 
@@ -72,27 +73,33 @@ fn event() -> impl Strategy<Value = (i64, TcpEvent)> {
         any::<bool>(),
         0..3u32,
         proptest::option::of(counters()),
+        (proptest::option::of(1..3u32), proptest::option::of(1..3u64)),
     )
-        .prop_map(|(step, sk, kind, addresses, process_context, pid, counters)| {
-            let addresses = match kind {
-                EventKind::Transition { .. } => addresses
-                    .or(Some(("127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap()))),
-                _ => addresses,
-            };
-            let task = Task { pid, tid: pid, comm: Comm::new("p"), process_context };
-            // Only closes carry counters.
-            let closes = matches!(kind, EventKind::Transition { new: TcpState::Closed, .. });
-            let counters = counters.filter(|_| closes);
-            (step, TcpEvent { ts_ns: 0, sk, kind, addresses, task, cpu: 0, counters })
-        })
+        .prop_map(
+            |(step, sk, kind, addresses, process_context, pid, counters, (netns, cgroup))| {
+                let addresses = match kind {
+                    EventKind::Transition { .. } => addresses
+                        .or(Some(("127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap()))),
+                    _ => addresses,
+                };
+                let task = Task { pid, tid: pid, comm: Comm::new("p"), process_context };
+                // Only closes carry counters.
+                let closes = matches!(kind, EventKind::Transition { new: TcpState::Closed, .. });
+                let counters = counters.filter(|_| closes);
+                let home = Home { netns, cgroup };
+                (step, TcpEvent { ts_ns: 0, sk, kind, addresses, task, cpu: 0, counters, home })
+            },
+        )
 }
 
 /// A whole, well-formed connection (the client closes first, no TIME-WAIT tracked), on
-/// sockets and addresses of its own: random streams alone are nearly always incomplete, and
-/// the loss property needs connections that would otherwise be complete.
+/// sockets of its own: random streams alone are nearly always incomplete, and the loss
+/// property needs connections that would otherwise be complete. Connections `2k` and
+/// `2k + 1` have the same addresses, in namespaces 10 and 11.
 fn whole_connection(n: u64) -> Vec<(i64, TcpEvent)> {
     use TcpState::*;
-    let port = 5000 + n as u16;
+    let port = 5000 + (n / 2) as u16;
+    let netns = Some(10 + (n % 2) as u32);
     let client: SocketAddr = format!("127.0.0.9:{port}").parse().unwrap();
     let server: SocketAddr = "127.0.0.9:9000".parse().unwrap();
     let unbound: SocketAddr = "127.0.0.9:0".parse().unwrap();
@@ -125,6 +132,7 @@ fn whole_connection(n: u64) -> Vec<(i64, TcpEvent)> {
                 task,
                 cpu: 0,
                 counters: None,
+                home: Home { netns, cgroup: None },
             };
             (step, event)
         })
@@ -154,6 +162,14 @@ proptest! {
         let mut check = |connection: &tcptrace::engine::Connection, horizon: Option<u64>| {
             emitted += 1;
             assert!((1..=2).contains(&connection.endpoints.len()));
+            // Loopback addresses never pair across namespaces.
+            if let [a, b] = &connection.endpoints[..]
+                && a.local.ip().is_loopback()
+                && a.home.netns.is_some()
+                && b.home.netns.is_some()
+            {
+                assert_eq!(a.home.netns, b.home.netns, "paired across namespaces: {connection:#?}");
+            }
             let touched_before_loss = connection.endpoints.iter().any(|endpoint| {
                 endpoint.states().any(|span| span.enter_ns.zip(horizon).is_some_and(|(at, h)| at <= h))
             });
@@ -188,10 +204,17 @@ proptest! {
     }
 
     #[test]
-    fn recordings_round_trip(events in proptest::collection::vec(event(), 0..50), name in "\\PC{0,15}") {
+    fn recordings_round_trip(events in proptest::collection::vec(event(), 0..50), name in "\\PC{0,15}", path in proptest::option::of("/\\PC{0,40}"), inode in any::<u32>()) {
         let header = RecordingHeader { version: FORMAT_VERSION, ephemeral_ports: (32768, 60999), realtime_offset_ns: -5 };
         let mut recorder = Recorder::new(Vec::new(), &header).unwrap();
         let mut expected = Vec::new();
+        for learned in [
+            Learned::NetnsName { inode, name: name.clone() },
+            Learned::Cgroup { id: u64::from(inode) << 3, cgroup: path.map(Cgroup::new) },
+        ] {
+            recorder.name(&learned).unwrap();
+            expected.push(Item::Name(learned));
+        }
         for (i, (_, mut event)) in events.into_iter().enumerate() {
             event.ts_ns = i as u64;
             event.task.comm = Comm::new(&name);

@@ -137,7 +137,7 @@ fn example_recording() -> PathBuf {
 /// A recording of `count` connects (each one line, and more in the output than a pipe holds).
 fn many_connects(path: &Path, count: u64) {
     use tcptrace::{
-        event::{Comm, EventKind, Task, TcpEvent, TcpState},
+        event::{Comm, EventKind, Home, Task, TcpEvent, TcpState},
         recording::{FORMAT_VERSION, Recorder, RecordingHeader},
     };
     let header =
@@ -159,6 +159,7 @@ fn many_connects(path: &Path, count: u64) {
             task,
             cpu: 0,
             counters: None,
+            home: Home::default(),
         };
         recorder.event(&event).unwrap();
     }

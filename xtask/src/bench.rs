@@ -350,7 +350,7 @@ pub fn write_recording(
     close: bool,
 ) -> Result<u64> {
     use tcptrace::{
-        event::{Comm, Counters, EventKind, Task, TcpEvent, TcpInfo, TcpState::*},
+        event::{Comm, Counters, EventKind, Home, Task, TcpEvent, TcpInfo, TcpState::*},
         recording::{FORMAT_VERSION, Recorder, RecordingHeader},
     };
     let header = RecordingHeader {
@@ -392,6 +392,7 @@ pub fn write_recording(
                     task: idle,
                     cpu: 0,
                     counters: None,
+                    home: Home::default(),
                 })?;
                 events += 1;
             }
@@ -442,6 +443,11 @@ pub fn write_recording(
                     },
                     error: None,
                 }),
+                // One namespace; the cgroup where the kernel reads it (a start, a close).
+                home: Home {
+                    netns: Some(HOST_NETNS),
+                    cgroup: matches!(new, SynSent | SynReceived | Closed).then_some(HOST_CGROUP),
+                },
             })?;
             events += 1;
         }
@@ -449,6 +455,10 @@ pub fn write_recording(
     recorder.flush()?;
     Ok(events)
 }
+
+/// The namespace and cgroup of every generated socket, as the host's usually are.
+const HOST_NETNS: u32 = 4026531840;
+const HOST_CGROUP: u64 = 1;
 
 /// Replays a generated recording; returns (seconds, peak RSS KiB, events).
 fn replay(

@@ -4,7 +4,9 @@
 //!
 //! - Each socket becomes an [`Endpoint`]: every state with its entry time and duration, its
 //!   role (client: went through SYN_SENT; server: child of a LISTEN socket), its owner.
-//! - Both endpoints of a connection on this host are paired by their mirrored 4-tuples.
+//! - Both endpoints of a connection on this host are paired by their mirrored 4-tuples, in
+//!   one network namespace, or across two (a veth pair) for addresses other than loopback.
+//!   Two namespaces' sockets with the same 4-tuple are never mixed up.
 //! - A socket entering TIME-WAIT hands over to a kernel time-wait socket whose life is its
 //!   timer: `cancel` then `expire` is a natural end, `cancel` alone an early kill, `cancel`
 //!   then `rearm` a restart (a FIN or a retransmission arrived).
@@ -31,7 +33,9 @@ pub use records::{
     TimeWaitEnd, TimeWaitKind,
 };
 pub use stats::{Carried, PortPressure, Stats, TimeWaitStats};
-use storage::{Address, Index, NEVER, NO_INDEX, Side, Slab, Step, Steps, Tracked, UNKNOWN_NS};
+use storage::{
+    Address, Index, NEVER, NO_INDEX, Side, Slab, Step, Steps, Tracked, TupleKey, UNKNOWN_NS,
+};
 
 use crate::event::{Comm, Counters, EventKind, Owner, TcpEvent, TcpState};
 
@@ -64,6 +68,15 @@ const SWEEP_INTERVAL_NS: u64 = 10_000_000_000;
 
 /// A closed connection whose time-wait end was never seen (lost events) is given up after this.
 const TIME_WAIT_GIVE_UP_NS: u64 = 3 * TIME_WAIT_LEN_NS;
+
+/// The network namespaces sockets were seen in: pairing across namespaces is only looked
+/// for once there are two.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Namespaces {
+    None,
+    One(u32),
+    Many,
+}
 
 #[derive(Clone, Debug)]
 pub struct EngineOptions {
@@ -98,8 +111,12 @@ pub struct Engine {
     /// (time it closed, socket, side) for `closed_sk`, in time order.
     closed_order: VecDeque<(u64, u64, Index)>,
     by_timer: Map<u64, Index>,
-    /// Sides not yet paired with their peer, by (local, remote).
-    by_tuple: Map<(Address, Address), Index>,
+    /// Sides not yet paired with their peer, by (namespace, local, remote).
+    by_tuple: Map<TupleKey, Index>,
+    /// Once sockets of more than one namespace were seen: the unpaired sides with other
+    /// than loopback addresses by (local, remote) alone, for a peer in another namespace.
+    by_tuple_across: Map<(Address, Address), Index>,
+    namespaces: Namespaces,
     /// (cancel time, timer), in time order.
     pending_cancels: VecDeque<(u64, u64)>,
     /// (time it finished, connection, its id), in time order, waiting out `FINISH_GRACE_NS`.
@@ -126,6 +143,8 @@ impl Engine {
             closed_order: VecDeque::new(),
             by_timer: Map::default(),
             by_tuple: Map::default(),
+            by_tuple_across: Map::default(),
+            namespaces: Namespaces::None,
             pending_cancels: VecDeque::new(),
             finishing: VecDeque::new(),
             last_sweep_ns: 0,
@@ -275,10 +294,49 @@ impl Engine {
         map.get(&sk).copied().filter(|&side| self.sides.get(side).is_some_and(|s| s.sk == sk))
     }
 
-    /// The unpaired side with this (local, remote), if it still has them.
-    fn side_of_tuple(&self, tuple: (Address, Address)) -> Option<Index> {
-        let side = *self.by_tuple.get(&tuple)?;
-        (self.sides.get(side)?.tuple() == tuple).then_some(side)
+    /// The unpaired side with this key, if it still has it.
+    fn side_of_key(&self, key: TupleKey) -> Option<Index> {
+        let side = *self.by_tuple.get(&key)?;
+        (self.sides.get(side)?.key() == key).then_some(side)
+    }
+
+    /// The unpaired side in a namespace other than `netns` with this (local, remote).
+    fn side_across(&self, netns: u32, tuple: (Address, Address)) -> Option<Index> {
+        if self.namespaces != Namespaces::Many || tuple.0.is_loopback() {
+            return None;
+        }
+        let side = *self.by_tuple_across.get(&tuple)?;
+        let found = self.sides.get(side)?;
+        (found.tuple() == tuple && found.netns != netns).then_some(side)
+    }
+
+    /// Notes the namespace of a new side: the first time a second one shows up, the
+    /// unpaired sides are indexed for peers across namespaces too.
+    fn saw_namespace(&mut self, netns: u32) {
+        match self.namespaces {
+            Namespaces::None => self.namespaces = Namespaces::One(netns),
+            Namespaces::One(known) if known != netns => {
+                self.namespaces = Namespaces::Many;
+                for (&(_, local, remote), &side) in &self.by_tuple {
+                    if !local.is_loopback() {
+                        self.by_tuple_across.insert((local, remote), side);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The key an event's namespace gives a tuple: an event that can't tell its namespace
+    /// (a RST with no socket) is taken to be in the only one seen, if there is one.
+    fn key_of(&self, netns: Option<u32>, tuple: (Address, Address)) -> Option<TupleKey> {
+        let netns = match (netns, self.namespaces) {
+            (Some(netns), _) => netns,
+            (None, Namespaces::One(only)) => only,
+            (None, Namespaces::None) => 0,
+            (None, Namespaces::Many) => return None,
+        };
+        Some((netns, tuple.0, tuple.1))
     }
 
     /// The live side whose time-wait socket has `timer`.
@@ -308,9 +366,8 @@ impl Engine {
         new: TcpState,
         time_wait_timer: Option<u64>,
     ) -> (Attribution, Option<Index>) {
-        let task_owner = event.task.as_owner();
         let Some((local, remote)) = event.addresses else {
-            return (Attribution::owner(task_owner), None);
+            return (Attribution::unmatched(event), None);
         };
         let index = match self.side_of_socket(&self.by_sk, event.sk) {
             Some(index) => index,
@@ -318,13 +375,15 @@ impl Engine {
                 // Listening sockets are not connections; a fresh socket that is not yet
                 // anything (CLOSED → CLOSED) neither.
                 if new == TcpState::Listen || old == TcpState::Listen && new == TcpState::Closed {
-                    return (Attribution::owner(task_owner), None);
+                    return (Attribution::unmatched(event), None);
                 }
                 self.new_side(event, old, (local, remote))
             }
         };
         let side = self.side_mut(index);
         let owner = side.learn_owner(&event.task);
+        side.learn_home(event.home);
+        let home = side.home();
         let mut old_state_ns = None;
         if let Some(last) = side.steps.last() {
             if last.state != old {
@@ -333,7 +392,7 @@ impl Engine {
             old_state_ns = last.enter().map(|enter| event.ts_ns.saturating_sub(enter));
             if old == new && last.state == new {
                 // The kernel reports some same-state changes (CLOSING → CLOSING).
-                let attribution = Attribution { owner, old_state_ns, addresses: None };
+                let attribution = Attribution { owner, old_state_ns, addresses: None, home };
                 return (attribution, Some(side.connection));
             }
         }
@@ -377,7 +436,8 @@ impl Engine {
         if matches!(new, TcpState::LastAck | TcpState::FinWait1) {
             self.peer_sent_fin(index, tuple, event.ts_ns);
         }
-        (Attribution { owner, old_state_ns, addresses: None }, Some(self.side(index).connection))
+        let attribution = Attribution { owner, old_state_ns, addresses: None, home };
+        (attribution, Some(self.side(index).connection))
     }
 
     fn new_side(
@@ -416,6 +476,8 @@ impl Engine {
             abort_ns: NEVER,
             local: tuple.0.into(),
             remote: tuple.1.into(),
+            netns: event.home.netns.unwrap_or(0),
+            cgroup: event.home.cgroup.unwrap_or(0),
             owner: Owner { pid: 0, comm: Comm::default() },
             connection,
             time_wait: NO_INDEX,
@@ -429,13 +491,15 @@ impl Engine {
         }
         self.by_sk.insert(event.sk, index);
         self.closed_sk.remove(&event.sk);
+        self.saw_namespace(event.home.netns.unwrap_or(0));
         if self.connections.len() > self.options.max_connections {
             self.age_out_least_recent(connection);
         }
         index
     }
 
-    /// Joins this side's connection with the peer's, whose tuple mirrors it, if there is one.
+    /// Joins this side's connection with the peer's, whose tuple mirrors it (in the same
+    /// namespace, or in another across a veth pair), if there is one.
     fn pair(&mut self, index: Index, tuple: (Address, Address)) {
         let single = |c: Index| self.connections.get(c).is_some_and(|t| t.sides[1] == NO_INDEX);
         let mine = self.side(index).connection;
@@ -443,19 +507,24 @@ impl Engine {
             return; // already paired
         }
         let (local, remote) = tuple;
-        let Some(peer) = self.side_of_tuple((remote, local)) else {
+        let netns = self.side(index).netns;
+        let peer = self
+            .side_of_key((netns, remote, local))
+            .or_else(|| self.side_across(netns, (remote, local)));
+        let Some(peer) = peer else {
             // The newest side with a tuple wins it: an older one has closed.
-            self.by_tuple.insert(tuple, index);
+            self.by_tuple.insert((netns, local, remote), index);
+            if self.namespaces == Namespaces::Many && !local.is_loopback() {
+                self.by_tuple_across.insert(tuple, index);
+            }
             return;
         };
         let theirs = self.side(peer).connection;
         if mine == theirs || !single(theirs) {
             return;
         }
-        self.by_tuple.remove(&(remote, local));
-        if self.by_tuple.get(&tuple) == Some(&index) {
-            self.by_tuple.remove(&tuple);
-        }
+        self.unindex_tuple(peer);
+        self.unindex_tuple(index);
         let Some(joining) = self.connections.remove(mine) else { return };
         if let Some(tracked) = self.connections.get_mut(theirs) {
             tracked.sides[1] = index;
@@ -466,17 +535,16 @@ impl Engine {
     }
 
     fn reset(&mut self, event: &TcpEvent) -> (Attribution, Option<Index>) {
-        let task_owner = event.task.as_owner();
         let index = self
             .side_of_socket(&self.by_sk, event.sk)
             .or_else(|| self.side_of_socket(&self.closed_sk, event.sk))
             .or_else(|| {
                 let (local, remote) = event.addresses?;
-                self.side_of_tuple((local.into(), remote.into()))
+                self.side_of_key(self.key_of(event.home.netns, (local.into(), remote.into()))?)
             });
         let Some(index) = index else {
             self.stats.unmatched_events += 1;
-            return (Attribution::owner(task_owner), None);
+            return (Attribution::unmatched(event), None);
         };
         let side = self.side_mut(index);
         let sent = event.kind == EventKind::ResetSent;
@@ -485,7 +553,9 @@ impl Engine {
             *field = event.ts_ns;
         }
         let owner = if sent { side.learn_owner(&event.task) } else { side.owner() };
-        (Attribution::owner(owner), Some(side.connection))
+        let attribution =
+            Attribution { owner, old_state_ns: None, addresses: None, home: side.home() };
+        (attribution, Some(side.connection))
     }
 
     /// Everything that time `now_ns` makes certain: a time-wait cancel with nothing after
@@ -583,6 +653,18 @@ impl Engine {
         }
     }
 
+    /// Drops the side's entries among the unpaired, where they are still its.
+    fn unindex_tuple(&mut self, index: Index) {
+        let Some(side) = self.sides.get(index) else { return };
+        let (key, tuple) = (side.key(), side.tuple());
+        if self.by_tuple.get(&key) == Some(&index) {
+            self.by_tuple.remove(&key);
+        }
+        if self.by_tuple_across.get(&tuple) == Some(&index) {
+            self.by_tuple_across.remove(&tuple);
+        }
+    }
+
     /// Removes a connection, its sides and every index entry that points to them.
     fn forget(&mut self, index: Index) -> Option<Connection> {
         let tracked = self.connections.remove(index)?;
@@ -594,11 +676,8 @@ impl Engine {
             {
                 self.time_wait_ended(timer);
             }
+            self.unindex_tuple(side_index);
             let Some(side) = self.sides.remove(side_index) else { continue };
-            let tuple = side.tuple();
-            if self.by_tuple.get(&tuple) == Some(&side_index) {
-                self.by_tuple.remove(&tuple);
-            }
             for map in [&mut self.by_sk, &mut self.closed_sk] {
                 if map.get(&side.sk) == Some(&side_index) {
                     map.remove(&side.sk);

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use super::storage::Steps;
-use crate::event::{Counters, Errno, Owner, TcpEvent, TcpState};
+use crate::event::{Counters, Errno, Home, Owner, TcpEvent, TcpState};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -150,6 +150,8 @@ pub struct Endpoint {
     pub local: SocketAddr,
     pub remote: SocketAddr,
     pub role: Role,
+    /// Its network namespace and cgroup.
+    pub home: Home,
     pub owner: Option<Owner>,
     /// Every state in order (see [`Endpoint::states`]).
     pub(super) steps: Steps,
@@ -256,11 +258,16 @@ pub struct Attribution {
     pub old_state_ns: Option<u64>,
     /// For events without addresses (time-wait timers): the endpoint's (local, remote).
     pub addresses: Option<(SocketAddr, SocketAddr)>,
+    /// The socket's namespace and cgroup as the engine knows them (time-wait timers carry
+    /// neither; most events carry no cgroup).
+    pub home: Home,
 }
 
 impl Attribution {
-    pub(super) fn owner(owner: Option<Owner>) -> Attribution {
-        Attribution { owner, old_state_ns: None, addresses: None }
+    /// For an event the engine found no socket for.
+    pub(super) fn unmatched(event: &TcpEvent) -> Attribution {
+        let owner = event.task.as_owner();
+        Attribution { owner, old_state_ns: None, addresses: None, home: event.home }
     }
 }
 

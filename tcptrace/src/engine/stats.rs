@@ -1,5 +1,6 @@
 //! Statistics over everything the engine handed out, for the summary: who closed first,
-//! TIME-WAIT durations per local endpoint, and ephemeral ports held toward each remote.
+//! TIME-WAIT durations per local endpoint, and ephemeral ports held toward each remote
+//! (both per network namespace: each has its own ports).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -80,12 +81,17 @@ pub struct PortPressure {
     pub peak: u64,
 }
 
+/// A local endpoint in its network namespace (`None` when not known).
+pub type LocalKey = (Option<u32>, SocketAddr);
+/// A local address in its namespace, and a remote endpoint it holds ports toward.
+pub type TowardKey = (Option<u32>, IpAddr, SocketAddr);
+
 #[derive(Clone, Debug, Default)]
 pub struct Stats {
     pub connections: u64,
     pub closed_first: HashMap<Closer, u64>,
-    pub time_wait_by_local: HashMap<SocketAddr, TimeWaitStats>,
-    pub time_wait_toward_remote: HashMap<(IpAddr, SocketAddr), PortPressure>,
+    pub time_wait_by_local: HashMap<LocalKey, TimeWaitStats>,
+    pub time_wait_toward_remote: HashMap<TowardKey, PortPressure>,
     pub incomplete: u64,
     /// Connects that never got through (SYN_SENT → CLOSED), by the error they ended with
     /// (its name, or `unknown` when the close came without the socket's counters).
@@ -114,7 +120,8 @@ impl Engine {
         }
         for endpoint in &connection.endpoints {
             let Some(tw) = &endpoint.time_wait else { continue };
-            let entry = stats.time_wait_by_local.entry(endpoint.local).or_default();
+            let key = (endpoint.home.netns, endpoint.local);
+            let entry = stats.time_wait_by_local.entry(key).or_default();
             match (tw.end, tw.duration_ns()) {
                 (TimeWaitEnd::Open, _) | (_, None) => entry.open += 1,
                 (_, Some(duration)) => entry.add(duration),

@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use super::records::{Endpoint, Role, TimeWait};
-use crate::event::{Counters, Owner, Task, TcpState};
+use crate::event::{Counters, Home, Owner, Task, TcpState};
 
 /// One state: durations follow from the next state's entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,6 +100,17 @@ pub(super) struct Address {
     pub(super) v6: bool,
 }
 
+impl Address {
+    /// 127.0.0.0/8 or ::1: an address every network namespace has for itself.
+    pub(super) fn is_loopback(&self) -> bool {
+        SocketAddr::from(*self).ip().is_loopback()
+    }
+}
+
+/// A side's key among the unpaired ones: its namespace (0 when unknown) and its (local,
+/// remote). Two namespaces can hold the same 4-tuple at once.
+pub(super) type TupleKey = (u32, Address, Address);
+
 impl From<SocketAddr> for Address {
     fn from(address: SocketAddr) -> Address {
         let (ip, v6) = match address.ip() {
@@ -138,6 +149,9 @@ pub(super) struct Side {
     pub(super) abort_ns: u64,
     pub(super) local: Address,
     pub(super) remote: Address,
+    /// The socket's network namespace inode and cgroup id (0 while unknown).
+    pub(super) netns: u32,
+    pub(super) cgroup: u64,
     /// The socket's owner; pid 0 while unknown (the idle task never owns one).
     pub(super) owner: Owner,
     pub(super) connection: Index,
@@ -158,6 +172,24 @@ impl Side {
 
     pub(super) fn tuple(&self) -> (Address, Address) {
         (self.local, self.remote)
+    }
+
+    pub(super) fn key(&self) -> TupleKey {
+        (self.netns, self.local, self.remote)
+    }
+
+    pub(super) fn home(&self) -> Home {
+        Home::from_kernel(self.netns, self.cgroup)
+    }
+
+    /// What an event says of the socket's home: its cgroup is only on some events.
+    pub(super) fn learn_home(&mut self, home: Home) {
+        if let Some(cgroup) = home.cgroup {
+            self.cgroup = cgroup;
+        }
+        if let (0, Some(netns)) = (self.netns, home.netns) {
+            self.netns = netns;
+        }
     }
 
     pub(super) fn owner(&self) -> Option<Owner> {
@@ -181,6 +213,7 @@ impl Side {
             local: self.local.into(),
             remote: self.remote.into(),
             role: self.role,
+            home: self.home(),
             owner: self.owner(),
             steps: self.steps,
             time_wait: time_wait.map(Box::new),

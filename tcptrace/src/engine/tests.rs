@@ -3,7 +3,7 @@
 
 use super::{stats::DURATION_SAMPLE, *};
 use crate::{
-    event::{EventKind, TcpEvent, TcpState::*},
+    event::{EventKind, Home, TcpEvent, TcpState::*},
     testing::*,
 };
 
@@ -91,7 +91,9 @@ fn server_closes_first_and_holds_the_only_time_wait() {
         .iter()
         .find(|(e, _)| matches!(e.kind, EventKind::Transition { new: SynReceived, .. }))
         .unwrap();
-    assert_eq!(syn_recv.1, Attribution { owner: None, old_state_ns: None, addresses: None });
+    let nothing_known =
+        Attribution { owner: None, old_state_ns: None, addresses: None, home: Home::default() };
+    assert_eq!(syn_recv.1, nothing_known);
 }
 
 /// The notes' reconnect from the same port 1.5 s later: the reuse kills the TIME-WAIT.
@@ -355,6 +357,7 @@ fn the_connection_table_stays_bounded() {
         task: task(Some(1)),
         cpu: 0,
         counters: None,
+        home: Home::default(),
     });
     let mut engine = Engine::new(options);
     let mut sink = |_: Output<'_>| {};
@@ -388,7 +391,7 @@ fn time_wait_pile_up_toward_one_remote_is_measured() {
         );
     }
     let (_, _, engine) = r.run(90.0);
-    let key = ("127.0.0.1".parse().unwrap(), "127.0.0.1:8080".parse().unwrap());
+    let key = (None, "127.0.0.1".parse().unwrap(), "127.0.0.1:8080".parse().unwrap());
     let pressure = engine.stats().time_wait_toward_remote[&key];
     assert_eq!(pressure, PortPressure { now: 0, peak: 50 }, "all released by the end");
 }
@@ -458,4 +461,92 @@ fn addresses_keep_their_family() {
         let address: SocketAddr = text.parse().unwrap();
         assert_eq!(SocketAddr::from(Address::from(address)), address, "{text}");
     }
+}
+
+/// Two namespaces' loopback connections with the same 4-tuple, interleaved: each pairs in
+/// its own namespace, and the TIME-WAIT statistics keep them apart.
+#[test]
+fn the_same_tuple_in_two_namespaces_makes_two_connections() {
+    let client = ("127.0.0.1:40091", "127.0.0.1:18091");
+    let server = ("127.0.0.1:18091", "127.0.0.1:40091");
+    let connect = ("127.0.0.1:0", "127.0.0.1:18091");
+    let mut r = Recording::default();
+    for (netns, base) in [(7u32, 10u64), (8, 20)] {
+        r.in_netns(netns)
+            .transition(1.0 + base as f64 * 1e-6, base, Closed, SynSent, connect, Some(1))
+            .transition(1.1 + base as f64 * 1e-6, base, SynSent, Established, client, None)
+            .transition(1.2 + base as f64 * 1e-6, base + 1, Listen, SynReceived, server, None);
+    }
+    for (netns, base) in [(7u32, 10u64), (8, 20)] {
+        r.in_netns(netns)
+            .transition(1.3 + base as f64 * 1e-6, base + 1, SynReceived, Established, server, None)
+            .transition(2.0 + base as f64 * 1e-6, base, Established, FinWait1, client, Some(1))
+            .transition(2.1 + base as f64 * 1e-6, base + 1, Established, CloseWait, server, None)
+            .transition(2.2 + base as f64 * 1e-6, base, FinWait1, FinWait2, client, None)
+            .transition(2.3 + base as f64 * 1e-6, base + 1, CloseWait, LastAck, server, Some(2))
+            .hand_over_to_time_wait(2.4 + base as f64 * 1e-6, base, FinWait2, client, 0x100 + base)
+            .transition(2.5 + base as f64 * 1e-6, base + 1, LastAck, Closed, server, None);
+    }
+    let (connections, _, engine) = r.run(10.0);
+    assert_eq!(connections.len(), 2, "{connections:#?}");
+    for connection in &connections {
+        let [a, b] = &connection.endpoints[..] else { panic!("unpaired: {connection:#?}") };
+        assert_eq!(a.home.netns, b.home.netns);
+        assert_eq!(connection.closed_first, Closer::Client);
+    }
+    let by_local = &engine.stats().time_wait_by_local;
+    assert_eq!(by_local.len(), 2, "one row per namespace: {by_local:?}");
+    let local: std::net::SocketAddr = client.0.parse().unwrap();
+    assert_eq!(by_local[&(Some(7), local)].open, 1);
+    assert_eq!(by_local[&(Some(8), local)].open, 1);
+}
+
+/// A veth pair: the client in one namespace, the server in another, addresses mirrored;
+/// the ends pair, even when the second namespace shows up only with the server. Loopback
+/// addresses never pair across.
+#[test]
+fn mirrored_addresses_pair_across_namespaces_unless_loopback() {
+    for (client_ip, server_ip, pairs) in
+        [("10.201.0.1", "10.201.0.2", true), ("127.0.0.1", "127.0.0.1", false)]
+    {
+        let client = (&*format!("{client_ip}:40094"), &*format!("{server_ip}:18094"));
+        let server = (&*format!("{server_ip}:18094"), &*format!("{client_ip}:40094"));
+        let mut r = Recording::default();
+        r.in_netns(7)
+            .transition(1.0, 1, Closed, SynSent, client, Some(1))
+            .in_netns(8)
+            .transition(1.1, 2, Listen, SynReceived, server, None)
+            .in_netns(7)
+            .transition(1.2, 1, SynSent, Established, client, None)
+            .in_netns(8)
+            .transition(1.3, 2, SynReceived, Established, server, None);
+        let (connections, _, _) = r.run(5.0);
+        let expected = if pairs { 1 } else { 2 };
+        assert_eq!(connections.len(), expected, "{client_ip}: {connections:#?}");
+        if pairs {
+            let netns: Vec<_> = connections[0].endpoints.iter().map(|e| e.home.netns).collect();
+            assert_eq!(netns, [Some(7), Some(8)]);
+        }
+    }
+}
+
+/// A RST sent for no socket says no namespace: with one namespace traced, it is matched
+/// in that one.
+#[test]
+fn a_reset_without_a_namespace_is_matched_in_the_only_one() {
+    let client = ("127.0.0.1:40001", "127.0.0.1:18084");
+    let mut r = Recording::default();
+    r.in_netns(7).transition(1.0, 1, Closed, SynSent, client, Some(1)).transition(
+        1.1,
+        1,
+        SynSent,
+        Established,
+        client,
+        None,
+    );
+    r.netns = None;
+    r.reset(1.2, 0, false, client, None);
+    let (connections, attributed, _) = r.run(5.0);
+    assert!(connections[0].endpoints[0].reset_received_ns.is_some(), "{connections:#?}");
+    assert_eq!(attributed.last().unwrap().1.home.netns, Some(7), "the side's namespace");
 }

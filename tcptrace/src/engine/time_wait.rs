@@ -3,10 +3,11 @@
 //! `cancel` alone an early kill, `cancel` then `rearm` a restart (a FIN or a retransmission
 //! arrived). Each open one holds its ephemeral port, counted toward its remote endpoint.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use super::{
     Attribution, Engine, TimeWait, TimeWaitEnd, TimeWaitKind,
+    stats::TowardKey,
     storage::{Address, Index, Side, Tracked},
 };
 use crate::event::{TcpEvent, TcpState};
@@ -89,13 +90,15 @@ impl Engine {
     ) -> (Attribution, Option<Index>) {
         let Some(index) = self.side_of_timer(timer) else {
             self.stats.unmatched_events += 1;
-            return (Attribution::owner(None), None);
+            let attribution = Attribution { owner: None, ..Attribution::unmatched(event) };
+            return (attribution, None);
         };
         let side = self.side(index);
         let attribution = Attribution {
             owner: side.owner(),
             old_state_ns: None,
             addresses: Some((side.local.into(), side.remote.into())),
+            home: side.home(),
         };
         let connection = side.connection;
         match self.time_wait_mut(index) {
@@ -143,7 +146,7 @@ impl Engine {
         }
     }
 
-    pub(super) fn port_pressure(&mut self, key: (IpAddr, SocketAddr), started: bool) {
+    pub(super) fn port_pressure(&mut self, key: TowardKey, started: bool) {
         let pressure = self.stats.time_wait_toward_remote.entry(key).or_default();
         if started {
             pressure.now += 1;
@@ -154,12 +157,10 @@ impl Engine {
     }
 }
 
-/// The (local address, remote endpoint) whose ephemeral ports a time-wait socket on this
-/// side holds, if its local port is ephemeral.
-pub(super) fn port_pressure_key(
-    side: &Side,
-    (low, high): (u16, u16),
-) -> Option<(IpAddr, SocketAddr)> {
+/// The (namespace, local address, remote endpoint) whose ephemeral ports a time-wait
+/// socket on this side holds, if its local port is ephemeral.
+pub(super) fn port_pressure_key(side: &Side, (low, high): (u16, u16)) -> Option<TowardKey> {
     let local = SocketAddr::from(side.local);
-    (low..=high).contains(&local.port()).then(|| (local.ip(), side.remote.into()))
+    let netns = side.home().netns;
+    (low..=high).contains(&local.port()).then(|| (netns, local.ip(), side.remote.into()))
 }

@@ -7,7 +7,7 @@ use std::{
 
 use tcptrace_common::{AF_INET, AF_INET6, Event, kind};
 
-use super::{Comm, Counters, Errno, EventKind, Task, TcpEvent, TcpInfo, TcpState};
+use super::{Comm, Counters, Errno, EventKind, Home, Task, TcpEvent, TcpInfo, TcpState};
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum DecodeError {
@@ -106,6 +106,7 @@ pub fn decode_event(raw: &Event) -> Result<TcpEvent, DecodeError> {
         },
         cpu: raw.cpu,
         counters: (raw.has_counters != 0).then(|| counters(&raw.counters)),
+        home: Home::from_kernel(raw.netns, raw.cgroup),
     })
 }
 

@@ -287,6 +287,21 @@ pub struct TcpInfo {
     pub snd_cwnd: u32,
 }
 
+/// Where a socket lives: its network namespace (the inode `ls -l /proc/PID/ns/net`
+/// shows) and its cgroup (v2) id, when known.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Home {
+    pub netns: Option<u32>,
+    pub cgroup: Option<u64>,
+}
+
+impl Home {
+    /// From the kernel's numbers, where 0 is unknown.
+    pub fn from_kernel(netns: u32, cgroup: u64) -> Home {
+        Home { netns: (netns != 0).then_some(netns), cgroup: (cgroup != 0).then_some(cgroup) }
+    }
+}
+
 /// One decoded kernel event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TcpEvent {
@@ -302,6 +317,9 @@ pub struct TcpEvent {
     pub cpu: u8,
     /// On a close, with BTF: the socket's counters.
     pub counters: Option<Counters>,
+    /// The socket's namespace (every event with a socket) and cgroup (where it starts and
+    /// where it closes).
+    pub home: Home,
 }
 
 /// What the trace says about itself, beside the engine's statistics: events read, lost,

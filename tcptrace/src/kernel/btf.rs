@@ -1,6 +1,7 @@
 //! Member offsets from the kernel's BTF (`/sys/kernel/btf/vmlinux`). Rust eBPF has no CO-RE
 //! relocations, so the loader finds where `struct tcp_sock` keeps each counter the kernel
-//! program reads, and passes the offsets in its configuration, as it does with tracefs's.
+//! program reads, and where a socket names its network namespace and cgroup, and passes
+//! the offsets in its configuration, as it does with tracefs's.
 //!
 //! Hand-written, after a measurement: btfparse (Apache-2.0, the crate made for this
 //! question; btf-rs is LGPL-2.1) indexes all of the kernel's 130 000-odd types to answer it,
@@ -9,7 +10,7 @@
 //! for: a few MiB, a few ms. The kernel tests check it against btfparse member by member.
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
-use tcptrace_common::TcpSockOffsets;
+use tcptrace_common::{SocketHomeOffsets, TcpSockOffsets};
 
 pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 
@@ -151,6 +152,8 @@ impl Btf {
             KIND_INT | KIND_STRUCT | KIND_UNION | KIND_ENUM | KIND_ENUM64 => {
                 Ok(record.size_or_type)
             }
+            // Kernel pointers, on the 64-bit machines tcptrace runs on.
+            KIND_PTR => Ok(8),
             other => bail!("a type of kind {other} has no size here"),
         }
     }
@@ -214,38 +217,103 @@ fn u32_at(bytes: &[u8], at: usize) -> Result<u32> {
     Ok(u32::from_le_bytes([word[0], word[1], word[2], word[3]]))
 }
 
-/// Where [`TcpSockOffsets`] keeps one member's offset.
-type Slot = fn(&mut TcpSockOffsets) -> &mut u16;
+/// A member the kernel program reads: its struct, its path in it (`a.b[2].c`), its size in
+/// bytes (0 for a flexible array), and where its offset goes in the offsets `O`.
+pub struct Member<O> {
+    pub parent: &'static str,
+    pub path: &'static str,
+    pub size: u32,
+    pub slot: fn(&mut O) -> &mut u16,
+}
 
-/// The members of `struct tcp_sock` the kernel program reads: the member's path, its size
-/// in bytes, and where its offset goes.
-pub const TCP_SOCK_MEMBERS: [(&str, u32, Slot); 10] = [
-    ("bytes_acked", 8, |o| &mut o.bytes_acked),
-    ("bytes_received", 8, |o| &mut o.bytes_received),
-    ("bytes_retrans", 8, |o| &mut o.bytes_retrans),
-    ("segs_out", 4, |o| &mut o.segs_out),
-    ("segs_in", 4, |o| &mut o.segs_in),
-    ("total_retrans", 4, |o| &mut o.total_retrans),
-    ("srtt_us", 4, |o| &mut o.srtt_us),
-    ("rtt_min.s[0].v", 4, |o| &mut o.min_rtt),
-    ("snd_cwnd", 4, |o| &mut o.snd_cwnd),
-    ("inet_conn.icsk_inet.sk.sk_err", 4, |o| &mut o.sk_err),
+const fn member<O>(
+    parent: &'static str,
+    path: &'static str,
+    size: u32,
+    slot: fn(&mut O) -> &mut u16,
+) -> Member<O> {
+    Member { parent, path, size, slot }
+}
+
+/// The members of `struct tcp_sock` the kernel program reads on a close.
+pub const TCP_SOCK_MEMBERS: [Member<TcpSockOffsets>; 10] = [
+    member("tcp_sock", "bytes_acked", 8, |o| &mut o.bytes_acked),
+    member("tcp_sock", "bytes_received", 8, |o| &mut o.bytes_received),
+    member("tcp_sock", "bytes_retrans", 8, |o| &mut o.bytes_retrans),
+    member("tcp_sock", "segs_out", 4, |o| &mut o.segs_out),
+    member("tcp_sock", "segs_in", 4, |o| &mut o.segs_in),
+    member("tcp_sock", "total_retrans", 4, |o| &mut o.total_retrans),
+    member("tcp_sock", "srtt_us", 4, |o| &mut o.srtt_us),
+    member("tcp_sock", "rtt_min.s[0].v", 4, |o| &mut o.min_rtt),
+    member("tcp_sock", "snd_cwnd", 4, |o| &mut o.snd_cwnd),
+    member("tcp_sock", "inet_conn.icsk_inet.sk.sk_err", 4, |o| &mut o.sk_err),
 ];
 
-/// Where `struct tcp_sock` keeps what `TCP_INFO` reports, from `path` (the kernel's BTF).
-pub fn tcp_sock_offsets(path: &str) -> Result<TcpSockOffsets> {
-    let btf = Btf::read(path)?;
-    let tcp_sock = btf.struct_named("tcp_sock")?;
-    let mut offsets = TcpSockOffsets { valid: 1, ..TcpSockOffsets::default() };
-    for (member, size, slot) in TCP_SOCK_MEMBERS {
-        let (offset, found) = btf
-            .offset_of(tcp_sock, member)
-            .with_context(|| format!("struct tcp_sock has no usable `{member}`"))?;
-        ensure!(found == size, "`tcp_sock.{member}` is {found} bytes here; tcptrace reads {size}");
-        *slot(&mut offsets) =
-            u16::try_from(offset).map_err(|_| anyhow!("`tcp_sock.{member}` lies past 64 KiB"))?;
+/// What a socket's network namespace is read through.
+pub const NETNS_MEMBERS: [Member<SocketHomeOffsets>; 2] = [
+    member("sock", "__sk_common.skc_net.net", 8, |o| &mut o.sock_net),
+    member("net", "ns.inum", 4, |o| &mut o.net_inum),
+];
+
+/// What a socket's cgroup (and its ancestors, for `--cgroup`) is read through.
+pub const CGROUP_MEMBERS: [Member<SocketHomeOffsets>; 5] = [
+    member("sock", "sk_cgrp_data.cgroup", 8, |o| &mut o.sock_cgroup),
+    member("cgroup", "kn", 8, |o| &mut o.cgroup_kn),
+    member("kernfs_node", "id", 8, |o| &mut o.kernfs_id),
+    member("cgroup", "level", 4, |o| &mut o.cgroup_level),
+    member("cgroup", "ancestors", 0, |o| &mut o.cgroup_ancestors),
+];
+
+impl Btf {
+    /// Fills `offsets` with every member's offset, or says which one is missing or has
+    /// another size than the kernel program reads.
+    pub fn fill<O>(&self, members: &[Member<O>], offsets: &mut O) -> Result<()> {
+        let mut ids: Vec<(&str, u32)> = Vec::new(); // each struct is looked up once
+        for Member { parent, path, size, slot } in members {
+            let id = match ids.iter().find(|(name, _)| name == parent) {
+                Some(&(_, id)) => id,
+                None => {
+                    let id = self.struct_named(parent)?;
+                    ids.push((parent, id));
+                    id
+                }
+            };
+            let (offset, found) = self
+                .offset_of(id, path)
+                .with_context(|| format!("struct {parent} has no usable `{path}`"))?;
+            ensure!(
+                found == *size,
+                "`{parent}.{path}` is {found} bytes here; tcptrace reads {size}"
+            );
+            *slot(offsets) =
+                u16::try_from(offset).map_err(|_| anyhow!("`{parent}.{path}` lies past 64 KiB"))?;
+        }
+        Ok(())
     }
+}
+
+/// Where `struct tcp_sock` keeps what `TCP_INFO` reports.
+pub fn tcp_sock_offsets(btf: &Btf) -> Result<TcpSockOffsets> {
+    let mut offsets = TcpSockOffsets::default();
+    btf.fill(&TCP_SOCK_MEMBERS, &mut offsets)?;
+    offsets.valid = 1;
     Ok(offsets)
+}
+
+/// Where a socket names its network namespace and its cgroup; each part on its own, with
+/// why the other is off if it is.
+pub fn socket_home_offsets(btf: &Btf) -> (SocketHomeOffsets, Vec<anyhow::Error>) {
+    let mut offsets = SocketHomeOffsets::default();
+    let mut errors = Vec::new();
+    match btf.fill(&NETNS_MEMBERS, &mut offsets) {
+        Ok(()) => offsets.netns_valid = 1,
+        Err(error) => errors.push(error.context("network namespaces")),
+    }
+    match btf.fill(&CGROUP_MEMBERS, &mut offsets) {
+        Ok(()) => offsets.cgroup_valid = 1,
+        Err(error) => errors.push(error.context("cgroups")),
+    }
+    (offsets, errors)
 }
 
 #[cfg(test)]
@@ -301,7 +369,7 @@ mod tests {
 
     #[test]
     fn a_missing_file_or_one_that_is_not_btf_is_an_error_that_names_it() {
-        let error = format!("{:#}", tcp_sock_offsets("/nonexistent/vmlinux").unwrap_err());
+        let error = format!("{:#}", Btf::read("/nonexistent/vmlinux").err().unwrap());
         assert!(error.contains("/nonexistent/vmlinux"), "{error}");
         let error = format!("{:#}", Btf::parse(b"not BTF at all".to_vec()).err().unwrap());
         assert!(error.contains("no BTF magic"), "{error}");

@@ -10,7 +10,7 @@ use aya::{
 };
 use aya_log::EbpfLogger;
 use tcptrace_common::{
-    AddressOffsets, BuiltInTimerLayout, Config, FAMILY_IPV4, FAMILY_IPV6, MAX_PORTS,
+    AddressOffsets, BuiltInTimerLayout, Config, FAMILY_IPV4, FAMILY_IPV6, MAX_NETNS, MAX_PORTS,
     RING_RECORD_BYTES, SendResetOffsets, SetStateOffsets, TimerOffsets, counter,
 };
 
@@ -44,8 +44,18 @@ pub struct Filters {
     /// Local or remote ports; empty keeps all.
     pub ports: Vec<u16>,
     pub pid: Option<u32>,
+    /// Network namespace inodes; empty keeps all.
+    pub netns: Vec<u32>,
+    pub cgroup: Option<CgroupFilter>,
     pub ipv4: bool,
     pub ipv6: bool,
+}
+
+/// `--cgroup`: the cgroup whose subtree is kept, by id, and its depth below the root.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CgroupFilter {
+    pub id: u64,
+    pub level: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -163,12 +173,38 @@ impl Tracer {
         };
         apply_filters(&mut config, &options.filters);
 
-        match btf::tcp_sock_offsets(btf::VMLINUX) {
-            Ok(offsets) => config.tcp_sock = offsets,
-            Err(error) => degraded.push(Degraded {
-                what: "TCP counters at close (bytes, segments, retransmits, RTT, errors)",
-                why: format!("{error:#}"),
-            }),
+        let counters = "TCP counters at close (bytes, segments, retransmits, RTT, errors)";
+        let homes = "network namespaces and cgroups of sockets";
+        match btf::Btf::read(btf::VMLINUX) {
+            Ok(kernel_btf) => {
+                match btf::tcp_sock_offsets(&kernel_btf) {
+                    Ok(offsets) => config.tcp_sock = offsets,
+                    Err(error) => {
+                        degraded.push(Degraded { what: counters, why: format!("{error:#}") })
+                    }
+                }
+                let (offsets, errors) = btf::socket_home_offsets(&kernel_btf);
+                config.socket_home = offsets;
+                for error in errors {
+                    degraded.push(Degraded { what: homes, why: format!("{error:#}") });
+                }
+            }
+            Err(error) => {
+                for what in [counters, homes] {
+                    degraded.push(Degraded { what, why: format!("{error:#}") });
+                }
+            }
+        }
+        let home = config.socket_home;
+        if !options.filters.netns.is_empty() && home.netns_valid == 0 {
+            anyhow::bail!(
+                "--netns needs the kernel's BTF (/sys/kernel/btf/vmlinux) to read namespaces"
+            );
+        }
+        if options.filters.cgroup.is_some() && home.cgroup_valid == 0 {
+            anyhow::bail!(
+                "--cgroup needs the kernel's BTF (/sys/kernel/btf/vmlinux) to read cgroups"
+            );
         }
         let resets = (|| -> Result<_> {
             Ok((
@@ -352,6 +388,13 @@ fn apply_filters(config: &mut Config, filters: &Filters) {
     }
     config.port_count = filters.ports.len().min(MAX_PORTS) as u32;
     config.pid = filters.pid.unwrap_or(0);
+    for (slot, netns) in config.netns.iter_mut().zip(&filters.netns) {
+        *slot = *netns;
+    }
+    config.netns_count = filters.netns.len().min(MAX_NETNS) as u32;
+    if let Some(cgroup) = filters.cgroup {
+        (config.cgroup, config.cgroup_level) = (cgroup.id, cgroup.level);
+    }
     // Neither -4 nor -6 means both.
     config.families = match (filters.ipv4, filters.ipv6) {
         (true, false) => FAMILY_IPV4,
@@ -455,11 +498,11 @@ mod tests {
     #[test]
     fn the_fill_level_is_checked_often_enough_for_small_rings() {
         assert_eq!(wakeup_check_every(4 << 20, 2), 16, "the default ring");
-        // 8192 / 8 = 1024 bytes past the level, shared by two CPUs: three 160-byte events each.
-        assert_eq!(wakeup_check_every(8192, 2), 3);
+        // 8192 / 8 = 1024 bytes past the level, shared by two CPUs: two 176-byte events each.
+        assert_eq!(wakeup_check_every(8192, 2), 2);
         assert_eq!(wakeup_check_every(4096, 2), 1);
         assert_eq!(wakeup_check_every(4096, 64), 1, "every event, never less");
-        assert_eq!(wakeup_check_every(4096, 0), 3);
+        assert_eq!(wakeup_check_every(4096, 0), 2);
     }
 
     #[test]
@@ -483,11 +526,20 @@ mod tests {
     #[test]
     fn filters_become_kernel_config() {
         let mut config = Config::default();
-        let filters = Filters { ports: vec![8080, 443], pid: Some(42), ipv4: true, ipv6: false };
+        let filters = Filters {
+            ports: vec![8080, 443],
+            pid: Some(42),
+            netns: vec![4026531840],
+            cgroup: Some(CgroupFilter { id: 77, level: 2 }),
+            ipv4: true,
+            ipv6: false,
+        };
         apply_filters(&mut config, &filters);
         assert_eq!(config.port_count, 2);
         assert_eq!(&config.ports[..2], &[8080, 443]);
         assert_eq!(config.pid, 42);
+        assert_eq!((config.netns_count, config.netns[0]), (1, 4026531840));
+        assert_eq!((config.cgroup, config.cgroup_level), (77, 2));
         assert_eq!(config.families, FAMILY_IPV4);
         assert!(config.filters_sockets());
 

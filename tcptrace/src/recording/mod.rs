@@ -3,15 +3,18 @@
 //!
 //! ```text
 //! {"type":"tcptrace_recording","version":1,"ephemeral_ports":[32768,60999],"realtime_offset_ns":…}
-//! {"type":"transition","ts_ns":…,"sk":"0x…","family":"ipv4","local":"…","remote":"…","old":"…","new":"…","pid":…,"tid":…,"comm":"…","process_context":true,"cpu":0}
+//! {"type":"transition","ts_ns":…,"sk":"0x…","family":"ipv4","local":"…","remote":"…","netns":4026531840,"old":"…","new":"…","pid":…,"tid":…,"comm":"…","process_context":true,"cpu":0,"cgroup_id":1234}
 //! {"type":"time_wait_timer","event":"cancel","ts_ns":…,"sk":"0x…","timer":"0x…",…}
 //! {"type":"reset","direction":"sent",…}
 //! {"type":"lost","ts_ns":…,"count":3}
+//! {"type":"netns","inode":4026532290,"name":"blue"}
+//! {"type":"cgroup","id":1234,"path":"/system.slice/docker-….scope"}
 //! {"type":"end","ts_ns":…}
 //! ```
 //!
 //! Unlike the `--json` stream, `pid`/`comm` here are the raw current task (attribution is
-//! the engine's job on replay), and nothing is left out.
+//! the engine's job on replay), and nothing is left out. A `netns` or `cgroup` line names
+//! a namespace or cgroup before the first event that carries its number.
 //!
 //! [`RecordingLine`]: crate::schema::RecordingLine
 
@@ -24,14 +27,15 @@ use std::fmt;
 pub use reader::Reader;
 pub use writer::Recorder;
 
-use crate::event::TcpEvent;
 pub use crate::schema::{FORMAT_VERSION, RecordingHeader};
+use crate::{event::TcpEvent, names::Learned};
 
 /// One item of a recording.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Item {
     Event(TcpEvent),
     Lost { ts_ns: u64, count: u64 },
+    Name(Learned),
     End { ts_ns: u64 },
 }
 

@@ -5,10 +5,11 @@ use std::io::{self, BufRead};
 
 use super::{Item, ReadError, scan::read_canonical};
 use crate::{
-    event::{Comm, Counters, EventKind, Task, TcpEvent},
+    event::{Comm, Counters, EventKind, Home, Task, TcpEvent},
+    names::{Cgroup, Learned},
     schema::{
-        Addresses, End, Hex, Lost, READABLE_VERSIONS, RecordedTask, RecordingHeader, RecordingLine,
-        TimerEvent,
+        Addresses, CgroupPath, End, Hex, Lost, NetnsName, READABLE_VERSIONS, RecordedTask,
+        RecordingHeader, RecordingLine, TimerEvent,
     },
 };
 
@@ -135,17 +136,24 @@ pub(super) fn read_with_serde(text: &str, complete: bool) -> Result<Item, String
 fn into_item(line: RecordingLine<'_>) -> Result<Item, String> {
     let missing = |field: &str| format!("not a valid record: missing field `{field}`");
     let mut counters = None;
-    let (ts_ns, sk, kind, addresses, task) = match line {
+    let (ts_ns, sk, kind, addresses, netns, task) = match line {
         RecordingLine::TcptraceRecording(_) => return Err("a second recording header".into()),
         RecordingLine::Lost(Lost { ts_ns, count }) => {
             return Ok(Item::Lost { ts_ns: ts_ns.ok_or_else(|| missing("ts_ns"))?, count });
         }
         RecordingLine::End(End { ts_ns }) => return Ok(Item::End { ts_ns }),
+        RecordingLine::Netns(NetnsName { inode, name }) => {
+            return Ok(Item::Name(Learned::NetnsName { inode, name: name.into_owned() }));
+        }
+        RecordingLine::Cgroup(CgroupPath { id, path }) => {
+            let cgroup = path.map(|path| Cgroup::new(path.into_owned()));
+            return Ok(Item::Name(Learned::Cgroup { id, cgroup }));
+        }
         RecordingLine::Transition(line) => {
             let time_wait_timer = line.time_wait_timer.map(|Hex(timer)| timer);
             let kind = EventKind::Transition { old: line.old, new: line.new, time_wait_timer };
             counters = line.tcp_info.map(|info| Counters { info, error: line.error });
-            (line.ts_ns, line.sk, kind, Some(line.addresses), line.tail)
+            (line.ts_ns, line.sk, kind, Some(line.addresses), line.netns, line.tail)
         }
         RecordingLine::TimeWaitTimer(line) => {
             let timer = line.timer.0;
@@ -159,17 +167,17 @@ fn into_item(line: RecordingLine<'_>) -> Result<Item, String> {
                 TimerEvent::Cancel => EventKind::TimeWaitCancel { timer },
                 TimerEvent::Expire => EventKind::TimeWaitExpire { timer },
             };
-            (line.ts_ns, line.sk, kind, line.addresses, line.tail)
+            (line.ts_ns, line.sk, kind, line.addresses, line.netns, line.tail)
         }
         RecordingLine::Reset(line) => {
             let kind = match line.direction {
                 crate::schema::Direction::Sent => EventKind::ResetSent,
                 crate::schema::Direction::Received => EventKind::ResetReceived,
             };
-            (line.ts_ns, line.sk, kind, line.addresses, line.tail)
+            (line.ts_ns, line.sk, kind, line.addresses, line.netns, line.tail)
         }
     };
-    let RecordedTask { pid, tid, comm, process_context, cpu } = task;
+    let RecordedTask { pid, tid, comm, process_context, cpu, cgroup_id } = task;
     Ok(Item::Event(TcpEvent {
         ts_ns,
         sk: sk.0,
@@ -178,5 +186,6 @@ fn into_item(line: RecordingLine<'_>) -> Result<Item, String> {
         task: Task { pid, tid, comm: Comm::new(&comm), process_context },
         cpu,
         counters,
+        home: Home { netns, cgroup: cgroup_id },
     }))
 }

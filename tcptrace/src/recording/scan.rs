@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 
 use super::Item;
-use crate::event::{Comm, Counters, Errno, EventKind, Task, TcpEvent, TcpInfo, TcpState};
+use crate::event::{Comm, Counters, Errno, EventKind, Home, Task, TcpEvent, TcpInfo, TcpState};
 
 /// Reads a line laid out exactly as [`super::Recorder`] writes it: its keys in its order, ASCII
 /// strings without escapes, plain numbers. `None` for anything else, which serde_json then
@@ -63,6 +63,11 @@ pub(super) fn read_canonical(bytes: &[u8]) -> Option<Item> {
     } else {
         None
     };
+    // Recordings before version 3 have no namespace.
+    let netns = match line.optional_number_field(b",\"netns\":")? {
+        Some(inode) => Some(inode.try_into().ok()?),
+        None => None,
+    };
     let kind = match kind {
         Kind::Transition => {
             addresses?;
@@ -100,8 +105,10 @@ pub(super) fn read_canonical(bytes: &[u8]) -> Option<Item> {
     line.expect(b",\"process_context\":")?;
     let process_context = line.boolean()?;
     let cpu = line.number_field(b",\"cpu\":")?.try_into().ok()?;
+    let cgroup = line.optional_number_field(b",\"cgroup_id\":")?;
     let task = Task { pid, tid, comm, process_context };
-    let event = TcpEvent { ts_ns, sk, kind, addresses, task, cpu, counters };
+    let home = Home { netns, cgroup };
+    let event = TcpEvent { ts_ns, sk, kind, addresses, task, cpu, counters, home };
     line.end().then_some(Item::Event(event))
 }
 
@@ -206,6 +213,17 @@ impl<'a> Cursor<'a> {
         let (value, end) = decimal(self.bytes, self.at, 19)?;
         self.at = end;
         Some(value)
+    }
+
+    /// `literal` then a number (`Some(Some(n))`), `literal` then `null` or no `literal` at all
+    /// (`Some(None)`); `None` for anything else.
+    fn optional_number_field<const N: usize>(&mut self, literal: &[u8; N]) -> Option<Option<u64>> {
+        if !self.optional(literal) || self.optional(b"null") {
+            return Some(None);
+        }
+        let (value, end) = decimal(self.bytes, self.at, 19)?;
+        self.at = end;
+        Some(Some(value))
     }
 
     /// `"0x…"`: 1 to 16 hex digits.

@@ -1,5 +1,5 @@
 use super::{reader::read_with_serde, scan::read_canonical, *};
-use crate::event::{Comm, EventKind, Task, TcpState};
+use crate::event::{Comm, EventKind, Home, Task, TcpState};
 
 fn header() -> RecordingHeader {
     RecordingHeader {
@@ -43,6 +43,10 @@ fn events() -> Vec<TcpEvent> {
             },
             task,
             cpu: 1,
+            home: Home {
+                netns: (!matches!(kind, EventKind::TimeWaitCancel { .. })).then_some(4026531840),
+                cgroup: matches!(kind, EventKind::Transition { .. }).then_some(7),
+            },
             counters: None,
         })
         .collect()
@@ -144,8 +148,8 @@ fn wrong_files_are_named_as_such() {
     assert!(error_of(b"").contains("not a tcptrace recording"));
     assert!(error_of(b"hello\n").contains("line 1: this is not a tcptrace recording"));
     assert!(error_of(b"{\"type\":\"transition\"}\n").contains("not a tcptrace recording"));
-    let newer = br#"{"type":"tcptrace_recording","version":3,"ephemeral_ports":[1,2],"realtime_offset_ns":0}"#;
-    assert!(error_of(newer).contains("version 3 is not supported"), "{}", error_of(newer));
+    let newer = br#"{"type":"tcptrace_recording","version":4,"ephemeral_ports":[1,2],"realtime_offset_ns":0}"#;
+    assert!(error_of(newer).contains("version 4 is not supported"), "{}", error_of(newer));
 }
 
 #[test]

@@ -5,9 +5,10 @@ use std::io::{self, Write};
 
 use crate::{
     event::TcpEvent,
+    names::Learned,
     schema::{
-        End, Lost, RecordingHeader, RecordingLine, fast::event_head, json_line::JsonLine,
-        write_line,
+        CgroupPath, End, Lost, NetnsName, RecordingHeader, RecordingLine, fast::event_head,
+        json_line::JsonLine, write_line,
     },
 };
 
@@ -26,13 +27,30 @@ impl<W: Write> Recorder<W> {
     /// One event, written by hand: every event is recorded, so this is a hot path.
     pub fn event(&mut self, event: &TcpEvent) -> io::Result<()> {
         let line = self.line.clear();
-        event_head(line, event, event.addresses);
+        event_head(line, event, event.addresses, event.home.netns);
         line.raw(",\"pid\":").u64(u64::from(event.task.pid));
         line.raw(",\"tid\":").u64(u64::from(event.task.tid));
         line.raw(",\"comm\":").string(event.task.comm.as_bytes());
         line.raw(",\"process_context\":").bool(event.task.process_context);
-        line.raw(",\"cpu\":").u64(u64::from(event.cpu)).raw("}");
-        line.write_to(&mut self.out)
+        line.raw(",\"cpu\":").u64(u64::from(event.cpu));
+        if let Some(cgroup) = event.home.cgroup {
+            line.raw(",\"cgroup_id\":").u64(cgroup);
+        }
+        line.raw("}").write_to(&mut self.out)
+    }
+
+    /// What a namespace or cgroup number stands for, before the first event with it.
+    pub fn name(&mut self, learned: &Learned) -> io::Result<()> {
+        let line = match learned {
+            Learned::NetnsName { inode, name } => {
+                RecordingLine::Netns(NetnsName { inode: *inode, name: name.into() })
+            }
+            Learned::Cgroup { id, cgroup } => RecordingLine::Cgroup(CgroupPath {
+                id: *id,
+                path: cgroup.as_ref().map(|c| c.path.as_str().into()),
+            }),
+        };
+        write_line(&mut self.out, &line)
     }
 
     pub fn lost(&mut self, ts_ns: u64, count: u64) -> io::Result<()> {

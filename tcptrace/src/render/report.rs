@@ -9,7 +9,8 @@ use std::{
 
 use crate::{
     engine::{Closer, Connection, Endpoint, FailedConnect, Role, Stats, TimeWait, TimeWaitEnd},
-    event::{Counters, Owner, TraceCounts},
+    event::{Counters, Home, Owner, TraceCounts},
+    names::Names,
     render::explain::{self, Lang},
     schema::{
         ClosedFirstCounts, KernelProgram, PileUp, StreamLine, Summary, TimeWaitByLocal, fast,
@@ -133,10 +134,35 @@ impl fmt::Display for OwnerText {
     }
 }
 
+/// Which namespace and container a socket is in, for text, when the trace spans more than
+/// one of either: `ns blue`, `ns 4026532290 ctr 0123456789ab`.
+pub struct HomeLabel<'a>(pub &'a Names, pub Home);
+
+impl HomeLabel<'_> {
+    pub fn shown(&self) -> bool {
+        self.0.many_homes()
+    }
+}
+
+impl fmt::Display for HomeLabel<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let HomeLabel(names, home) = self;
+        match home.netns {
+            Some(netns) => write!(f, "ns {}", names.netns_label(netns))?,
+            None => write!(f, "ns ?")?,
+        }
+        if let Some(id) = names.cgroup(home.cgroup).and_then(|c| c.short_container_id()) {
+            write!(f, " ctr {id}")?;
+        }
+        Ok(())
+    }
+}
+
 /// One block that tells a connection's story (with notes for learners when `explain`).
 pub fn write_connection_text(
     out: &mut impl Write,
     connection: &Connection,
+    names: &Names,
     explain: Option<Lang>,
 ) -> io::Result<()> {
     let (client, server) = by_role(connection);
@@ -149,7 +175,12 @@ pub fn write_connection_text(
         if i > 0 {
             write!(out, " ↔ ")?;
         }
-        write!(out, "{name} {} ({})", endpoint.local, OwnerText(endpoint.owner))?;
+        write!(out, "{name} {} ({}", endpoint.local, OwnerText(endpoint.owner))?;
+        let home = HomeLabel(names, endpoint.home);
+        if home.shown() {
+            write!(out, ", {home}")?;
+        }
+        write!(out, ")")?;
     }
     if sides.len() == 1 {
         write!(out, " ↔ {} (not on this host)", sides[0].1.remote)?;
@@ -224,7 +255,19 @@ fn write_time_wait_sentence(
     Ok(())
 }
 
-fn endpoint_json(line: &mut JsonLine, connection: &Connection, endpoint: Option<&Endpoint>) {
+fn optional_string(line: &mut JsonLine, value: Option<&str>) {
+    match value {
+        Some(text) => line.string(text.as_bytes()),
+        None => line.raw("null"),
+    };
+}
+
+fn endpoint_json(
+    line: &mut JsonLine,
+    connection: &Connection,
+    endpoint: Option<&Endpoint>,
+    names: &Names,
+) {
     let Some(endpoint) = endpoint else {
         line.raw("null");
         return;
@@ -241,6 +284,15 @@ fn endpoint_json(line: &mut JsonLine, connection: &Connection, endpoint: Option<
         None => {
             line.raw(",\"pid\":null,\"comm\":null");
         }
+    }
+    line.raw(",\"netns\":").optional(endpoint.home.netns.map(u64::from));
+    let cgroup = names.cgroup(endpoint.home.cgroup);
+    line.raw(",\"cgroup\":");
+    optional_string(line, cgroup.map(|c| c.path.as_str()));
+    line.raw(",\"container_id\":");
+    optional_string(line, cgroup.and_then(|c| c.container_id.as_deref()));
+    if let Some(pod_uid) = cgroup.and_then(|c| c.pod_uid.as_deref()) {
+        line.raw(",\"pod_uid\":").string(pod_uid.as_bytes());
     }
     line.raw(",\"states\":[");
     for (i, span) in endpoint.states().enumerate() {
@@ -285,14 +337,15 @@ pub fn write_connection_json(
     out: &mut impl Write,
     line: &mut JsonLine,
     connection: &Connection,
+    names: &Names,
     explain: Option<Lang>,
 ) -> io::Result<()> {
     let (client, server) = by_role(connection);
     line.clear().raw("{\"type\":\"connection\",\"id\":").u64(connection.id);
     line.raw(",\"client\":");
-    endpoint_json(line, connection, client);
+    endpoint_json(line, connection, client, names);
     line.raw(",\"server\":");
-    endpoint_json(line, connection, server);
+    endpoint_json(line, connection, server, names);
     line.raw(",\"closed_first\":\"").raw(connection.closed_first.name()).raw("\"");
     line.raw(",\"incomplete\":").bool(connection.incomplete);
     if let Some(lang) = explain {
@@ -310,6 +363,7 @@ pub fn write_connection_json(
 
 /// TIME-WAIT durations of one local endpoint, summarised.
 struct TimeWaitRow {
+    netns: Option<u32>,
     local: SocketAddr,
     count: usize,
     min: u64,
@@ -322,7 +376,8 @@ fn time_wait_rows(stats: &Stats) -> Vec<TimeWaitRow> {
     let mut rows: Vec<TimeWaitRow> = stats
         .time_wait_by_local
         .iter()
-        .map(|(&local, tw)| TimeWaitRow {
+        .map(|(&(netns, local), tw)| TimeWaitRow {
+            netns,
             local,
             count: tw.count as usize,
             min: tw.min_ns,
@@ -331,22 +386,19 @@ fn time_wait_rows(stats: &Stats) -> Vec<TimeWaitRow> {
             open: tw.open,
         })
         .collect();
-    rows.sort_by_key(|row| (std::cmp::Reverse(row.count as u64 + row.open), row.local));
+    rows.sort_by_key(|row| (std::cmp::Reverse(row.count as u64 + row.open), row.local, row.netns));
     rows
 }
 
 /// Pile-ups worth a warning: TIME-WAIT sockets toward one remote endpoint that held at
 /// least half of the ephemeral port range at once.
-fn pile_ups(
-    stats: &Stats,
-    ephemeral_ports: (u16, u16),
-) -> Vec<(std::net::IpAddr, SocketAddr, u64)> {
+fn pile_ups(stats: &Stats, ephemeral_ports: (u16, u16)) -> Vec<PileUp> {
     let range = u64::from(ephemeral_ports.1.saturating_sub(ephemeral_ports.0)) + 1;
     let mut found: Vec<_> = stats
         .time_wait_toward_remote
         .iter()
         .filter(|(_, p)| p.peak * 2 >= range)
-        .map(|(&(ip, remote), p)| (ip, remote, p.peak))
+        .map(|(&(netns, local_ip, remote), p)| PileUp { netns, local_ip, remote, peak: p.peak })
         .collect();
     found.sort();
     found
@@ -360,6 +412,7 @@ pub fn write_summary_text(
     stats: &Stats,
     counts: &TraceCounts,
     ephemeral_ports: (u16, u16),
+    names: &Names,
 ) -> io::Result<()> {
     writeln!(out, "\n══ summary")?;
     write!(out, "connections: {}", stats.connections)?;
@@ -388,10 +441,20 @@ pub fn write_summary_text(
         )?;
     }
     let rows = time_wait_rows(stats);
+    // Each namespace has its own addresses: with more than one, each row says whose.
+    let per_namespace = rows.iter().any(|row| row.netns != rows[0].netns);
+    let netns_label = |netns: Option<u32>| match netns {
+        Some(netns) => names.netns_label(netns),
+        None => "?".into(),
+    };
     if !rows.is_empty() {
+        write!(out, "TIME-WAIT by local endpoint:\n  ")?;
+        if per_namespace {
+            write!(out, "{:<12} ", "NETNS")?;
+        }
         writeln!(
             out,
-            "TIME-WAIT by local endpoint:\n  {:<28} {:>6} {:>10} {:>10} {:>10} {:>5}",
+            "{:<28} {:>6} {:>10} {:>10} {:>10} {:>5}",
             "LOCAL", "COUNT", "MIN", "MEDIAN", "MAX", "OPEN"
         )?;
         for row in rows.iter().take(TEXT_ROWS) {
@@ -404,9 +467,13 @@ pub fn write_summary_text(
             } else {
                 ("-".into(), "-".into(), "-".into())
             };
+            write!(out, "  ")?;
+            if per_namespace {
+                write!(out, "{:<12} ", netns_label(row.netns))?;
+            }
             writeln!(
                 out,
-                "  {:<28} {:>6} {min:>10} {median:>10} {max:>10} {:>5}",
+                "{:<28} {:>6} {min:>10} {median:>10} {max:>10} {:>5}",
                 row.local.to_string(),
                 row.count,
                 row.open
@@ -421,10 +488,15 @@ pub fn write_summary_text(
         }
     }
     let range = u32::from(ephemeral_ports.1.saturating_sub(ephemeral_ports.0)) + 1;
-    for (ip, remote, peak) in pile_ups(stats, ephemeral_ports) {
+    for PileUp { netns, local_ip, remote, peak } in pile_ups(stats, ephemeral_ports) {
+        let within = if per_namespace || names.many_homes() {
+            format!(" in network namespace {}", netns_label(netns))
+        } else {
+            String::new()
+        };
         writeln!(
             out,
-            "warning: up to {peak} TIME-WAIT sockets from {ip} toward {remote} held ephemeral ports at once, \
+            "warning: up to {peak} TIME-WAIT sockets from {local_ip}{within} toward {remote} held ephemeral ports at once, \
              out of {range} in net.ipv4.ip_local_port_range: new connections to {remote} may fail to find a port"
         )?;
     }
@@ -459,6 +531,7 @@ pub fn write_summary_json(
         .map(|row| {
             let ended = |ns: u64| (row.count > 0).then_some(ns);
             TimeWaitByLocal {
+                netns: row.netns,
                 local: row.local,
                 count: row.count as u64,
                 open: row.open,
@@ -468,10 +541,7 @@ pub fn write_summary_json(
             }
         })
         .collect();
-    let pile_ups = pile_ups(stats, ephemeral_ports)
-        .into_iter()
-        .map(|(local_ip, remote, peak)| PileUp { local_ip, remote, peak })
-        .collect();
+    let pile_ups = pile_ups(stats, ephemeral_ports);
     let kernel_programs = counts
         .programs
         .iter()

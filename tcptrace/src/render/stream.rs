@@ -12,8 +12,9 @@ use crate::{
     engine::{Attribution, Connection, Stats},
     event::TraceCounts,
     event::{EventKind, TcpEvent},
+    names::Names,
     render::explain::{self, Lang},
-    render::report,
+    render::report::{self, HomeLabel},
     schema::{Lost, StreamLine, fast::event_head, json_line::JsonLine, write_line},
 };
 
@@ -64,9 +65,14 @@ impl<W: Write> Stream<W> {
         Ok(())
     }
 
-    pub fn event(&mut self, event: &TcpEvent, attribution: &Attribution) -> io::Result<()> {
+    pub fn event(
+        &mut self,
+        event: &TcpEvent,
+        attribution: &Attribution,
+        names: &Names,
+    ) -> io::Result<()> {
         match self.format {
-            StreamFormat::Text => self.text_event(event, attribution),
+            StreamFormat::Text => self.text_event(event, attribution, names),
             StreamFormat::Json => self.json_event(event, attribution),
         }
     }
@@ -84,11 +90,23 @@ impl<W: Write> Stream<W> {
         }
     }
 
+    /// Said once, when a second namespace or container shows up: lines name theirs from
+    /// then on.
+    pub fn many_homes(&mut self) -> io::Result<()> {
+        match self.format {
+            StreamFormat::Text => writeln!(
+                self.out,
+                "-- sockets of more than one network namespace or container: each line now says whose (ns NAME|INODE, ctr ID)"
+            ),
+            StreamFormat::Json => Ok(()),
+        }
+    }
+
     /// A finished connection's record.
-    pub fn connection(&mut self, connection: &Connection) -> io::Result<()> {
+    pub fn connection(&mut self, connection: &Connection, names: &Names) -> io::Result<()> {
         match self.format {
             StreamFormat::Text => {
-                report::write_connection_text(&mut self.out, connection, self.explain)?;
+                report::write_connection_text(&mut self.out, connection, names, self.explain)?;
                 let has_time_wait = connection.endpoints.iter().any(|e| e.time_wait.is_some());
                 if let Some(lang) =
                     self.explain.filter(|_| has_time_wait && !self.explained_time_wait)
@@ -104,6 +122,7 @@ impl<W: Write> Stream<W> {
                 &mut self.out,
                 &mut self.line,
                 connection,
+                names,
                 self.explain,
             ),
         }
@@ -115,10 +134,11 @@ impl<W: Write> Stream<W> {
         stats: &Stats,
         counts: &TraceCounts,
         ephemeral_ports: (u16, u16),
+        names: &Names,
     ) -> io::Result<()> {
         match self.format {
             StreamFormat::Text => {
-                report::write_summary_text(&mut self.out, stats, counts, ephemeral_ports)
+                report::write_summary_text(&mut self.out, stats, counts, ephemeral_ports, names)
             }
             StreamFormat::Json => {
                 report::write_summary_json(&mut self.out, stats, counts, ephemeral_ports)
@@ -130,7 +150,12 @@ impl<W: Write> Stream<W> {
         self.out.flush()
     }
 
-    fn text_event(&mut self, event: &TcpEvent, attribution: &Attribution) -> io::Result<()> {
+    fn text_event(
+        &mut self,
+        event: &TcpEvent,
+        attribution: &Attribution,
+        names: &Names,
+    ) -> io::Result<()> {
         self.clock.write_time_of_day(&mut self.out, event.ts_ns)?;
         match attribution.owner {
             Some(owner) => write!(self.out, " {:>7} {:<15}", owner.pid, owner.comm)?,
@@ -158,9 +183,14 @@ impl<W: Write> Stream<W> {
             EventKind::ResetReceived => write!(self.out, " {:<28}", "RST received")?,
         }
         match attribution.old_state_ns {
-            Some(ns) => writeln!(self.out, " {:>9.3}", ns as f64 / 1e6)?,
-            None => writeln!(self.out, " {:>9}", "-")?,
+            Some(ns) => write!(self.out, " {:>9.3}", ns as f64 / 1e6)?,
+            None => write!(self.out, " {:>9}", "-")?,
         }
+        let home = HomeLabel(names, attribution.home);
+        if home.shown() {
+            write!(self.out, "  [{home}]")?;
+        }
+        writeln!(self.out)?;
         if let Some(note) = self.note(event) {
             writeln!(self.out, "{:>17} {note}", "↳")?;
         }
@@ -179,7 +209,8 @@ impl<W: Write> Stream<W> {
 
     fn json_event(&mut self, event: &TcpEvent, attribution: &Attribution) -> io::Result<()> {
         let line = self.line.clear();
-        event_head(line, event, event.addresses.or(attribution.addresses));
+        let netns = event.home.netns.or(attribution.home.netns);
+        event_head(line, event, event.addresses.or(attribution.addresses), netns);
         if let EventKind::Transition { old, new, time_wait_timer } = event.kind {
             line.raw(",\"old_state_ns\":").optional(attribution.old_state_ns);
             if let Some(lang) = self.explain {
@@ -217,7 +248,8 @@ impl std::fmt::Display for Padded {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Comm, Owner, Task, TcpState};
+    use crate::event::{Comm, Home, Owner, Task, TcpState};
+    use crate::names::{Cgroup, Learned};
 
     fn transition() -> TcpEvent {
         TcpEvent {
@@ -235,6 +267,7 @@ mod tests {
             task: Task { pid: 7, tid: 7, comm: Comm::new("x"), process_context: true },
             cpu: 1,
             counters: None,
+            home: Home { netns: Some(4026532177), cgroup: None },
         }
     }
 
@@ -245,7 +278,13 @@ mod tests {
         stream
             .event(
                 &transition(),
-                &Attribution { owner: Some(owner), old_state_ns: Some(1500), addresses: None },
+                &Attribution {
+                    owner: Some(owner),
+                    old_state_ns: Some(1500),
+                    addresses: None,
+                    home: Home::default(),
+                },
+                &Names::default(),
             )
             .unwrap();
         let line = String::from_utf8(stream.out).unwrap();
@@ -256,6 +295,7 @@ mod tests {
         assert_eq!(value["family"], "ipv4");
         assert_eq!(value["local"], "127.0.0.1:8080");
         assert_eq!(value["remote"], "127.0.0.1:42020");
+        assert_eq!(value["netns"], 4026532177u64, "the event's own namespace");
         assert_eq!(value["old"], "ESTABLISHED");
         assert_eq!(value["new"], "FIN_WAIT1");
         assert_eq!(value["pid"], 1743);
@@ -273,14 +313,15 @@ mod tests {
 
     #[test]
     fn unknown_owner_is_null_in_json_and_dash_in_text() {
-        let unknown = Attribution { owner: None, old_state_ns: None, addresses: None };
+        let unknown =
+            Attribution { owner: None, old_state_ns: None, addresses: None, home: Home::default() };
         let mut json = Stream::new(Vec::new(), StreamFormat::Json, WallClock::now());
-        json.event(&softirq_on_an_idle_cpu(), &unknown).unwrap();
+        json.event(&softirq_on_an_idle_cpu(), &unknown, &Names::default()).unwrap();
         let value: serde_json::Value = serde_json::from_slice(&json.out).unwrap();
         assert!(value["pid"].is_null() && value["comm"].is_null());
 
         let mut text = Stream::new(Vec::new(), StreamFormat::Text, WallClock::now());
-        text.event(&softirq_on_an_idle_cpu(), &unknown).unwrap();
+        text.event(&softirq_on_an_idle_cpu(), &unknown, &Names::default()).unwrap();
         let line = String::from_utf8(text.out).unwrap();
         let columns: Vec<&str> = line.split_whitespace().collect();
         assert_eq!(columns[1..3], ["-", "-"], "{line}");
@@ -294,5 +335,27 @@ mod tests {
         let mut json = Stream::new(Vec::new(), StreamFormat::Json, WallClock::now());
         json.lost(12).unwrap();
         assert_eq!(String::from_utf8(json.out).unwrap(), "{\"type\":\"lost\",\"count\":12}\n");
+    }
+
+    /// With one namespace a line says nothing of it; with two, each says whose, by its
+    /// `ip netns` name or its inode, and the container where there is one.
+    #[test]
+    fn text_lines_name_the_namespace_and_container_once_there_are_two() {
+        let mut names = Names::default();
+        names.saw_netns(4026532177);
+        let id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        names.learn(Learned::Cgroup { id: 9, cgroup: Some(Cgroup::new(format!("/docker/{id}"))) });
+        let home = Home { netns: Some(4026532177), cgroup: Some(9) };
+        let attribution = Attribution { owner: None, old_state_ns: None, addresses: None, home };
+        let line = |names: &Names| {
+            let mut text = Stream::new(Vec::new(), StreamFormat::Text, WallClock::now());
+            text.event(&transition(), &attribution, names).unwrap();
+            String::from_utf8(text.out).unwrap()
+        };
+        assert!(!line(&names).contains('['), "{}", line(&names));
+        names.saw_netns(4026532246);
+        names.learn(Learned::NetnsName { inode: 4026532177, name: "red".into() });
+        let shown = line(&names);
+        assert!(shown.trim_end().ends_with("[ns red ctr 0123456789ab]"), "{shown}");
     }
 }

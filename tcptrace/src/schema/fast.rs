@@ -8,11 +8,13 @@ use super::json_line::JsonLine;
 use crate::event::{EventKind, Family, TcpEvent, TcpInfo};
 
 /// The fields every JSON form of an event has (the live stream's and the recording's):
-/// type, time, socket, addresses, and what happened. The caller adds the rest and the `}`.
+/// type, time, socket, addresses, namespace, and what happened. The caller adds the rest
+/// and the `}`.
 pub fn event_head(
     line: &mut JsonLine,
     event: &TcpEvent,
     addresses: Option<(SocketAddr, SocketAddr)>,
+    netns: Option<u32>,
 ) {
     let (type_name, detail) = match event.kind {
         EventKind::Transition { .. } => ("transition", None),
@@ -31,6 +33,7 @@ pub fn event_head(
         line.raw(",\"family\":\"").raw(Family::of(&local).name()).raw("\"");
         line.raw(",\"local\":").address(&local).raw(",\"remote\":").address(&remote);
     }
+    line.raw(",\"netns\":").optional(netns.map(u64::from));
     match event.kind {
         EventKind::Transition { old, new, time_wait_timer } => {
             line.raw(",\"old\":\"").raw(old.name()).raw("\",\"new\":\"").raw(new.name()).raw("\"");

@@ -29,10 +29,12 @@ use crate::{
 pub use crate::event::TcpInfo;
 
 /// The recording format this tcptrace writes. Version 2 added `tcp_info` and `error` to
-/// closes; version 1 recordings still read (their connections have no counters).
-pub const FORMAT_VERSION: u32 = 2;
+/// closes; version 3 each event's `netns`, `cgroup_id` where the kernel read it, and the
+/// `netns` and `cgroup` lines that name them. Older recordings still read (without
+/// counters, namespaces or cgroups: `null`).
+pub const FORMAT_VERSION: u32 = 3;
 /// The recording formats this tcptrace reads.
-pub const READABLE_VERSIONS: [u32; 2] = [1, 2];
+pub const READABLE_VERSIONS: [u32; 3] = [1, 2, 3];
 
 /// Writes one line through serde: for the lines that are not on the per-event path.
 pub fn write_line(out: &mut impl Write, line: &impl Serialize) -> io::Result<()> {
@@ -93,7 +95,28 @@ pub enum RecordingLine<'a> {
     #[serde(borrow)]
     Reset(Reset<RecordedTask<'a>>),
     Lost(Lost),
+    #[serde(borrow)]
+    Netns(NetnsName<'a>),
+    #[serde(borrow)]
+    Cgroup(CgroupPath<'a>),
     End(End),
+}
+
+/// `netns` (recordings): the `ip netns` name of a namespace, before the first event in it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetnsName<'a> {
+    pub inode: u32,
+    #[serde(borrow)]
+    pub name: Cow<'a, str>,
+}
+
+/// `cgroup` (recordings): the path of a cgroup id from the cgroup2 root, before the first
+/// event that names it; `null` when it was gone before tcptrace could resolve it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CgroupPath<'a> {
+    pub id: u64,
+    #[serde(borrow)]
+    pub path: Option<Cow<'a, str>>,
 }
 
 /// `transition`: a socket changed state. `T` is what the stream or the recording adds.
@@ -103,6 +126,9 @@ pub struct Transition<T> {
     pub sk: Hex,
     #[serde(flatten)]
     pub addresses: Addresses,
+    /// The socket's network namespace (its inode); recordings before version 3 lack it.
+    #[serde(default)]
+    pub netns: Option<u32>,
     pub old: TcpState,
     pub new: TcpState,
     /// On a hand-over to a time-wait socket: that socket's timer.
@@ -127,6 +153,10 @@ pub struct TimeWaitTimer<T> {
     /// In the stream: the endpoint the engine found for the timer. Never in a recording.
     #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
     pub addresses: Option<Addresses>,
+    /// In the stream: that endpoint's namespace. In a recording `null` (the kernel does not
+    /// read it for timers), or missing before version 3.
+    #[serde(default)]
+    pub netns: Option<u32>,
     pub timer: Hex,
     /// With `rearm`: the new timeout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -151,6 +181,9 @@ pub struct Reset<T> {
     pub sk: Hex,
     #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
     pub addresses: Option<Addresses>,
+    /// The socket's namespace; `null` for a RST sent with no socket (a closed port).
+    #[serde(default)]
+    pub netns: Option<u32>,
     #[serde(flatten)]
     pub tail: T,
 }
@@ -206,6 +239,9 @@ pub struct RecordedTask<'a> {
     /// Recordings before the CPU was recorded lack it: 0.
     #[serde(default)]
     pub cpu: u8,
+    /// The socket's cgroup id, on the events the kernel reads it on (see `cgroup` lines).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup_id: Option<u64>,
 }
 
 /// `lost`: events the kernel had to drop. Recordings say when the loss was noticed.
@@ -255,6 +291,16 @@ pub struct EndpointRecord<'a> {
     pub pid: Option<u32>,
     #[serde(borrow)]
     pub comm: Option<Cow<'a, str>>,
+    /// The socket's network namespace (its inode).
+    #[serde(default)]
+    pub netns: Option<u32>,
+    /// Its cgroup's path from the cgroup2 root, and the container and pod that path names.
+    #[serde(default, borrow)]
+    pub cgroup: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub container_id: Option<Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none", borrow)]
+    pub pod_uid: Option<Cow<'a, str>>,
     pub states: Vec<StateRecord>,
     pub time_wait: Option<TimeWaitRecord>,
     /// `null` when the close was not seen with its counters.
@@ -335,6 +381,8 @@ impl ClosedFirstCounts {
 /// the durations are `null` while none ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TimeWaitByLocal {
+    /// The namespace the endpoint is in (each has its own addresses and ports).
+    pub netns: Option<u32>,
     pub local: SocketAddr,
     pub count: u64,
     pub open: u64,
@@ -345,8 +393,9 @@ pub struct TimeWaitByLocal {
 
 /// TIME-WAIT sockets on ephemeral ports from `local_ip` toward `remote` that at one
 /// moment held at least half of the ephemeral port range (`peak` of them).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct PileUp {
+    pub netns: Option<u32>,
     pub local_ip: std::net::IpAddr,
     pub remote: SocketAddr,
     pub peak: u64,

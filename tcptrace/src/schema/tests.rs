@@ -10,6 +10,7 @@ use super::*;
 use crate::{
     clock::WallClock,
     event::{Counters, Errno, EventKind, TcpInfo, TcpState::*},
+    names::{Cgroup, Learned},
     pipeline::{Pipeline, PipelineOptions},
     recording::Recorder,
     render::{explain::Lang, stream::StreamFormat},
@@ -34,7 +35,9 @@ impl Write for Shared {
 /// TIME-WAIT, an IPv6 connection reset by its client, a RST with no socket, a name that
 /// needs escapes, and a connection still open at the end.
 fn every_kind_of_event() -> Vec<crate::event::TcpEvent> {
-    let mut r = simultaneous_close();
+    let mut r = Recording::default();
+    r.in_netns(4026531840);
+    r.events = simultaneous_close().events;
     server_closes_first(&mut r)
         .with_counters(Counters {
             info: TcpInfo {
@@ -55,7 +58,8 @@ fn every_kind_of_event() -> Vec<crate::event::TcpEvent> {
         .timer(1371.1000001, 12, EventKind::TimeWaitExpire { timer: 0x5150 });
     let v6_client = ("[::1]:40003", "[::1]:18084");
     let v6_server = ("[::1]:18084", "[::1]:40003");
-    r.transition(1380.0, 31, Closed, SynSent, v6_client, Some(32))
+    r.in_netns(4026532177)
+        .transition(1380.0, 31, Closed, SynSent, v6_client, Some(32))
         .transition(1380.0001, 31, SynSent, Established, v6_client, None)
         .transition(1380.00015, 32, Listen, SynReceived, v6_server, None)
         .transition(1380.0002, 32, SynReceived, Established, v6_server, None)
@@ -72,7 +76,21 @@ fn every_kind_of_event() -> Vec<crate::event::TcpEvent> {
     r.transition(1390.0, 21, Closed, SynSent, open, Some(66));
     let mut events = r.events;
     events.last_mut().unwrap().task.comm = crate::event::Comm::new("we\"ird\\n\tme");
+    // Cgroups where the kernel reads them: the first connect, and the IPv6 one.
+    events[0].home.cgroup = Some(5);
+    events.iter_mut().find(|e| e.sk == 31).unwrap().home.cgroup = Some(6);
     events
+}
+
+/// What those cgroups are: a pod's container, and a cgroup with a name JSON must escape.
+fn learned() -> [Learned; 3] {
+    let pod = "/kubepods.slice/kubepods-pod0f1e2d3c_4b5a_6978_8796_a5b4c3d2e1f0.slice/\
+               cri-containerd-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef.scope";
+    [
+        Learned::Cgroup { id: 5, cgroup: Some(Cgroup::new(pod.into())) },
+        Learned::Cgroup { id: 6, cgroup: Some(Cgroup::new("/we\"ird\\\tgroup".into())) },
+        Learned::NetnsName { inode: 4026532177, name: "blue".into() },
+    ]
 }
 
 /// The `--json` stream of those events, line by line.
@@ -85,6 +103,7 @@ fn stream(explain: Option<Lang>) -> Vec<String> {
         ..PipelineOptions::default()
     };
     let mut pipeline = Pipeline::new(out.clone(), WallClock::from_offset(0), options);
+    learned().into_iter().for_each(|learned| pipeline.learn(learned));
     for event in every_kind_of_event() {
         let ts = event.ts_ns;
         pipeline.push(event);
@@ -118,6 +137,14 @@ fn every_stream_line_is_what_serde_writes_for_the_schema() {
                 serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
             assert_eq!(&serde_json::to_string(&typed).unwrap(), line, "explain {explain:?}");
         }
+        let records: Vec<&String> = lines.iter().filter(|l| l.contains("\"connection\"")).collect();
+        assert!(
+            records
+                .iter()
+                .any(|l| l.contains(r#""pod_uid":"0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0""#))
+        );
+        assert!(records.iter().any(|l| l.contains(r#""cgroup":"/we\"ird\\\tgroup""#)));
+        assert!(lines.iter().any(|l| l.contains(r#""netns":4026532177"#)));
         let notes = lines.iter().filter(|line| line.contains("\"note\":")).count();
         assert_eq!(notes > 0, explain.is_some(), "notes only with --explain");
     }
@@ -131,6 +158,8 @@ fn every_recorded_line_is_what_serde_writes_for_the_schema() {
         realtime_offset_ns: -7,
     };
     let mut recorder = Recorder::new(Vec::new(), &header).unwrap();
+    learned().iter().for_each(|learned| recorder.name(learned).unwrap());
+    recorder.name(&Learned::Cgroup { id: 7, cgroup: None }).unwrap();
     for event in every_kind_of_event() {
         recorder.event(&event).unwrap();
     }
@@ -142,7 +171,16 @@ fn every_recorded_line_is_what_serde_writes_for_the_schema() {
     types.dedup();
     assert_eq!(
         types,
-        ["end", "lost", "reset", "tcptrace_recording", "time_wait_timer", "transition"],
+        [
+            "cgroup",
+            "end",
+            "lost",
+            "netns",
+            "reset",
+            "tcptrace_recording",
+            "time_wait_timer",
+            "transition"
+        ],
         "every recording line type is checked"
     );
     for line in text.lines() {
@@ -203,9 +241,11 @@ fn every_example_in_the_docs_is_a_line_of_the_schema_field_for_field() {
     assert_eq!(
         types,
         [
+            "cgroup",
             "connection",
             "end",
             "lost",
+            "netns",
             "reset",
             "summary",
             "tcptrace_recording",

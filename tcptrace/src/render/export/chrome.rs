@@ -10,7 +10,7 @@ use super::{ExportInput, Timeline};
 
 pub fn write(out: &mut impl Write, input: &ExportInput<'_>) -> io::Result<()> {
     let timelines: Vec<Timeline<'_>> =
-        input.connections.iter().map(|c| Timeline::new(c, input.end_ns)).collect();
+        input.connections.iter().map(|c| Timeline::new(c, input.end_ns, input.names)).collect();
     // Microseconds from the first thing on any lane: viewers want small numbers.
     let origin = timelines.iter().filter_map(Timeline::start_ns).min().unwrap_or(0);
     let us = |ns: u64| (ns - origin.min(ns)) as f64 / 1000.0;

@@ -5,12 +5,12 @@ use std::io::{self, Write};
 use super::{ExportInput, Timeline};
 
 pub const HEADER: &str = "connection_id,endpoint,role,state,start_ns,end_ns,duration_ns,open,\
-bytes_acked,bytes_received,total_retrans,rtt_us,error";
+bytes_acked,bytes_received,total_retrans,rtt_us,error,netns,cgroup,container_id";
 
 pub fn write(out: &mut impl Write, input: &ExportInput<'_>) -> io::Result<()> {
     writeln!(out, "{HEADER}")?;
     for connection in input.connections {
-        let timeline = Timeline::new(connection, input.end_ns);
+        let timeline = Timeline::new(connection, input.end_ns, input.names);
         for lane in &timeline.lanes {
             // The endpoint's counters at close, on each of its rows (empty when not seen).
             let counters = match &lane.endpoint.counters {
@@ -24,10 +24,19 @@ pub fn write(out: &mut impl Write, input: &ExportInput<'_>) -> io::Result<()> {
                 ),
                 None => ",,,,".into(),
             };
+            // Where the endpoint lives (empty when not known).
+            let home = lane.endpoint.home;
+            let cgroup = input.names.cgroup(home.cgroup);
+            let home = format!(
+                "{},{},{}",
+                home.netns.map(|n| n.to_string()).unwrap_or_default(),
+                field(cgroup.map_or("", |c| c.path.as_str())),
+                cgroup.and_then(|c| c.container_id.as_deref()).unwrap_or_default()
+            );
             for interval in &lane.intervals {
                 writeln!(
                     out,
-                    "{},{},{},{},{},{},{},{},{counters}",
+                    "{},{},{},{},{},{},{},{},{counters},{home}",
                     connection.id,
                     field(&lane.endpoint.local.to_string()),
                     lane.role.name(),

@@ -228,7 +228,7 @@ pub fn write(out: &mut impl Write, input: &ExportInput<'_>) -> io::Result<()> {
     let connections: Vec<Value> = input
         .connections
         .iter()
-        .map(|c| connection_data(&Timeline::new(c, input.end_ns), lang))
+        .map(|c| connection_data(&Timeline::new(c, input.end_ns, input.names), lang))
         .collect();
     let colours: serde_json::Map<String, Value> =
         STATE_COLOURS.iter().map(|(state, colour)| (state.to_string(), json!(colour))).collect();

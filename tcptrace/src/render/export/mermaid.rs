@@ -23,7 +23,7 @@ pub fn write(out: &mut impl Write, input: &ExportInput<'_>) -> io::Result<()> {
         )?;
     }
     for (n, connection) in input.connections.iter().take(MAX_CONNECTIONS).enumerate() {
-        let timeline = Timeline::new(connection, input.end_ns);
+        let timeline = Timeline::new(connection, input.end_ns, input.names);
         let aliases: Vec<String> = timeline
             .lanes
             .iter()

@@ -17,8 +17,9 @@ use anyhow::{Context, Result};
 use crate::{
     engine::{Connection, Endpoint, Role, TimeWaitEnd, TimeWaitKind},
     event::{Owner, TcpState},
+    names::Names,
     render::explain::Lang,
-    render::report::{self, by_role},
+    render::report::{self, HomeLabel, by_role},
     schema::json_line::JsonLine,
 };
 
@@ -55,6 +56,8 @@ pub struct ExportInput<'a> {
     pub end_ns: u64,
     /// The language of the notes on the HTML page.
     pub lang: Lang,
+    /// What the namespace and cgroup numbers stand for.
+    pub names: &'a Names,
 }
 
 pub fn write(path: &Path, format: ExportFormat, input: &ExportInput<'_>) -> Result<()> {
@@ -65,7 +68,7 @@ pub fn write(path: &Path, format: ExportFormat, input: &ExportInput<'_>) -> Resu
         ExportFormat::Jsonl => {
             let mut line = JsonLine::new();
             input.connections.iter().try_for_each(|connection| {
-                report::write_connection_json(&mut out, &mut line, connection, None)
+                report::write_connection_json(&mut out, &mut line, connection, input.names, None)
             })
         }
         ExportFormat::Csv => csv::write(&mut out, input),
@@ -104,6 +107,8 @@ pub struct Lane<'a> {
     pub endpoint: &'a Endpoint,
     pub intervals: Vec<Interval>,
     pub instants: Vec<Instant>,
+    /// Its namespace and container, when the trace spans more than one.
+    pub home: Option<String>,
 }
 
 impl Lane<'_> {
@@ -112,7 +117,8 @@ impl Lane<'_> {
             Some(Owner { pid, comm }) => format!("{comm} {pid}"),
             None => "owner unknown".into(),
         };
-        format!("{} {} ({owner})", self.role.name(), self.endpoint.local)
+        let home = self.home.as_ref().map(|home| format!(", {home}")).unwrap_or_default();
+        format!("{} {} ({owner}{home})", self.role.name(), self.endpoint.local)
     }
 
     /// What the endpoint carried, in words, when its counters were seen at close.
@@ -128,7 +134,7 @@ pub struct Timeline<'a> {
 }
 
 impl<'a> Timeline<'a> {
-    pub fn new(connection: &'a Connection, end_ns: u64) -> Timeline<'a> {
+    pub fn new(connection: &'a Connection, end_ns: u64, names: &Names) -> Timeline<'a> {
         let (client, server) = by_role(connection);
         let lanes = [(Role::Client, client), (Role::Server, server)]
             .into_iter()
@@ -138,11 +144,13 @@ impl<'a> Timeline<'a> {
                     Role::Unknown => role,
                     known => known,
                 };
+                let home = HomeLabel(names, endpoint.home);
                 Some(Lane {
                     role,
                     endpoint,
                     intervals: intervals(endpoint, end_ns),
                     instants: instants(endpoint),
+                    home: home.shown().then(|| home.to_string()),
                 })
             })
             .collect();

@@ -38,7 +38,8 @@ fn connections() -> (Vec<Connection>, u64) {
 
 fn export(format: ExportFormat) -> String {
     let (connections, end_ns) = connections();
-    let input = ExportInput { connections: &connections, end_ns, lang: Lang::En };
+    let names = crate::names::Names::default();
+    let input = ExportInput { connections: &connections, end_ns, lang: Lang::En, names: &names };
     let mut out = Vec::new();
     match format {
         ExportFormat::Csv => csv::write(&mut out, &input),
@@ -69,7 +70,7 @@ fn csv_has_one_row_per_state_interval() {
     let mut lines = text.lines();
     assert_eq!(lines.next(), Some(csv::HEADER));
     let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
-    assert!(rows.iter().all(|r| r.len() == 13), "{text}");
+    assert!(rows.iter().all(|r| r.len() == 16), "{text}");
     // Simultaneous: 4 bars and a TIME-WAIT per side; server-first: client 4 bars, server
     // 4 and a TIME-WAIT; the open connection: one open SYN_SENT bar.
     assert_eq!(rows.len(), 10 + 9 + 1, "{text}");
@@ -90,7 +91,7 @@ fn csv_has_one_row_per_state_interval() {
     assert_eq!(with_counters.len(), 4, "{text}");
     for row in with_counters {
         assert_eq!((row[0], row[2]), (server_first_id.as_str(), "client"));
-        assert_eq!(row[8..], ["81", "1024001", "2", "52", ""]);
+        assert_eq!(row[8..13], ["81", "1024001", "2", "52", ""]);
     }
 }
 

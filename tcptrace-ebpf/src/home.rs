@@ -1,0 +1,88 @@
+//! Where a socket lives: its network namespace and its cgroup, followed from its `struct
+//! sock` through pointers at the offsets the loader found in the kernel's BTF.
+
+use aya_ebpf::helpers::bpf_probe_read_kernel;
+use tcptrace_common::{Config, MAX_NETNS, SocketHomeOffsets};
+
+/// The value of type `T` at `address`; 0 if it can't be read.
+#[inline(always)]
+pub fn read<T: Default>(address: u64) -> T {
+    // SAFETY: the helper checks the kernel address itself and fails instead of faulting; `T`
+    // is a plain integer type whose size the loader checked against the member's.
+    unsafe { bpf_probe_read_kernel(address as *const T) }.unwrap_or_default()
+}
+
+/// The inode of the socket's network namespace (two loads); 0 if unknown.
+#[inline(always)]
+pub fn netns(sk: u64, offsets: &SocketHomeOffsets) -> u32 {
+    if offsets.netns_valid == 0 || sk == 0 {
+        return 0;
+    }
+    let net: u64 = read(sk + u64::from(offsets.sock_net));
+    if net == 0 {
+        return 0;
+    }
+    read(net + u64::from(offsets.net_inum))
+}
+
+/// The socket's `struct cgroup`; 0 if unknown.
+#[inline(always)]
+fn cgroup(sk: u64, offsets: &SocketHomeOffsets) -> u64 {
+    if offsets.cgroup_valid == 0 || sk == 0 {
+        return 0;
+    }
+    read(sk + u64::from(offsets.sock_cgroup))
+}
+
+/// The id of `cgroup` (its `kernfs_node`'s); 0 if unknown.
+#[inline(always)]
+fn cgroup_id(cgroup: u64, offsets: &SocketHomeOffsets) -> u64 {
+    if cgroup == 0 {
+        return 0;
+    }
+    let kn: u64 = read(cgroup + u64::from(offsets.cgroup_kn));
+    if kn == 0 {
+        return 0;
+    }
+    read(kn + u64::from(offsets.kernfs_id))
+}
+
+/// The id of the socket's cgroup (three loads); 0 if unknown.
+#[inline(always)]
+pub fn socket_cgroup_id(sk: u64, offsets: &SocketHomeOffsets) -> u64 {
+    cgroup_id(cgroup(sk, offsets), offsets)
+}
+
+/// Whether the socket's cgroup is `--cgroup`'s or below it: its ancestor at that cgroup's
+/// depth is that cgroup.
+#[inline(always)]
+pub fn in_kept_cgroup(sk: u64, config: &Config) -> bool {
+    let offsets = &config.socket_home;
+    let own = cgroup(sk, offsets);
+    if own == 0 {
+        return false;
+    }
+    let level: i32 = read(own + u64::from(offsets.cgroup_level));
+    if level < config.cgroup_level as i32 {
+        return false;
+    }
+    let slot = own + u64::from(offsets.cgroup_ancestors) + 8 * u64::from(config.cgroup_level);
+    cgroup_id(read(slot), offsets) == config.cgroup
+}
+
+/// The `--netns` filter.
+#[inline(always)]
+pub fn netns_kept(config: &Config, netns: u32) -> bool {
+    if config.netns_count == 0 {
+        return true;
+    }
+    for i in 0..MAX_NETNS {
+        if i as u32 >= config.netns_count {
+            break;
+        }
+        if config.netns[i] == netns {
+            return true;
+        }
+    }
+    false
+}
