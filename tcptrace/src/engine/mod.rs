@@ -34,7 +34,7 @@ pub use records::{
 };
 pub use stats::{Carried, PortPressure, Stats, TimeWaitStats};
 use storage::{
-    Address, Index, NEVER, NO_INDEX, Side, Slab, Step, Steps, Tracked, TupleKey, UNKNOWN_NS,
+    Address, Homes, Index, NEVER, NO_INDEX, Side, Slab, Step, Steps, Tracked, TupleKey, UNKNOWN_NS,
 };
 
 use crate::event::{Comm, Counters, EventKind, Owner, TcpEvent, TcpState};
@@ -117,6 +117,7 @@ pub struct Engine {
     /// than loopback addresses by (local, remote) alone, for a peer in another namespace.
     by_tuple_across: Map<(Address, Address), Index>,
     namespaces: Namespaces,
+    homes: Homes,
     /// (cancel time, timer), in time order.
     pending_cancels: VecDeque<(u64, u64)>,
     /// (time it finished, connection, its id), in time order, waiting out `FINISH_GRACE_NS`.
@@ -145,6 +146,7 @@ impl Engine {
             by_tuple: Map::default(),
             by_tuple_across: Map::default(),
             namespaces: Namespaces::None,
+            homes: Homes::new(),
             pending_cancels: VecDeque::new(),
             finishing: VecDeque::new(),
             last_sweep_ns: 0,
@@ -297,17 +299,17 @@ impl Engine {
     /// The unpaired side with this key, if it still has it.
     fn side_of_key(&self, key: TupleKey) -> Option<Index> {
         let side = *self.by_tuple.get(&key)?;
-        (self.sides.get(side)?.key() == key).then_some(side)
+        (self.homes.key(self.sides.get(side)?) == key).then_some(side)
     }
 
     /// The unpaired side in a namespace other than `netns` with this (local, remote).
     fn side_across(&self, netns: u32, tuple: (Address, Address)) -> Option<Index> {
-        if self.namespaces != Namespaces::Many || tuple.0.is_loopback() {
+        if self.namespaces != Namespaces::Many || tuple.0.is_loopback() || tuple.1.is_loopback() {
             return None;
         }
         let side = *self.by_tuple_across.get(&tuple)?;
         let found = self.sides.get(side)?;
-        (found.tuple() == tuple && found.netns != netns).then_some(side)
+        (found.tuple() == tuple && self.homes.netns(found) != netns).then_some(side)
     }
 
     /// Notes the namespace of a new side: the first time a second one shows up, the
@@ -318,7 +320,7 @@ impl Engine {
             Namespaces::One(known) if known != netns => {
                 self.namespaces = Namespaces::Many;
                 for (&(_, local, remote), &side) in &self.by_tuple {
-                    if !local.is_loopback() {
+                    if !local.is_loopback() && !remote.is_loopback() {
                         self.by_tuple_across.insert((local, remote), side);
                     }
                 }
@@ -380,10 +382,10 @@ impl Engine {
                 self.new_side(event, old, (local, remote))
             }
         };
-        let side = self.side_mut(index);
+        let side = self.sides.get_mut(index).expect("indexed sides exist");
         let owner = side.learn_owner(&event.task);
-        side.learn_home(event.home);
-        let home = side.home();
+        self.homes.learn(side, event.home);
+        let home = self.homes.get(side.home);
         let mut old_state_ns = None;
         if let Some(last) = side.steps.last() {
             if last.state != old {
@@ -476,8 +478,7 @@ impl Engine {
             abort_ns: NEVER,
             local: tuple.0.into(),
             remote: tuple.1.into(),
-            netns: event.home.netns.unwrap_or(0),
-            cgroup: event.home.cgroup.unwrap_or(0),
+            home: self.homes.intern(event.home),
             owner: Owner { pid: 0, comm: Comm::default() },
             connection,
             time_wait: NO_INDEX,
@@ -507,14 +508,15 @@ impl Engine {
             return; // already paired
         }
         let (local, remote) = tuple;
-        let netns = self.side(index).netns;
+        let netns = self.homes.netns(self.side(index));
         let peer = self
             .side_of_key((netns, remote, local))
             .or_else(|| self.side_across(netns, (remote, local)));
         let Some(peer) = peer else {
             // The newest side with a tuple wins it: an older one has closed.
             self.by_tuple.insert((netns, local, remote), index);
-            if self.namespaces == Namespaces::Many && !local.is_loopback() {
+            if self.namespaces == Namespaces::Many && !local.is_loopback() && !remote.is_loopback()
+            {
                 self.by_tuple_across.insert(tuple, index);
             }
             return;
@@ -546,15 +548,15 @@ impl Engine {
             self.stats.unmatched_events += 1;
             return (Attribution::unmatched(event), None);
         };
-        let side = self.side_mut(index);
+        let side = self.sides.get_mut(index).expect("indexed sides exist");
         let sent = event.kind == EventKind::ResetSent;
         let field = if sent { &mut side.reset_sent_ns } else { &mut side.reset_received_ns };
         if *field == NEVER {
             *field = event.ts_ns;
         }
         let owner = if sent { side.learn_owner(&event.task) } else { side.owner() };
-        let attribution =
-            Attribution { owner, old_state_ns: None, addresses: None, home: side.home() };
+        let home = self.homes.get(side.home);
+        let attribution = Attribution { owner, old_state_ns: None, addresses: None, home };
         (attribution, Some(side.connection))
     }
 
@@ -656,7 +658,7 @@ impl Engine {
     /// Drops the side's entries among the unpaired, where they are still its.
     fn unindex_tuple(&mut self, index: Index) {
         let Some(side) = self.sides.get(index) else { return };
-        let (key, tuple) = (side.key(), side.tuple());
+        let (key, tuple) = (self.homes.key(side), side.tuple());
         if self.by_tuple.get(&key) == Some(&index) {
             self.by_tuple.remove(&key);
         }
@@ -685,7 +687,8 @@ impl Engine {
             }
             let time_wait = self.time_waits.remove(side.time_wait);
             let counters = self.counters.remove(side.counters);
-            endpoints.push(side.into_endpoint(time_wait, counters));
+            let home = self.homes.get(side.home);
+            endpoints.push(side.into_endpoint(home, time_wait, counters));
         }
         Some(Connection {
             id: tracked.id,

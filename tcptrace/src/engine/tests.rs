@@ -550,3 +550,10 @@ fn a_reset_without_a_namespace_is_matched_in_the_only_one() {
     assert!(connections[0].endpoints[0].reset_received_ns.is_some(), "{connections:#?}");
     assert_eq!(attributed.last().unwrap().1.home.netns, Some(7), "the side's namespace");
 }
+
+/// docs/sizing.md counts what a followed connection takes from these.
+#[test]
+fn a_side_and_a_connection_take_what_the_sizing_notes_say() {
+    assert_eq!(size_of::<storage::Side>(), 176);
+    assert_eq!(size_of::<storage::Tracked>(), 32);
+}

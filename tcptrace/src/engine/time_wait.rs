@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use super::{
     Attribution, Engine, TimeWait, TimeWaitEnd, TimeWaitKind,
     stats::TowardKey,
-    storage::{Address, Index, Side, Tracked},
+    storage::{Address, Homes, Index, Side, Tracked},
 };
 use crate::event::{TcpEvent, TcpState};
 
@@ -43,7 +43,7 @@ impl Engine {
         } else {
             TimeWaitKind::FinWait2
         };
-        if let Some(key) = port_pressure_key(side, self.options.ephemeral_ports) {
+        if let Some(key) = port_pressure_key(side, &self.homes, self.options.ephemeral_ports) {
             self.port_pressure(key, true);
         }
         let previous = self.side(index).time_wait;
@@ -98,7 +98,7 @@ impl Engine {
             owner: side.owner(),
             old_state_ns: None,
             addresses: Some((side.local.into(), side.remote.into())),
-            home: side.home(),
+            home: self.homes.get(side.home),
         };
         let connection = side.connection;
         match self.time_wait_mut(index) {
@@ -140,7 +140,7 @@ impl Engine {
         let key = self
             .sides
             .get(index)
-            .and_then(|side| port_pressure_key(side, self.options.ephemeral_ports));
+            .and_then(|side| port_pressure_key(side, &self.homes, self.options.ephemeral_ports));
         if let Some(key) = key {
             self.port_pressure(key, false);
         }
@@ -159,8 +159,12 @@ impl Engine {
 
 /// The (namespace, local address, remote endpoint) whose ephemeral ports a time-wait
 /// socket on this side holds, if its local port is ephemeral.
-pub(super) fn port_pressure_key(side: &Side, (low, high): (u16, u16)) -> Option<TowardKey> {
+pub(super) fn port_pressure_key(
+    side: &Side,
+    homes: &Homes,
+    (low, high): (u16, u16),
+) -> Option<TowardKey> {
     let local = SocketAddr::from(side.local);
-    let netns = side.home().netns;
+    let netns = homes.get(side.home).netns;
     (low..=high).contains(&local.port()).then(|| (netns, local.ip(), side.remote.into()))
 }

@@ -110,6 +110,14 @@ fn the_fast_reader_reads_what_the_recorder_writes() {
     let plain = r#"{"type":"transition","ts_ns":1000050000,"sk":"0xffff888000000000","local":"127.0.0.1:32768","remote":"127.0.0.1:8080","old":"SYN_SENT","new":"ESTABLISHED","pid":7,"tid":7,"comm":"curl","process_context":false,"cpu":0}"#;
     let fast = read_canonical(plain.as_bytes()).expect("the common case is read fast");
     assert_eq!(Ok(fast.clone()), slow(plain));
+    let Item::Event(event) = &fast else { panic!("{fast:?}") };
+    assert_eq!(event.home, Home::default(), "a line from before version 3: no namespace");
+    let v3 = plain
+        .replace(r#","old""#, r#","netns":4026532177,"old""#)
+        .replace(r#""cpu":0}"#, r#""cpu":0,"cgroup_id":42}"#);
+    let Some(Item::Event(event)) = read_canonical(v3.as_bytes()) else { panic!("{v3}") };
+    assert_eq!(event.home, Home { netns: Some(4026532177), cgroup: Some(42) });
+    assert_eq!(slow(&v3), Ok(Item::Event(event)));
     // A name longer than the kernel keeps is cut the same way on both paths.
     let long = plain.replace("\"curl\"", "\"a-very-long-command-name\"");
     assert_eq!(read_canonical(long.as_bytes()).map(Ok), Some(slow(&long)));
