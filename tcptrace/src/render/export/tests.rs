@@ -202,3 +202,46 @@ fn the_trace_and_the_page_show_what_each_endpoint_carried() {
     let page = export(ExportFormat::Html);
     assert_eq!(page.matches(carried).count(), 1, "in the page's data, once");
 }
+
+/// Two namespaces' connections, one in a container: the CSV names each row's namespace,
+/// cgroup and container; the trace's and the page's lanes say the namespace and container.
+#[test]
+fn exports_say_where_each_endpoint_lives() {
+    let id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    let mut r = Recording::default();
+    r.in_netns(4026532177);
+    server_closes_first(&mut r);
+    r.events[0].home.cgroup = Some(9); // the client's connect, in the container
+    r.in_netns(4026532246).transition(1390.0, 21, Closed, SynSent, CURL_CONNECT, Some(66));
+    let (connections, _, _) = run_events(r.events, 1400.0, Default::default());
+    let mut names = crate::names::Names::default();
+    names.saw_netns(4026532177);
+    names.saw_netns(4026532246);
+    names.set_netns_name(4026532177, "blue".into());
+    let cgroup = crate::names::Cgroup::new(format!("/system.slice/docker-{id}.scope"));
+    names.set_cgroup(9, Some(cgroup));
+    let input =
+        ExportInput { connections: &connections, end_ns: 1400 * S, lang: Lang::En, names: &names };
+    let mut csv_text = Vec::new();
+    csv::write(&mut csv_text, &input).unwrap();
+    let csv_text = String::from_utf8(csv_text).unwrap();
+    let client_row = csv_text.lines().find(|l| l.contains(",client,SYN_SENT,")).unwrap();
+    assert!(
+        client_row.ends_with(&format!(",4026532177,/system.slice/docker-{id}.scope,{id}")),
+        "{client_row}"
+    );
+    let open_row = csv_text.lines().last().unwrap();
+    assert!(open_row.ends_with(",4026532246,,"), "{open_row}");
+    let mut trace = Vec::new();
+    chrome::write(&mut trace, &input).unwrap();
+    let trace = String::from_utf8(trace).unwrap();
+    assert!(
+        trace.contains("(owner 31, ns blue ctr 0123456789ab)")
+            || trace.contains(", ns blue ctr 0123456789ab)"),
+        "{trace}"
+    );
+    assert!(trace.contains(", ns 4026532246)"), "{trace}");
+    let mut page = Vec::new();
+    html::write(&mut page, &input).unwrap();
+    assert!(String::from_utf8(page).unwrap().contains("ns blue ctr 0123456789ab"));
+}
