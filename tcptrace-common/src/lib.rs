@@ -94,7 +94,7 @@ pub struct Event {
     /// On a close (`X → CLOSE`): what the socket carried, as `TCP_INFO` reports it.
     pub counters: TcpCounters,
     /// The id of the socket's cgroup (v2), read where a socket starts (connect, a child of
-    /// a listener) and where it closes; 0 on other events, or without BTF.
+    /// a listener); 0 on other events, or without BTF.
     pub cgroup: u64,
     /// The inode of the socket's network namespace (`net->ns.inum`); 0 when the event has
     /// no socket, or without BTF.

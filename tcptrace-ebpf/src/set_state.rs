@@ -1,6 +1,6 @@
 //! `sock:inet_sock_set_state`: every TCP state change, the bulk of all events. Filters
-//! first; names the socket's network namespace (and, where it starts and ends, its
-//! cgroup), the time-wait timer of a socket that hands over to a time-wait socket, and a
+//! first; names the socket's network namespace (and, where it starts, its cgroup), the
+//! time-wait timer of a socket that hands over to a time-wait socket, and a
 //! closing socket's counters.
 
 use aya_ebpf::{
@@ -93,9 +93,10 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
         event.timer = time_wait_timer;
         record.fill_from(event, addresses, family, (sport, dport));
         event.netns = netns;
-        // Where a socket starts (a connect, a listener's child) and where it ends: its
-        // cgroup is its creator's and never changes, so these say it for the rest.
-        if new == tcp_state::SYN_SENT || new == tcp_state::SYN_RECV || new == tcp_state::CLOSE {
+        // Where a socket starts (a connect, a listener's child): its cgroup is its
+        // creator's and never changes, so these say it for the rest. (Three reads: not on
+        // every event.)
+        if new == tcp_state::SYN_SENT || new == tcp_state::SYN_RECV {
             event.cgroup = socket_cgroup_id(sk, &config.socket_home);
         }
         if new == tcp_state::CLOSE && config.tcp_sock.valid != 0 {

@@ -48,7 +48,10 @@ Examples:
 Reading the output:
   PID/COMM is the socket's owner. Transitions that happen in softirq (when a packet \
 arrives) run on whatever task the CPU was busy with, so tcptrace shows the owner it learned \
-earlier in process context (connect, close), or '-' when it has not seen one yet.
+earlier in process context (connect, close; for an accepted socket, the listener's), or '-' \
+when it has not seen one yet.
+  '!! … holds N sockets in CLOSE_WAIT' names a process that is not closing sockets its \
+peers closed (a file-descriptor leak); see --stuck-after.
   MS is the time spent in the old state ('-' when the socket was first seen mid-way).
   A socket that enters TIME-WAIT shows FIN_WAIT2 -> CLOSED (or CLOSING -> CLOSED): the \
 kernel hands the connection to a small time-wait socket, which ss shows as TIME-WAIT. \
@@ -167,6 +170,11 @@ pub struct OutputArgs {
     #[arg(long, value_name = "LANG", default_value = "en", value_parser = parse_lang)]
     pub lang: Lang,
 
+    /// Report sockets that sit in CLOSE_WAIT longer than this (the peer closed, the
+    /// application never did: a leak of file descriptors), grouped by owner.
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_seconds)]
+    pub stuck_after: Duration,
+
     /// Connections followed at once; past it the least recently active are aged out
     /// (counted in the summary). Each costs about 1 KiB (docs/sizing.md).
     #[arg(long, value_name = "N", default_value_t = 1 << 18)]
@@ -186,7 +194,11 @@ impl OutputArgs {
             explain: self.explain_lang(),
             lang: self.lang,
             exports: self.export.clone(),
-            engine: EngineOptions { max_connections: self.max_connections, ..engine },
+            engine: EngineOptions {
+                max_connections: self.max_connections,
+                stuck_after_ns: self.stuck_after.as_nanos() as u64,
+                ..engine
+            },
         }
     }
 }

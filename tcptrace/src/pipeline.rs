@@ -147,6 +147,7 @@ impl<W: Write> Pipeline<W> {
                     }
                     stream.connection(connection, names)
                 }
+                Output::Stuck(stuck) => stream.stuck(stuck),
             };
         };
         if finish {

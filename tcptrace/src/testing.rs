@@ -131,6 +131,7 @@ pub fn run_events(
     let mut collect = |output: Output<'_>| match output {
         Output::Event(event, attribution) => attributed.push((*event, attribution)),
         Output::Connection(connection) => connections.push(connection.clone()),
+        Output::Stuck(_) => {}
     };
     for event in events {
         let ts = event.ts_ns;

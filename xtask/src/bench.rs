@@ -443,10 +443,10 @@ pub fn write_recording(
                     },
                     error: None,
                 }),
-                // One namespace; the cgroup where the kernel reads it (a start, a close).
+                // One namespace; the cgroup where the kernel reads it (where a socket starts).
                 home: Home {
                     netns: Some(HOST_NETNS),
-                    cgroup: matches!(new, SynSent | SynReceived | Closed).then_some(HOST_CGROUP),
+                    cgroup: matches!(new, SynSent | SynReceived).then_some(HOST_CGROUP),
                 },
             })?;
             events += 1;

@@ -11,10 +11,11 @@
 //!   timer: `cancel` then `expire` is a natural end, `cancel` alone an early kill, `cancel`
 //!   then `rearm` a restart (a FIN or a retransmission arrived).
 //! - Who closed first is read from the states and resets themselves ([`Closer`]).
+//! - A socket left in CLOSE_WAIT too long is reported with its owner's others ([`Stuck`]).
 //!
 //! Here: the engine's event loop (reordering, transitions, pairing, handing out). Beside it:
 //! `records` (what it hands out), `storage` (how it keeps what it follows), `time_wait`,
-//! `classify` (who closed first) and `stats` (the summary's numbers).
+//! `classify` (who closed first), `stats` (the summary's numbers) and `stuck`.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -25,6 +26,7 @@ mod classify;
 mod records;
 mod stats;
 mod storage;
+mod stuck;
 mod time_wait;
 
 pub use classify::closed_first;
@@ -36,6 +38,7 @@ pub use stats::{Carried, PortPressure, Stats, TimeWaitStats};
 use storage::{
     Address, Homes, Index, NEVER, NO_INDEX, Side, Slab, Step, Steps, Tracked, TupleKey, UNKNOWN_NS,
 };
+pub use stuck::{LISTED_SOCKETS, Stuck};
 
 use crate::event::{Comm, Counters, EventKind, Owner, TcpEvent, TcpState};
 
@@ -84,11 +87,17 @@ pub struct EngineOptions {
     pub max_connections: usize,
     /// `net.ipv4.ip_local_port_range`, for the TIME-WAIT pile-up warning.
     pub ephemeral_ports: (u16, u16),
+    /// A socket in CLOSE_WAIT this long is reported stuck (`--stuck-after`).
+    pub stuck_after_ns: u64,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { max_connections: 1 << 18, ephemeral_ports: (32768, 60999) }
+        EngineOptions {
+            max_connections: 1 << 18,
+            ephemeral_ports: (32768, 60999),
+            stuck_after_ns: 30_000_000_000,
+        }
     }
 }
 
@@ -118,6 +127,10 @@ pub struct Engine {
     by_tuple_across: Map<(Address, Address), Index>,
     namespaces: Namespaces,
     homes: Homes,
+    /// Listening sockets' owners by (namespace, port): a server's accepted socket is
+    /// born in softirq, and until its process touches it, it is the listener's.
+    listeners: Map<(u32, u16), Owner>,
+    stuck: stuck::StuckSockets,
     /// (cancel time, timer), in time order.
     pending_cancels: VecDeque<(u64, u64)>,
     /// (time it finished, connection, its id), in time order, waiting out `FINISH_GRACE_NS`.
@@ -147,6 +160,8 @@ impl Engine {
             by_tuple_across: Map::default(),
             namespaces: Namespaces::None,
             homes: Homes::new(),
+            listeners: Map::default(),
+            stuck: Default::default(),
             pending_cancels: VecDeque::new(),
             finishing: VecDeque::new(),
             last_sweep_ns: 0,
@@ -198,8 +213,13 @@ impl Engine {
     /// Processes queued events up to `now_ns - REORDER_WINDOW_NS`, resolves time-wait
     /// cancels, ages out what must go, and hands everything that is ready to `out`.
     pub fn advance(&mut self, now_ns: u64, out: &mut impl FnMut(Output<'_>)) {
-        self.process_until(now_ns.saturating_sub(REORDER_WINDOW_NS), out);
+        let processed_ns = now_ns.saturating_sub(REORDER_WINDOW_NS);
+        self.process_until(processed_ns, out);
         self.settle(now_ns, out);
+        // Stuck by the time of the events processed: a socket's way out of CLOSE_WAIT
+        // may still be in the reorder window.
+        self.find_stuck(processed_ns);
+        self.report_stuck(processed_ns, out);
         if now_ns.saturating_sub(self.last_sweep_ns) >= SWEEP_INTERVAL_NS {
             self.last_sweep_ns = now_ns;
             self.sweep(now_ns, out);
@@ -212,6 +232,12 @@ impl Engine {
         let now_ns = now_ns.max(self.newest_ns);
         self.process_until(u64::MAX, out);
         self.settle(u64::MAX, out);
+        self.find_stuck(now_ns);
+        self.report_stuck(now_ns, out);
+        // What is still stuck goes in the summary; handing the connections out below
+        // is the end of the trace, not of their being stuck.
+        self.stats.stuck_at_exit = self.stuck_now(now_ns);
+        self.stuck = Default::default();
         let mut by_id: Vec<(u64, Index)> =
             self.connections.iter().map(|(index, tracked)| (tracked.id, index)).collect();
         by_id.sort_unstable();
@@ -233,6 +259,8 @@ impl Engine {
             let Some(event) = self.pending.pop_front() else { break };
             let ts = event.ts_ns;
             self.settle(ts, out);
+            self.find_stuck(ts);
+            self.report_stuck(ts, out);
             self.process(&event, out);
         }
     }
@@ -377,6 +405,11 @@ impl Engine {
                 // Listening sockets are not connections; a fresh socket that is not yet
                 // anything (CLOSED → CLOSED) neither.
                 if new == TcpState::Listen || old == TcpState::Listen && new == TcpState::Closed {
+                    let listener = (event.home.netns.unwrap_or(0), local.port());
+                    match event.task.as_owner().filter(|_| new == TcpState::Listen) {
+                        Some(owner) => self.listeners.insert(listener, owner),
+                        None => self.listeners.remove(&listener),
+                    };
                     return (Attribution::unmatched(event), None);
                 }
                 self.new_side(event, old, (local, remote))
@@ -399,6 +432,12 @@ impl Engine {
             }
         }
         side.steps.push(Step { state: new, enter_ns: event.ts_ns });
+        if new == TcpState::CloseWait {
+            self.entered_close_wait(index, event.sk, event.ts_ns);
+        } else if old == TcpState::CloseWait {
+            self.unstick(index);
+        }
+        let side = self.side_mut(index);
         if remote.port() != 0 && local.port() != 0 {
             side.local = local.into();
             side.remote = remote.into();
@@ -479,7 +518,13 @@ impl Engine {
             local: tuple.0.into(),
             remote: tuple.1.into(),
             home: self.homes.intern(event.home),
-            owner: Owner { pid: 0, comm: Comm::default() },
+            // A listener's child is the listener's until its process touches it.
+            owner: self
+                .listeners
+                .get(&(event.home.netns.unwrap_or(0), tuple.0.port()))
+                .copied()
+                .filter(|_| role == Role::Server)
+                .unwrap_or(Owner { pid: 0, comm: Comm::default() }),
             connection,
             time_wait: NO_INDEX,
             counters: NO_INDEX,
@@ -679,6 +724,7 @@ impl Engine {
                 self.time_wait_ended(timer);
             }
             self.unindex_tuple(side_index);
+            self.unstick(side_index);
             let Some(side) = self.sides.remove(side_index) else { continue };
             for map in [&mut self.by_sk, &mut self.closed_sk] {
                 if map.get(&side.sk) == Some(&side_index) {

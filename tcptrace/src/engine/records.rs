@@ -274,4 +274,6 @@ impl Attribution {
 pub enum Output<'a> {
     Event(&'a TcpEvent, Attribution),
     Connection(&'a Connection),
+    /// An owner's sockets stuck in a state changed in number.
+    Stuck(&'a super::Stuck),
 }

@@ -103,6 +103,8 @@ pub struct Stats {
     /// Timer or reset events for sockets the engine never saw.
     pub unmatched_events: u64,
     pub lost_events: u64,
+    /// What was stuck when the trace ended, one entry per owner.
+    pub stuck_at_exit: Vec<super::Stuck>,
 }
 
 impl Engine {

@@ -1,12 +1,12 @@
 //! How the engine stores what it follows, compactly: states inline, addresses in 20 bytes,
 //! sides and connections in slabs whose slots are reused (long churn fragments no heap).
 
-use std::{
-    collections::HashMap,
-    net::{IpAddr, Ipv6Addr, SocketAddr},
-};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
-use super::records::{Endpoint, Role, TimeWait};
+use super::{
+    Map,
+    records::{Endpoint, Role, TimeWait},
+};
 use crate::event::{Counters, Home, Owner, Task, TcpState};
 
 /// One state: durations follow from the next state's entry.
@@ -218,12 +218,12 @@ pub(super) type HomeIndex = u32;
 /// Every (namespace, cgroup) the engine's sides are in, each stored once: a host has few.
 pub(super) struct Homes {
     homes: Vec<Home>,
-    index: HashMap<Home, HomeIndex>,
+    index: Map<Home, HomeIndex>,
 }
 
 impl Homes {
     pub(super) fn new() -> Homes {
-        Homes { homes: Vec::new(), index: HashMap::new() }
+        Homes { homes: Vec::new(), index: Map::default() }
     }
 
     pub(super) fn intern(&mut self, home: Home) -> HomeIndex {

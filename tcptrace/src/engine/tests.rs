@@ -557,3 +557,62 @@ fn a_side_and_a_connection_take_what_the_sizing_notes_say() {
     assert_eq!(size_of::<storage::Side>(), 176);
     assert_eq!(size_of::<storage::Tracked>(), 32);
 }
+
+/// A server that never closes what its clients closed: its accepted sockets sit in
+/// CLOSE_WAIT. Each is reported once it has been there 30 s, grouped under the listener's
+/// owner (the accepted socket was born in softirq), again when one leaves, and what is
+/// left is in the summary; one that leaves in time never is.
+#[test]
+fn sockets_left_in_close_wait_are_reported_by_owner() {
+    let mut r = Recording::default();
+    r.transition(1.0, 1, Closed, Listen, ("127.0.0.1:8080", "0.0.0.0:0"), Some(4711));
+    for (i, at) in [(0u64, 2.0), (1, 3.0), (2, 4.0)] {
+        let client = format!("127.0.0.1:{}", 40000 + i);
+        let server = ("127.0.0.1:8080", client.as_str());
+        let sk = 100 + i;
+        r.transition(at, sk, Listen, SynReceived, server, None)
+            .transition(at + 0.001, sk, SynReceived, Established, server, None)
+            .transition(at + 0.5, sk, Established, CloseWait, server, None);
+    }
+    // The third is closed after 10 s (in time); the first after 40 s (stuck, then not).
+    let third = ("127.0.0.1:8080", "127.0.0.1:40002");
+    r.transition(14.5, 102, CloseWait, LastAck, third, Some(4711))
+        .transition(14.6, 102, LastAck, Closed, third, None);
+    let first = ("127.0.0.1:8080", "127.0.0.1:40000");
+    r.transition(42.5, 100, CloseWait, LastAck, first, Some(4711))
+        .transition(42.6, 100, LastAck, Closed, first, None);
+    let mut engine = Engine::new(EngineOptions::default());
+    let mut reports = Vec::new();
+    let mut keep = |output: Output<'_>| {
+        if let Output::Stuck(stuck) = output {
+            reports.push(stuck.clone());
+        }
+    };
+    // Advanced every second too, as live tracing does on its poll tick.
+    let mut tick = 0;
+    for event in r.events.iter().copied() {
+        while tick * S < event.ts_ns {
+            engine.advance(tick * S, &mut keep);
+            tick += 1;
+        }
+        let ts = event.ts_ns;
+        engine.push(event);
+        engine.advance(ts, &mut keep);
+    }
+    engine.advance(50 * S, &mut keep);
+    engine.finish(60 * S, &mut keep);
+    let counts: Vec<usize> = reports.iter().map(|stuck| stuck.count).collect();
+    assert_eq!(counts, [1, 2, 1], "{reports:#?}");
+    for stuck in &reports {
+        assert_eq!(stuck.state, CloseWait);
+        assert_eq!(stuck.owner.map(|owner| owner.pid), Some(4711), "the listener's owner");
+    }
+    assert_eq!(reports[0].oldest_ns, Some(2_500_000_000));
+    assert!(reports[0].ts_ns >= 32_500_000_000, "stuck after 30 s: {:?}", reports[0].ts_ns);
+    assert_eq!(reports[1].sockets.len(), 2);
+    assert_eq!(reports[2].sockets[0].0.to_string(), "127.0.0.1:8080");
+    assert_eq!(reports[2].sockets[0].1.to_string(), "127.0.0.1:40001");
+    let at_exit = &engine.stats().stuck_at_exit;
+    assert_eq!(at_exit.len(), 1);
+    assert_eq!((at_exit[0].count, at_exit[0].oldest_ns), (1, Some(3_500_000_000)));
+}

@@ -317,8 +317,8 @@ pub struct TcpEvent {
     pub cpu: u8,
     /// On a close, with BTF: the socket's counters.
     pub counters: Option<Counters>,
-    /// The socket's namespace (every event with a socket) and cgroup (where it starts and
-    /// where it closes).
+    /// The socket's namespace (every event with a socket) and cgroup (where it starts: a
+    /// connect, a listener's child).
     pub home: Home,
 }
 

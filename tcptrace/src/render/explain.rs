@@ -195,6 +195,11 @@ pub const TIMED_OUT: Note = Note {
     ru: "Время соединения истекло: на SYN никто не ответил, и ядро повторяло его через 1 с, 2 с, 4 с… (net.ipv4.tcp_syn_retries раз), а затем сдалось с ошибкой ETIMEDOUT. Так выглядит брандмауэр, молча отбрасывающий пакеты, или выключенный хост.",
 };
 
+pub const STUCK_CLOSE_WAIT: Note = Note {
+    en: "What CLOSE_WAIT means: the peer has closed its side (its FIN arrived) and the kernel waits for this application to call close(). Nothing happens until it does: a socket can stay in CLOSE_WAIT forever, holding its file descriptor and its buffers, so a program that forgets to close leaks them until it hits its limit of open files (\"Too many open files\"). TIME-WAIT is not like that: there the application has closed, no descriptor is held, and the kernel ends it by itself after 60 s.",
+    ru: "Что значит CLOSE_WAIT: собеседник закрыл свою сторону (пришёл его FIN), и ядро ждёт, когда это приложение вызовет close(). Пока оно этого не сделает, ничего не происходит: сокет может висеть в CLOSE_WAIT вечно, держа свой файловый дескриптор и буферы, поэтому программа, забывающая закрывать сокеты, теряет их, пока не упрётся в предел открытых файлов («Too many open files»). С TIME-WAIT не так: там приложение уже закрыло сокет, дескриптор не занят, и ядро само завершает его через 60 с.",
+};
+
 /// The general notes about TIME-WAIT, shown once per run.
 pub const TIME_WAIT_NOTES: [&Note; 5] =
     [&WHY_TIME_WAIT, &WHY_NOT_DELETE, &WHY_60_TO_62, &TRACE_SHOWS_CLOSED, &PILE_UP];

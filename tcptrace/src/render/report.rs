@@ -8,13 +8,15 @@ use std::{
 };
 
 use crate::{
-    engine::{Closer, Connection, Endpoint, FailedConnect, Role, Stats, TimeWait, TimeWaitEnd},
+    engine::{
+        Closer, Connection, Endpoint, FailedConnect, Role, Stats, Stuck, TimeWait, TimeWaitEnd,
+    },
     event::{Counters, Home, Owner, TraceCounts},
     names::Names,
     render::explain::{self, Lang},
     schema::{
-        ClosedFirstCounts, KernelProgram, PileUp, StreamLine, Summary, TimeWaitByLocal, fast,
-        json_line::JsonLine, write_line,
+        ClosedFirstCounts, KernelProgram, PileUp, StreamLine, StuckRecord, StuckSocket, Summary,
+        TimeWaitByLocal, fast, json_line::JsonLine, write_line,
     },
 };
 
@@ -153,6 +155,58 @@ impl fmt::Display for HomeLabel<'_> {
         }
         if let Some(id) = names.cgroup(home.cgroup).and_then(|c| c.short_container_id()) {
             write!(f, " ctr {id}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A stuck report as its JSON line (and the summary's entries) has it.
+pub fn stuck_record<'a>(stuck: &'a Stuck, note: Option<&'a str>) -> StuckRecord<'a> {
+    let sockets = stuck
+        .sockets
+        .iter()
+        .map(|&(local, remote, since_ns)| StuckSocket { local, remote, since_ns })
+        .collect();
+    StuckRecord {
+        ts_ns: stuck.ts_ns,
+        state: stuck.state,
+        pid: stuck.owner.map(|owner| owner.pid),
+        comm: stuck.owner.map(|owner| owner.comm.to_string().into()),
+        count: stuck.count as u64,
+        oldest_ns: stuck.oldest_ns,
+        sockets,
+        note: note.map(Into::into),
+    }
+}
+
+/// `python3 (pid 4711) holds 3 sockets in CLOSE_WAIT for over 30 s: it is not closing them`,
+/// with the oldest and one of them.
+pub struct StuckText<'a>(pub &'a Stuck);
+
+impl fmt::Display for StuckText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let stuck = self.0;
+        // `--stuck-after 30` reads "over 30 s".
+        let after = match stuck.after_ns % 1_000_000_000 {
+            0 => format!("{} s", stuck.after_ns / 1_000_000_000),
+            _ => Human(stuck.after_ns).to_string(),
+        };
+        match stuck.owner {
+            Some(owner) => write!(f, "{} (pid {})", owner.comm, owner.pid)?,
+            None => write!(f, "a process tcptrace does not know")?,
+        }
+        if stuck.count == 0 {
+            return write!(f, " holds no more sockets in {} for over {after}", stuck.state);
+        }
+        let (s, them) = if stuck.count == 1 { ("", "it") } else { ("s", "them") };
+        let (count, state) = (stuck.count, stuck.state);
+        write!(
+            f,
+            " holds {count} socket{s} in {state} for over {after}: it is not closing {them}"
+        )?;
+        if let (Some(oldest), Some((local, remote, _))) = (stuck.oldest_ns, stuck.sockets.first()) {
+            let waited = Human(stuck.ts_ns.saturating_sub(oldest));
+            write!(f, " (the oldest for {waited}: {local} ↔ {remote})")?;
         }
         Ok(())
     }
@@ -500,6 +554,9 @@ pub fn write_summary_text(
              out of {range} in net.ipv4.ip_local_port_range: new connections to {remote} may fail to find a port"
         )?;
     }
+    for stuck in &stats.stuck_at_exit {
+        writeln!(out, "still stuck at exit: {}", StuckText(stuck))?;
+    }
     if stats.incomplete > 0 || stats.aged_out > 0 {
         writeln!(
             out,
@@ -565,6 +622,7 @@ pub fn write_summary_json(
         carried: stats.carried,
         ephemeral_ports,
         pile_ups,
+        stuck: stats.stuck_at_exit.iter().map(|stuck| stuck_record(stuck, None)).collect(),
         kernel_programs,
     };
     write_line(out, &StreamLine::Summary(summary))

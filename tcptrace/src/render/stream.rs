@@ -9,7 +9,7 @@ use std::{
 
 use crate::{
     clock::WallClock,
-    engine::{Attribution, Connection, Stats},
+    engine::{Attribution, Connection, Stats, Stuck},
     event::TraceCounts,
     event::{EventKind, TcpEvent},
     names::Names,
@@ -33,6 +33,8 @@ pub struct Stream<W: Write> {
     explain: Option<Lang>,
     /// The general TIME-WAIT notes are shown once, with the first TIME-WAIT.
     explained_time_wait: bool,
+    /// What CLOSE_WAIT means is said once, with the first stuck socket.
+    explained_stuck: bool,
     /// Reused for every JSON line.
     line: JsonLine,
 }
@@ -45,6 +47,7 @@ impl<W: Write> Stream<W> {
             clock,
             explain: None,
             explained_time_wait: false,
+            explained_stuck: false,
             line: JsonLine::new(),
         }
     }
@@ -86,6 +89,26 @@ impl<W: Write> Stream<W> {
             ),
             StreamFormat::Json => {
                 write_line(&mut self.out, &StreamLine::Lost(Lost { ts_ns: None, count }))
+            }
+        }
+    }
+
+    /// An owner's stuck sockets changed in number: a warning, with what CLOSE_WAIT means
+    /// under `--explain` (once).
+    pub fn stuck(&mut self, stuck: &Stuck) -> io::Result<()> {
+        let first = stuck.count > 0 && !self.explained_stuck;
+        let note = self.explain.filter(|_| first).map(|lang| explain::STUCK_CLOSE_WAIT.text(lang));
+        self.explained_stuck |= note.is_some();
+        match self.format {
+            StreamFormat::Text => {
+                writeln!(self.out, "!! {}", report::StuckText(stuck))?;
+                if let Some(note) = note {
+                    writeln!(self.out, "   ↳ {note}")?;
+                }
+                Ok(())
+            }
+            StreamFormat::Json => {
+                write_line(&mut self.out, &StreamLine::Stuck(report::stuck_record(stuck, note)))
             }
         }
     }

@@ -80,6 +80,36 @@ pub enum StreamLine<'a> {
     Connection(ConnectionRecord<'a>),
     #[serde(borrow)]
     Summary(Summary<'a>),
+    #[serde(borrow)]
+    Stuck(StuckRecord<'a>),
+}
+
+/// `stuck`: an owner's sockets that sit in one state too long (CLOSE_WAIT longer than
+/// `--stuck-after`), written when one joins or leaves the group; `count` 0 when none is
+/// left. Also the summary's `stuck`, at exit.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StuckRecord<'a> {
+    pub ts_ns: u64,
+    pub state: TcpState,
+    pub pid: Option<u32>,
+    #[serde(borrow)]
+    pub comm: Option<Cow<'a, str>>,
+    pub count: u64,
+    /// When the oldest of them entered the state.
+    pub oldest_ns: Option<u64>,
+    /// A few of them, oldest first.
+    pub sockets: Vec<StuckSocket>,
+    /// With `--explain`.
+    #[serde(default, skip_serializing_if = "Option::is_none", borrow)]
+    pub note: Option<Cow<'a, str>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StuckSocket {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// When it entered the state.
+    pub since_ns: u64,
 }
 
 /// A line of a recording (`--record FILE`): a header, raw events with the task that was
@@ -349,6 +379,9 @@ pub struct Summary<'a> {
     pub carried: Carried,
     pub ephemeral_ports: (u16, u16),
     pub pile_ups: Vec<PileUp>,
+    /// What was still stuck at exit, one entry per owner.
+    #[serde(default, borrow)]
+    pub stuck: Vec<StuckRecord<'a>>,
     #[serde(borrow)]
     pub kernel_programs: Vec<KernelProgram<'a>>,
 }

@@ -9,6 +9,7 @@ use serde_json::Value;
 use super::*;
 use crate::{
     clock::WallClock,
+    engine::EngineOptions,
     event::{Counters, Errno, EventKind, TcpInfo, TcpState::*},
     names::{Cgroup, Learned},
     pipeline::{Pipeline, PipelineOptions},
@@ -72,6 +73,11 @@ fn every_kind_of_event() -> Vec<crate::event::TcpEvent> {
         .reset(1380.10001, 32, false, v6_server, None)
         .transition(1380.10001, 32, Established, Closed, v6_server, None)
         .reset(1381.0, 0, true, ("127.0.0.1:9", "127.0.0.1:40009"), None);
+    // A server that never closes what its client closed: stuck in CLOSE_WAIT.
+    let leaked = ("127.0.0.1:18084", "127.0.0.1:40004");
+    r.transition(1382.0, 41, Listen, SynReceived, leaked, None)
+        .transition(1382.001, 41, SynReceived, Established, leaked, None)
+        .transition(1383.0, 41, Established, CloseWait, leaked, None);
     let open = ("127.0.0.1:40002", "127.0.0.1:18084");
     r.transition(1390.0, 21, Closed, SynSent, open, Some(66));
     let mut events = r.events;
@@ -100,6 +106,7 @@ fn stream(explain: Option<Lang>) -> Vec<String> {
         format: StreamFormat::Json,
         show_events: true,
         explain,
+        engine: EngineOptions { stuck_after_ns: 5 * S, ..EngineOptions::default() },
         ..PipelineOptions::default()
     };
     let mut pipeline = Pipeline::new(out.clone(), WallClock::from_offset(0), options);
@@ -129,7 +136,7 @@ fn every_stream_line_is_what_serde_writes_for_the_schema() {
         types.dedup();
         assert_eq!(
             types,
-            ["connection", "lost", "reset", "summary", "time_wait_timer", "transition"],
+            ["connection", "lost", "reset", "stuck", "summary", "time_wait_timer", "transition"],
             "every stream line type is checked"
         );
         for line in &lines {
@@ -247,6 +254,7 @@ fn every_example_in_the_docs_is_a_line_of_the_schema_field_for_field() {
             "lost",
             "netns",
             "reset",
+            "stuck",
             "summary",
             "tcptrace_recording",
             "time_wait_timer",
