@@ -435,7 +435,7 @@ impl Engine {
         if new == TcpState::CloseWait {
             self.entered_close_wait(index, event.sk, event.ts_ns);
         } else if old == TcpState::CloseWait {
-            self.unstick(index);
+            self.left_close_wait(index, event.sk);
         }
         let side = self.side_mut(index);
         if remote.port() != 0 && local.port() != 0 {
@@ -519,11 +519,10 @@ impl Engine {
             remote: tuple.1.into(),
             home: self.homes.intern(event.home),
             // A listener's child is the listener's until its process touches it.
-            owner: self
-                .listeners
-                .get(&(event.home.netns.unwrap_or(0), tuple.0.port()))
+            owner: (role == Role::Server)
+                .then(|| self.listeners.get(&(event.home.netns.unwrap_or(0), tuple.0.port())))
+                .flatten()
                 .copied()
-                .filter(|_| role == Role::Server)
                 .unwrap_or(Owner { pid: 0, comm: Comm::default() }),
             connection,
             time_wait: NO_INDEX,

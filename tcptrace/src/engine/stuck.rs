@@ -103,6 +103,18 @@ impl Engine {
         })
     }
 
+    /// A side left CLOSE_WAIT. Most do within microseconds, when their entry is among the
+    /// newest of the queue: it is taken out there (in cache), so that the look a second
+    /// later, a cache miss on the side, is only for the few that linger.
+    pub(super) fn left_close_wait(&mut self, index: Index, sk: u64) {
+        let entered = &mut self.stuck.entered;
+        let newest = entered.len().saturating_sub(8)..entered.len();
+        if let Some(at) = newest.rev().find(|&at| (entered[at].1, entered[at].2) == (index, sk)) {
+            entered.remove(at);
+        }
+        self.unstick(index);
+    }
+
     /// A side left CLOSE_WAIT, or is gone: it leaves its group, if it was in one.
     pub(super) fn unstick(&mut self, index: Index) {
         if self.stuck.groups.is_empty() {
