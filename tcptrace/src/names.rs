@@ -102,11 +102,6 @@ impl Names {
         self.netns.insert(inode, name);
     }
 
-    /// Whether `id` was resolved (to a cgroup, or to nothing).
-    pub fn knows_cgroup(&self, id: u64) -> bool {
-        self.cgroups.contains_key(&id)
-    }
-
     pub fn set_cgroup(&mut self, id: u64, cgroup: Option<Cgroup>) {
         let container = cgroup.as_ref().and_then(|c| c.container_id.clone());
         self.seen_containers.insert(container);

@@ -38,7 +38,7 @@ pub use stats::{Carried, PortPressure, Stats, TimeWaitStats};
 use storage::{
     Address, Homes, Index, NEVER, NO_INDEX, Side, Slab, Step, Steps, Tracked, TupleKey, UNKNOWN_NS,
 };
-pub use stuck::{LISTED_SOCKETS, Stuck};
+pub use stuck::Stuck;
 
 use crate::event::{Comm, Counters, EventKind, Owner, TcpEvent, TcpState};
 

@@ -9,7 +9,7 @@ use super::{Engine, Map, Output, storage::Index};
 use crate::event::{Owner, TcpState};
 
 /// How many of a group's sockets a report lists.
-pub const LISTED_SOCKETS: usize = 5;
+const LISTED_SOCKETS: usize = 5;
 
 /// Most CLOSE_WAITs end within microseconds (the application closes as soon as it reads
 /// the FIN). A side is looked at once after this long, and only the few still in
