@@ -12,17 +12,24 @@ pub fn read<T: Default>(address: u64) -> T {
     unsafe { bpf_probe_read_kernel(address as *const T) }.unwrap_or_default()
 }
 
+/// The `T` at offset `member` of the struct that the pointer at `address` points to: two
+/// reads. 0 if either fails, or the pointer is null.
+#[inline(always)]
+fn through<T: Default>(address: u64, member: u16) -> T {
+    let pointer: u64 = read(address);
+    if pointer == 0 {
+        return T::default();
+    }
+    read(pointer + u64::from(member))
+}
+
 /// The inode of the socket's network namespace (two loads); 0 if unknown.
 #[inline(always)]
 pub fn netns(sk: u64, offsets: &SocketHomeOffsets) -> u32 {
     if offsets.netns_valid == 0 || sk == 0 {
         return 0;
     }
-    let net: u64 = read(sk + u64::from(offsets.sock_net));
-    if net == 0 {
-        return 0;
-    }
-    read(net + u64::from(offsets.net_inum))
+    through(sk + u64::from(offsets.sock_net), offsets.net_inum)
 }
 
 /// The socket's `struct cgroup`; 0 if unknown.
@@ -40,11 +47,7 @@ fn cgroup_id(cgroup: u64, offsets: &SocketHomeOffsets) -> u64 {
     if cgroup == 0 {
         return 0;
     }
-    let kn: u64 = read(cgroup + u64::from(offsets.cgroup_kn));
-    if kn == 0 {
-        return 0;
-    }
-    read(kn + u64::from(offsets.kernfs_id))
+    through(cgroup + u64::from(offsets.cgroup_kn), offsets.kernfs_id)
 }
 
 /// The id of the socket's cgroup (three loads); 0 if unknown.
