@@ -44,7 +44,9 @@ pub mod kind {
     pub const TW_REARM: u8 = 2;
     /// A live time-wait timer was taken off the wheel: either it is about to run
     /// (`TW_EXPIRE` follows at once), it is re-armed (`TW_REARM` follows), or the time-wait
-    /// socket was killed early (nothing follows).
+    /// socket was killed early (nothing follows). For a time-wait socket the program had
+    /// not met (one from before tcptrace started), the event also carries its family,
+    /// addresses, ports and namespace: the first the engine hears of it.
     pub const TW_CANCEL: u8 = 3;
     /// A time-wait timer ran out: the time-wait socket ends naturally.
     pub const TW_EXPIRE: u8 = 4;
@@ -256,6 +258,31 @@ pub struct SocketHomeOffsets {
     pub cgroup_valid: u8,
 }
 
+/// Where a time-wait socket keeps its timer and its two ends, from the kernel's BTF: for a
+/// time-wait socket that was there before tcptrace (its timer's start was never seen), the
+/// kernel program tells it from its timer when the timer leaves the wheel. `valid == 0`
+/// (no BTF, or a member missing) turns that off.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TimeWaitSockOffsets {
+    /// `timer_list.function`: what runs when the timer expires.
+    pub timer_function: u16,
+    /// `inet_timewait_sock.tw_timer`: the timer's place in its time-wait socket.
+    pub tw_timer: u16,
+    /// The members of `inet_timewait_sock.__tw_common` (a `struct sock_common`), from the
+    /// time-wait socket's address: remote and local IPv4 addresses, remote port (network
+    /// order), local port (host order), family, and the IPv6 addresses.
+    pub daddr: u16,
+    pub rcv_saddr: u16,
+    pub dport: u16,
+    pub num: u16,
+    pub family: u16,
+    pub v6_daddr: u16,
+    pub v6_rcv_saddr: u16,
+    pub valid: u16,
+    pub _pad: u32,
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TimerOffsets {
@@ -305,6 +332,7 @@ pub struct Config {
     pub timer: TimerOffsets,
     pub tcp_sock: TcpSockOffsets,
     pub socket_home: SocketHomeOffsets,
+    pub time_wait_sock: TimeWaitSockOffsets,
     /// Address of `tw_timer_handler` (from /proc/kallsyms); 0 turns time-wait tracking off.
     pub tw_timer_handler: u64,
     /// Ring-buffer fill level, in bytes, from which a submit wakes the reader at once.
@@ -398,7 +426,9 @@ mod tests {
         assert_eq!(core::mem::size_of::<SendResetOffsets>(), 8);
         assert_eq!(core::mem::size_of::<TimerOffsets>(), 16);
         assert_eq!(core::mem::size_of::<SocketHomeOffsets>(), 16);
+        assert_eq!(core::mem::size_of::<TimeWaitSockOffsets>(), 24);
         let filters = 8 + 4 + 4 * MAX_NETNS + 4 + 16 + 16;
-        assert_eq!(core::mem::size_of::<Config>(), 24 + 8 + 16 + 16 + 24 + 16 + 16 + filters);
+        let offsets = 24 + 8 + 16 + 16 + 24 + 16 + 24;
+        assert_eq!(core::mem::size_of::<Config>(), offsets + 16 + filters);
     }
 }

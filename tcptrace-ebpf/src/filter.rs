@@ -16,7 +16,7 @@ pub fn family_kept(config: &Config, family: u16) -> bool {
 }
 
 #[inline(always)]
-fn ports_match(config: &Config, sport: u16, dport: u16) -> bool {
+pub fn ports_match(config: &Config, sport: u16, dport: u16) -> bool {
     if config.port_count == 0 {
         return true;
     }

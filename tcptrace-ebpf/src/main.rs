@@ -25,7 +25,7 @@ mod timers;
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use tcptrace_common::{Config, RECORD_BYTES, TimerSlot, counter};
 
@@ -51,6 +51,13 @@ static KEPT_SOCKETS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0
 /// it to `net.ipv4.tcp_max_tw_buckets`, the most time-wait sockets the kernel keeps.
 #[map]
 static TIME_WAIT_TIMERS: HashMap<u64, u64> = HashMap::with_max_entries(65536, 0);
+
+/// Until when (`bpf_ktime_get_ns`) a cancelled timer the table does not know is looked at
+/// for a time-wait socket from before tcptrace started; 0: no more. The loader sets it at
+/// start (such a socket lives at most about 62 s on) and lowers it once the start-up
+/// snapshot said how long the ones there have left, then to 0 once past.
+#[map]
+static MEET_TIME_WAITS_UNTIL: Array<u64> = Array::with_max_entries(1, 0);
 
 /// The time-wait timer just started on this CPU, for the CLOSE event that follows it.
 #[map]

@@ -4,20 +4,26 @@
 //! it run out; a cancel followed at once by a start is a re-arm. These run for every timer
 //! on the machine, under the timer base's lock with interrupts off, so they give up on
 //! anything that is not a time-wait timer as early as they can.
+//!
+//! A time-wait socket from before tcptrace started was never seen starting: for about a
+//! minute after start, a cancelled timer the table does not know is checked for being a
+//! time-wait timer, and if it is, its socket is read next to it and followed from there.
 
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns, macros::tracepoint, maps::PerCpuArray, programs::TracePointContext,
 };
 use aya_log_ebpf::warn;
 use tcptrace_common::{
-    BuiltInTimerLayout, Config, EXPIRE_AFTER_CANCEL_TTL_NS, REARM_AFTER_CANCEL_TTL_NS, TimerSlot,
-    counter, kind,
+    AF_INET, BuiltInTimerLayout, Config, EXPIRE_AFTER_CANCEL_TTL_NS, REARM_AFTER_CANCEL_TTL_NS,
+    TimerSlot, counter, kind,
 };
 
 use crate::{
-    CANCELLED_TIMER, STARTED_TIMER, TIME_WAIT_TIMERS,
+    CANCELLED_TIMER, MEET_TIME_WAITS_UNTIL, STARTED_TIMER, TIME_WAIT_TIMERS,
     context::in_process_context,
     emit::{count, emit},
+    filter::{family_kept, ports_match},
+    home::{netns, netns_kept, read},
     record::{field, timer_field},
 };
 
@@ -124,6 +130,7 @@ fn try_timer_cancel(ctx: &TracePointContext) -> Result<(), i32> {
         timer_field::<{ BuiltInTimerLayout::TIMER }>(ctx, config, config.timer.cancel_timer)?;
     // SAFETY: the value is copied out at once; an entry is only ever replaced whole.
     let Some(&sk) = (unsafe { TIME_WAIT_TIMERS.get(&timer) }) else {
+        meet_time_wait(ctx, config, timer);
         return Ok(());
     };
     let _ = TIME_WAIT_TIMERS.remove(&timer);
@@ -133,6 +140,55 @@ fn try_timer_cancel(ctx: &TracePointContext) -> Result<(), i32> {
     let process_context = in_process_context(ctx);
     emit(config, now, kind::TW_CANCEL, sk, process_context, true, |event| event.timer = timer);
     Ok(())
+}
+
+/// A cancelled timer the table does not know: while [`MEET_TIME_WAITS_UNTIL`] says so,
+/// one of a time-wait socket from before tcptrace started is reported with the socket's
+/// addresses (read from beside its timer), and noted for the expiry or re-arm that follows.
+#[inline(always)]
+fn meet_time_wait(ctx: &TracePointContext, config: &Config, timer: u64) {
+    let offsets = &config.time_wait_sock;
+    let until = MEET_TIME_WAITS_UNTIL.get(0).copied().unwrap_or(0);
+    // A time-wait socket has no process and no cgroup: `--pid` and `--cgroup` keep none.
+    if until == 0 || offsets.valid == 0 || config.pid != 0 || config.cgroup != 0 {
+        return;
+    }
+    // SAFETY: the helper has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if now >= until
+        || read::<u64>(timer + u64::from(offsets.timer_function)) != config.tw_timer_handler
+    {
+        return;
+    }
+    let tw = timer - u64::from(offsets.tw_timer);
+    let family: u16 = read(tw + u64::from(offsets.family));
+    if !family_kept(config, family) {
+        return;
+    }
+    let netns = netns(tw, &config.socket_home);
+    let sport: u16 = read(tw + u64::from(offsets.num));
+    let dport = u16::from_be(read(tw + u64::from(offsets.dport)));
+    if !netns_kept(config, netns) || !ports_match(config, sport, dport) {
+        return;
+    }
+    put_slot(&CANCELLED_TIMER, TimerSlot { timer, sk: tw, ts_ns: now });
+    let process_context = in_process_context(ctx);
+    emit(config, now, kind::TW_CANCEL, tw, process_context, true, |event| {
+        event.timer = timer;
+        event.family = family as u8;
+        event.sport = sport;
+        event.dport = dport;
+        event.netns = netns;
+        if family == AF_INET {
+            let local: [u8; 4] = read(tw + u64::from(offsets.rcv_saddr));
+            let remote: [u8; 4] = read(tw + u64::from(offsets.daddr));
+            event.saddr[..4].copy_from_slice(&local);
+            event.daddr[..4].copy_from_slice(&remote);
+        } else {
+            event.saddr = read(tw + u64::from(offsets.v6_rcv_saddr));
+            event.daddr = read(tw + u64::from(offsets.v6_daddr));
+        }
+    });
 }
 
 #[tracepoint]

@@ -133,6 +133,13 @@ pub struct TraceArgs {
     #[arg(long, value_name = "FILE")]
     pub record: Option<PathBuf>,
 
+    /// Don't start from a snapshot of the sockets already there. By default tcptrace
+    /// dumps them (sock_diag, as `ss` does) just after attaching, in every namespace it
+    /// traces, and follows each to its end: connections open at start get both ends and
+    /// their owners, TIME-WAITs already running their time left and their real end.
+    #[arg(long)]
+    pub no_snapshot: bool,
+
     /// Ring-buffer size in bytes (a power of two, at least 4096): kernel memory, mapped
     /// into tcptrace. Each event takes 176 bytes; the default 4 MiB holds about 23 800
     /// events. Raise it if events are lost (docs/sizing.md).

@@ -20,16 +20,20 @@ use crate::{
     cli::{OutputArgs, TraceArgs},
     clock::{WallClock, monotonic_now_ns},
     engine::EngineOptions,
-    event::{TcpEvent, decode},
+    event::{Home, TcpState, decode},
     kernel::{
         host::HomeResolver,
         loader::{TraceOptions, Tracer, drain, is_own_event},
+        snapshot::{self, Snapshot},
     },
     names::{Cgroup, Learned},
     pipeline::Pipeline,
     recording::{FORMAT_VERSION, Recorder, RecordingHeader},
     sink::{self, Named},
 };
+
+/// A time-wait timer runs up to the timer wheel's 2.05 s after it is due; a second more.
+const TIMER_SLACK_NS: u64 = 3_050_000_000;
 
 /// The kernel wakes the reader only when the ring fills up; this tick picks up the rest.
 const POLL_INTERVAL: Duration = Duration::from_millis(10);
@@ -52,7 +56,7 @@ impl<W: Write> Live<W> {
         match decode(bytes) {
             Ok(event) if is_own_event(&event, self.own_pid) => Ok(()),
             Ok(event) => {
-                self.learn_home(&event)?;
+                self.learn_home(event.home)?;
                 if let Some(recorder) = &mut self.recorder {
                     recorder.event(&event)?;
                 }
@@ -69,9 +73,9 @@ impl<W: Write> Live<W> {
 
     /// Names a namespace or cgroup the first time an event carries it: for the outputs,
     /// and in the recording before the event.
-    fn learn_home(&mut self, event: &TcpEvent) -> io::Result<()> {
+    fn learn_home(&mut self, home: Home) -> io::Result<()> {
         let mut learned = Vec::new();
-        if let Some(netns) = event.home.netns
+        if let Some(netns) = home.netns
             && self.last_netns != Some(netns)
         {
             self.last_netns = Some(netns);
@@ -81,7 +85,7 @@ impl<W: Write> Live<W> {
                 learned.push(Learned::NetnsName { inode: netns, name });
             }
         }
-        if let Some(id) = event.home.cgroup
+        if let Some(id) = home.cgroup
             && self.known_cgroups.insert(id)
         {
             let cgroup: Option<Cgroup> = self.resolver.cgroup(id);
@@ -117,6 +121,27 @@ impl<W: Write> Live<W> {
         self.pipeline.flush()
     }
 
+    /// Seeds what the start-up snapshot found: each socket named (for the outputs) and
+    /// recorded between the snapshot's `began` and `done` lines.
+    fn seed(&mut self, snapshot: Snapshot) -> io::Result<()> {
+        for missing in &snapshot.missing {
+            eprintln!("tcptrace: warning: the start-up snapshot missed {missing}; tracing goes on");
+        }
+        for socket in &snapshot.sockets {
+            self.learn_home(socket.home)?;
+            if let Some(recorder) = &mut self.recorder {
+                recorder.seen(socket)?;
+            }
+            self.pipeline.seen(*socket);
+        }
+        if let Some(recorder) = &mut self.recorder {
+            recorder.snapshot(snapshot.done_ns, Some(snapshot.sockets.len() as u64))?;
+        }
+        self.pipeline.snapshot_done(snapshot.done_ns);
+        eprintln!("tcptrace: {}", describe_snapshot(&snapshot));
+        self.flush()
+    }
+
     /// Reports events the kernel dropped since the last check.
     fn report_lost(&mut self, tracer: &Tracer) -> Result<()> {
         let lost = tracer.lost_events()?;
@@ -133,6 +158,36 @@ impl<W: Write> Live<W> {
         }
         Ok(())
     }
+}
+
+/// `at start: 1234 sockets in 2 network namespaces (900 ESTABLISHED, …), in 12 ms`.
+fn describe_snapshot(snapshot: &Snapshot) -> String {
+    let mut by_state: Vec<(TcpState, usize)> = Vec::new();
+    for socket in &snapshot.sockets {
+        let state = if socket.time_wait_left_ns.is_some() && socket.state == TcpState::FinWait2 {
+            TcpState::FinWait2
+        } else {
+            socket.state
+        };
+        match by_state.iter_mut().find(|(known, _)| *known == state) {
+            Some((_, count)) => *count += 1,
+            None => by_state.push((state, 1)),
+        }
+    }
+    by_state.sort_by_key(|&(state, count)| (std::cmp::Reverse(count), state));
+    let states: Vec<String> =
+        by_state.iter().map(|(state, count)| format!("{count} {state}")).collect();
+    let states =
+        if states.is_empty() { String::new() } else { format!(" ({})", states.join(", ")) };
+    let namespaces = match snapshot.namespaces {
+        1 => String::new(),
+        n => format!(" in {n} network namespaces"),
+    };
+    let took_ms = snapshot.done_ns.saturating_sub(snapshot.began_ns) as f64 / 1e6;
+    format!(
+        "at start: {} sockets{namespaces}{states}, found in {took_ms:.0} ms; each is followed to its end",
+        snapshot.sockets.len()
+    )
 }
 
 /// `net.ipv4.ip_local_port_range`, or Linux's default when it can't be read.
@@ -197,8 +252,30 @@ pub async fn run(trace: &TraceArgs, output: &OutputArgs) -> Result<()> {
         last_netns: None,
     };
     eprintln!("tcptrace: tracing TCP state transitions{}; Ctrl-C to stop", describe(trace));
+    // Attached already: every socket the snapshot misses, an event shows.
+    let snapshot = (!trace.no_snapshot).then(|| {
+        let began_ns = monotonic_now_ns();
+        live.pipeline.snapshot_began(began_ns);
+        let filters = options.filters.clone();
+        (
+            began_ns,
+            tokio::task::spawn_blocking(move || snapshot::take(&filters, &HomeResolver::new())),
+        )
+    });
+    if let (Some((began_ns, _)), Some(recorder)) = (&snapshot, &mut live.recorder) {
+        recorder.snapshot(*began_ns, None)?;
+    }
     let streamed = match live.pipeline.start() {
-        Ok(()) => stream_until_stopped(trace, &mut tracer, ring, &mut live).await,
+        Ok(()) => {
+            stream_until_stopped(
+                trace,
+                &mut tracer,
+                ring,
+                &mut live,
+                snapshot.map(|(_, task)| task),
+            )
+            .await
+        }
         Err(error) => Err(error.into()),
     };
     match streamed {
@@ -233,7 +310,17 @@ async fn stream_until_stopped(
     tracer: &mut Tracer,
     ring: RingBuf<MapData>,
     live: &mut Live<impl Write>,
+    snapshot: Option<tokio::task::JoinHandle<Snapshot>>,
 ) -> Result<()> {
+    let taking = snapshot.is_some();
+    let snapshot = async {
+        match snapshot {
+            Some(task) => task.await,
+            None => pending().await,
+        }
+    };
+    tokio::pin!(snapshot);
+    let mut taking = taking;
     // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged, until dropped.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .map_err(|error| error.into_parts().1)
@@ -256,9 +343,20 @@ async fn stream_until_stopped(
                 live.drain(guard.get_inner_mut())?;
                 guard.clear_ready();
             }
+            taken = &mut snapshot, if taking => {
+                taking = false;
+                let taken = taken.context("the start-up snapshot failed")?;
+                // The kernel program stops looking for time-wait sockets from before start
+                // once the last the snapshot saw has ended.
+                let longest_left = taken.sockets.iter().filter_map(|s| s.time_wait_left_ns).max();
+                tracer.meet_time_waits_until(taken.done_ns + longest_left.unwrap_or(0) + TIMER_SLACK_NS)?;
+                live.drain(ring.get_mut())?;
+                live.seed(taken)?;
+            }
             _ = tick.tick() => {
                 live.drain(ring.get_mut())?;
                 live.report_lost(tracer)?;
+                tracer.tick(monotonic_now_ns())?;
                 tracer.flush_kernel_log();
             }
             _ = interrupt.recv() => break,

@@ -17,6 +17,13 @@ pub struct Cgroup {
 }
 
 impl Cgroup {
+    /// Whether this cgroup is `other` or below it.
+    pub fn is_within(&self, other: &Cgroup) -> bool {
+        let parent = other.path.trim_end_matches('/');
+        self.path == other.path
+            || self.path.strip_prefix(parent).is_some_and(|rest| rest.starts_with('/'))
+    }
+
     pub fn new(path: String) -> Cgroup {
         let container_id = container_id(&path).map(str::to_owned);
         let pod_uid = pod_uid(&path);

@@ -8,7 +8,7 @@ use anyhow::Result;
 use crate::{
     clock::WallClock,
     engine::{Connection, Engine, EngineOptions, Output},
-    event::{ProgramStats, TcpEvent, TraceCounts},
+    event::{ProgramStats, SeenSocket, TcpEvent, TraceCounts},
     names::{Learned, Names},
     render::explain::Lang,
     render::export::{self, ExportFormat, ExportInput},
@@ -82,6 +82,24 @@ impl<W: Write> Pipeline<W> {
             self.names.saw_netns(event.home.netns.unwrap_or(0));
         }
         self.engine.push(event);
+    }
+
+    /// The start-up snapshot began at `ts_ns` (just after attaching).
+    pub fn snapshot_began(&mut self, ts_ns: u64) {
+        self.engine.snapshot_began(ts_ns);
+    }
+
+    /// A socket the start-up snapshot found.
+    pub fn seen(&mut self, socket: SeenSocket) {
+        if let Some(netns) = socket.home.netns {
+            self.names.saw_netns(netns);
+        }
+        self.engine.seen(socket);
+    }
+
+    /// The start-up snapshot was done at `ts_ns`.
+    pub fn snapshot_done(&mut self, ts_ns: u64) {
+        self.engine.snapshot_done(ts_ns);
     }
 
     /// What a namespace or cgroup number stands for (before the events that carry it).

@@ -34,6 +34,9 @@ pub fn run(args: &ReplayArgs) -> Result<()> {
             }
             Item::Lost { ts_ns, count } => pipeline.lost(count, ts_ns)?,
             Item::Name(learned) => pipeline.learn(learned),
+            Item::SnapshotBegan { ts_ns } => pipeline.snapshot_began(ts_ns),
+            Item::Seen(socket) => pipeline.seen(socket),
+            Item::SnapshotDone { ts_ns } => pipeline.snapshot_done(ts_ns),
             Item::End { ts_ns } => end_ns = ts_ns,
         }
     }

@@ -185,3 +185,73 @@ pub fn simultaneous_close() -> Recording {
         .timer(1354.972125, SERVER_SK, EventKind::TimeWaitExpire { timer: 0x22a0 });
     r
 }
+
+/// What a start-up snapshot at 1000 s found: a listener on 18084 (pid 1743), one
+/// connection to it with both ends on this host (`PAIR_CLIENT`, `PAIR_SERVER`), and a
+/// TIME-WAIT from an earlier one with 41 s left.
+pub fn seen_at_start() -> Vec<crate::event::SeenSocket> {
+    use crate::event::{Owner, SeenSocket};
+    let seen =
+        |state, (local, remote): (&str, &str), pid: Option<u32>, left: Option<u64>| SeenSocket {
+            state,
+            local: local.parse().unwrap(),
+            remote: remote.parse().unwrap(),
+            home: Home { netns: Some(4026531840), cgroup: None },
+            owner: pid.map(|pid| Owner { pid, comm: Comm::new("owner") }),
+            time_wait_left_ns: left,
+        };
+    vec![
+        seen(Listen, ("0.0.0.0:18084", "0.0.0.0:0"), Some(1743), None),
+        seen(Established, PAIR_CLIENT, Some(31), None),
+        seen(Established, PAIR_SERVER, Some(1743), None),
+        seen(TimeWait, EARLIER_TIME_WAIT, None, Some(41 * S)),
+    ]
+}
+
+pub const PAIR_CLIENT: (&str, &str) = ("127.0.0.1:40100", "127.0.0.1:18084");
+pub const PAIR_SERVER: (&str, &str) = ("127.0.0.1:18084", "127.0.0.1:40100");
+pub const EARLIER_TIME_WAIT: (&str, &str) = ("127.0.0.1:40090", "127.0.0.1:18084");
+
+impl Recording {
+    /// A cancel of a time-wait timer the kernel program met for the first time: it
+    /// carries the time-wait socket's addresses and namespace.
+    pub fn met_time_wait(
+        &mut self,
+        at: f64,
+        tw: u64,
+        timer: u64,
+        tuple: (&str, &str),
+    ) -> &mut Self {
+        self.push(at, tw, EventKind::TimeWaitCancel { timer }, Some(tuple), None)
+    }
+}
+
+/// Runs the engine as live tracing does, with a snapshot that began at `began` and was
+/// done at `done` (in seconds) finding `seen`.
+pub fn run_with_snapshot(
+    events: &[TcpEvent],
+    (began, done): (f64, f64),
+    seen: Vec<crate::event::SeenSocket>,
+    end: f64,
+) -> (Vec<Connection>, Engine) {
+    let mut engine = Engine::new(EngineOptions::default());
+    let mut connections = Vec::new();
+    let at = |seconds: f64| (seconds * S as f64) as u64;
+    engine.snapshot_began(at(began));
+    let mut seeded = false;
+    for event in events {
+        if !seeded && event.ts_ns > at(done) {
+            seeded = true;
+            seen.iter().for_each(|socket| engine.seen(*socket));
+            engine.snapshot_done(at(done));
+        }
+        engine.push(*event);
+        engine.advance(event.ts_ns, &mut collect_connections(&mut connections));
+    }
+    if !seeded {
+        seen.iter().for_each(|socket| engine.seen(*socket));
+        engine.snapshot_done(at(done));
+    }
+    engine.finish(at(end), &mut collect_connections(&mut connections));
+    (connections, engine)
+}

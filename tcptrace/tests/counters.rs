@@ -232,7 +232,8 @@ fn a_connect_whose_syns_are_dropped_times_out_after_its_retries() {
 #[test]
 fn the_btf_reader_agrees_with_btfparse_on_this_kernel() {
     use tcptrace::kernel::btf::{
-        Btf, CGROUP_MEMBERS, Member, NETNS_MEMBERS, TCP_SOCK_MEMBERS, VMLINUX,
+        Btf, CGROUP_MEMBERS, Member, NETNS_MEMBERS, TCP_SOCK_MEMBERS, TIME_WAIT_SOCK_MEMBERS,
+        VMLINUX,
     };
     struct Bytes(Vec<u8>);
     impl btfparse::Readable for Bytes {
@@ -267,6 +268,14 @@ fn the_btf_reader_agrees_with_btfparse_on_this_kernel() {
     check(&theirs, &ours, &TCP_SOCK_MEMBERS);
     check(&theirs, &ours, &NETNS_MEMBERS);
     check(&theirs, &ours, &CGROUP_MEMBERS);
+    check(&theirs, &ours, &TIME_WAIT_SOCK_MEMBERS);
+    let tw = tcptrace::kernel::btf::time_wait_sock_offsets(&ours).unwrap();
+    assert_eq!(tw.valid, 1);
+    // A time-wait socket's namespace is read at a socket's offset: both start alike.
+    let tw_net =
+        ours.offset_of(ours.struct_named("inet_timewait_sock").unwrap(), "__tw_common.skc_net.net");
+    let sock_net = ours.offset_of(ours.struct_named("sock").unwrap(), "__sk_common.skc_net.net");
+    assert_eq!(tw_net.unwrap(), sock_net.unwrap());
     let offsets = tcptrace::kernel::btf::tcp_sock_offsets(&ours).unwrap();
     assert_eq!(offsets.valid, 1);
     assert!(offsets.sk_err < offsets.bytes_acked, "struct sock comes first: {offsets:?}");

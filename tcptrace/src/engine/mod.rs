@@ -24,6 +24,7 @@ use std::{
 
 mod classify;
 mod records;
+mod snapshot;
 mod stats;
 mod storage;
 mod stuck;
@@ -131,6 +132,9 @@ pub struct Engine {
     /// born in softirq, and until its process touches it, it is the listener's.
     listeners: Map<(u32, u16), Owner>,
     stuck: stuck::StuckSockets,
+    /// The start-up snapshot, while it is taken and until its sockets are seeded.
+    snapshot: Option<snapshot::Taking>,
+    unadopted: snapshot::Unadopted,
     /// (cancel time, timer), in time order.
     pending_cancels: VecDeque<(u64, u64)>,
     /// (time it finished, connection, its id), in time order, waiting out `FINISH_GRACE_NS`.
@@ -162,6 +166,8 @@ impl Engine {
             homes: Homes::new(),
             listeners: Map::default(),
             stuck: Default::default(),
+            snapshot: None,
+            unadopted: Default::default(),
             pending_cancels: VecDeque::new(),
             finishing: VecDeque::new(),
             last_sweep_ns: 0,
@@ -258,10 +264,16 @@ impl Engine {
         while self.pending.front().is_some_and(|queued| queued.ts_ns <= until_ns) {
             let Some(event) = self.pending.pop_front() else { break };
             let ts = event.ts_ns;
+            if self.snapshot_due_ns().is_some_and(|due| due < ts) {
+                self.apply_snapshot();
+            }
             self.settle(ts, out);
             self.find_stuck(ts);
             self.report_stuck(ts, out);
             self.process(&event, out);
+        }
+        if self.snapshot_due_ns().is_some_and(|due| due <= until_ns) {
+            self.apply_snapshot();
         }
     }
 
@@ -280,6 +292,9 @@ impl Engine {
                 }
             }),
             EventKind::TimeWaitCancel { timer } => {
+                if event.addresses.is_some() && self.side_of_timer(timer).is_none() {
+                    self.meet_time_wait(event, timer);
+                }
                 let result =
                     self.timer_event(event, timer, |tw, ts| tw.pending_cancel_ns = Some(ts));
                 if result.1.is_some() {
@@ -412,7 +427,12 @@ impl Engine {
                     };
                     return (Attribution::unmatched(event), None);
                 }
-                self.new_side(event, old, (local, remote))
+                let key = (event.home.netns.unwrap_or(0), local.into(), remote.into());
+                let born = matches!(old, TcpState::Closed | TcpState::Listen);
+                match (!born).then(|| self.adopt(key, event.sk)).flatten() {
+                    Some(index) => index,
+                    None => self.new_side(event, old, (local, remote)),
+                }
             }
         };
         let side = self.sides.get_mut(index).expect("indexed sides exist");
@@ -456,6 +476,10 @@ impl Engine {
         }
         let tuple = side.tuple();
         let tuple_known = tuple.0.port != 0 && tuple.1.port != 0;
+        if tuple_known && self.snapshot.is_some() {
+            let key = self.homes.key(self.side(index));
+            self.touched_while_taking(key);
+        }
 
         if new == TcpState::Closed {
             if let Some(counters) = event.counters {
@@ -530,6 +554,7 @@ impl Engine {
             role,
             incomplete: role == Role::Unknown,
             abort_in_process: false,
+            seen_at_start: false,
         });
         if let Some(tracked) = self.connections.get_mut(connection) {
             tracked.sides[0] = index;

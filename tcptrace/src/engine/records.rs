@@ -122,7 +122,12 @@ impl TimeWaitKind {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TimeWait {
-    pub start_ns: u64,
+    /// `None` for one that was there before tracing began: its start was not seen.
+    pub start_ns: Option<u64>,
+    /// Its start, or when tcptrace first learnt of it (one from before tracing began).
+    pub known_from_ns: u64,
+    /// For one found by the start-up snapshot: the time its timer had left then.
+    pub remaining_at_start_ns: Option<u64>,
     pub end_ns: Option<u64>,
     /// How often the timer was started again (each restarts the 60 s).
     pub rearmed: u32,
@@ -139,7 +144,7 @@ pub struct TimeWait {
 
 impl TimeWait {
     pub fn duration_ns(&self) -> Option<u64> {
-        self.end_ns.map(|end| end.saturating_sub(self.start_ns))
+        Some(self.end_ns?.saturating_sub(self.start_ns?))
     }
 }
 
@@ -150,6 +155,9 @@ pub struct Endpoint {
     pub local: SocketAddr,
     pub remote: SocketAddr,
     pub role: Role,
+    /// It was there before tracing began (found by the start-up snapshot, or, for a
+    /// time-wait socket, by its timer).
+    pub seen_at_start: bool,
     /// Its network namespace and cgroup.
     pub home: Home,
     pub owner: Option<Owner>,

@@ -100,6 +100,9 @@ pub struct Stats {
     pub carried: Carried,
     /// Connections dropped unfinished to keep memory bounded.
     pub aged_out: u64,
+    /// Sockets that were there before tracing began (the snapshot's, and time-wait
+    /// sockets met by their timer).
+    pub seen_at_start: u64,
     /// Timer or reset events for sockets the engine never saw.
     pub unmatched_events: u64,
     pub lost_events: u64,

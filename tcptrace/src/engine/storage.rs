@@ -166,6 +166,8 @@ pub(super) struct Side {
     pub(super) role: Role,
     pub(super) incomplete: bool,
     pub(super) abort_in_process: bool,
+    /// See [`Endpoint::seen_at_start`].
+    pub(super) seen_at_start: bool,
 }
 
 impl Side {
@@ -199,6 +201,7 @@ impl Side {
             local: self.local.into(),
             remote: self.remote.into(),
             role: self.role,
+            seen_at_start: self.seen_at_start,
             home,
             owner: self.owner(),
             steps: self.steps,

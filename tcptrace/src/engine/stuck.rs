@@ -5,7 +5,10 @@
 
 use std::{collections::VecDeque, net::SocketAddr};
 
-use super::{Engine, Map, Output, storage::Index};
+use super::{
+    Engine, Map, Output,
+    storage::{Index, UNKNOWN_NS},
+};
 use crate::event::{Owner, TcpState};
 
 /// How many of a group's sockets a report lists.
@@ -94,11 +97,15 @@ impl Engine {
     }
 
     /// Whether side `index` is still socket `sk`, in the CLOSE_WAIT it entered at `entered`.
+    /// (A socket seen at start was queued as socket 0, from when it was seen: its first
+    /// event may have adopted it since, and its CLOSE_WAIT's start is not known.)
     fn still_in_close_wait(&self, index: Index, sk: u64, entered: u64) -> bool {
         self.sides.get(index).is_some_and(|side| {
-            side.sk == sk
+            let seeded = sk == 0 && side.seen_at_start;
+            (side.sk == sk || seeded)
                 && side.steps.last().is_some_and(|step| {
-                    step.state == TcpState::CloseWait && step.enter_ns == entered
+                    step.state == TcpState::CloseWait
+                        && (step.enter_ns == entered || seeded && step.enter_ns == UNKNOWN_NS)
                 })
         })
     }

@@ -30,7 +30,7 @@ fn simultaneous_close_has_a_time_wait_on_both_sides() {
         let tw = endpoint.time_wait.as_ref().unwrap();
         assert_eq!(tw.end, TimeWaitEnd::Expired);
         assert_eq!(tw.kind, TimeWaitKind::TimeWait);
-        assert_eq!(tw.start_ns, (start * S as f64).round() as u64);
+        assert_eq!(tw.start_ns, Some((start * S as f64).round() as u64));
         let duration = tw.duration_ns().unwrap() as f64 / S as f64;
         assert!((61.36..61.38).contains(&duration), "{duration}");
         assert_eq!(tw.rearmed, 0);
@@ -205,7 +205,7 @@ fn a_timer_address_reused_after_a_kill_starts_a_new_time_wait() {
     let first = connections[0].endpoints[0].time_wait.as_ref().unwrap();
     assert_eq!((first.end, first.end_ns), (TimeWaitEnd::Killed, Some(3 * S)));
     let second = connections[1].endpoints[0].time_wait.as_ref().unwrap();
-    assert_eq!((second.end, second.start_ns), (TimeWaitEnd::Open, 3_000_200_000));
+    assert_eq!((second.end, second.start_ns), (TimeWaitEnd::Open, Some(3_000_200_000)));
 }
 
 #[test]
@@ -615,4 +615,173 @@ fn sockets_left_in_close_wait_are_reported_by_owner() {
     let at_exit = &engine.stats().stuck_at_exit;
     assert_eq!(at_exit.len(), 1);
     assert_eq!((at_exit[0].count, at_exit[0].oldest_ns), (1, Some(3_500_000_000)));
+}
+
+/// A recording in the namespace the snapshot of `seen_at_start()` saw.
+fn after_snapshot() -> Recording {
+    let mut r = Recording::default();
+    r.in_netns(4026531840);
+    r
+}
+
+#[test]
+fn a_connection_open_at_start_is_one_record_with_both_ends_owners_and_closer() {
+    let (client, server) = (0xc1, 0x51);
+    let mut r = after_snapshot();
+    r.transition(1010.0, server, Established, FinWait1, PAIR_SERVER, None)
+        .transition(1010.0001, client, Established, CloseWait, PAIR_CLIENT, None)
+        .transition(1010.0002, server, FinWait1, FinWait2, PAIR_SERVER, None)
+        .transition(1010.1, client, CloseWait, LastAck, PAIR_CLIENT, Some(31))
+        .hand_over_to_time_wait(1010.1001, server, FinWait2, PAIR_SERVER, 0x77a0)
+        .transition(1010.1002, client, LastAck, Closed, PAIR_CLIENT, None)
+        .timer(1071.0, server, EventKind::TimeWaitCancel { timer: 0x77a0 })
+        .timer(1071.00001, server, EventKind::TimeWaitExpire { timer: 0x77a0 });
+    let (connections, engine) =
+        run_with_snapshot(&r.events, (1000.0, 1000.01), seen_at_start(), 1072.0);
+    let pair: Vec<&Connection> = connections
+        .iter()
+        .filter(|c| {
+            c.endpoints
+                .iter()
+                .any(|e| e.local.to_string() == PAIR_SERVER.0 && e.remote.port() == 40100)
+        })
+        .collect();
+    assert_eq!(pair.len(), 1, "{connections:#?}");
+    let connection = pair[0];
+    assert_eq!(connection.endpoints.len(), 2);
+    assert_eq!(connection.closed_first, Closer::Server);
+    assert!(!connection.incomplete);
+    let server_end = connection.endpoint(Role::Server).unwrap();
+    let client_end = connection.endpoint(Role::Client).unwrap();
+    assert!(server_end.seen_at_start && client_end.seen_at_start);
+    assert_eq!(server_end.owner.map(|o| o.pid), Some(1743));
+    assert_eq!(client_end.owner.map(|o| o.pid), Some(31));
+    assert_eq!(states(server_end), [Established, FinWait1, FinWait2, Closed]);
+    assert_eq!(server_end.states().next().unwrap().enter_ns, None, "its start was not seen");
+    let tw = server_end.time_wait.as_ref().unwrap();
+    assert_eq!((tw.end, tw.start_ns.is_some()), (TimeWaitEnd::Expired, true));
+    assert_eq!(engine.stats().seen_at_start, 3, "the pair and the TIME-WAIT");
+}
+
+#[test]
+fn a_time_wait_from_before_start_ends_with_its_timer_and_no_invented_start() {
+    let mut r = after_snapshot();
+    // At 1041 s the kernel meets its timer (cancel), then the handler runs: a natural end.
+    r.met_time_wait(1041.2, 0x7700, 0x77a0, EARLIER_TIME_WAIT).timer(
+        1041.20001,
+        0x7700,
+        EventKind::TimeWaitExpire { timer: 0x77a0 },
+    );
+    let (connections, _) = run_with_snapshot(&r.events, (1000.0, 1000.01), seen_at_start(), 1100.0);
+    let earlier: Vec<&Connection> =
+        connections.iter().filter(|c| c.endpoints[0].local.port() == 40090).collect();
+    assert_eq!(earlier.len(), 1, "{connections:#?}");
+    let endpoint = &earlier[0].endpoints[0];
+    assert!(endpoint.seen_at_start);
+    let tw = endpoint.time_wait.as_ref().unwrap();
+    assert_eq!(tw.end, TimeWaitEnd::Expired);
+    assert_eq!(tw.start_ns, None);
+    assert_eq!(tw.duration_ns(), None);
+    assert_eq!(tw.remaining_at_start_ns, Some(41 * S));
+    assert_eq!(tw.end_ns, Some(1_041_200_010_000));
+    assert_eq!(states(endpoint), [Closed]);
+}
+
+#[test]
+fn a_time_wait_from_before_start_cancelled_alone_was_killed() {
+    let mut r = after_snapshot();
+    r.met_time_wait(1005.0, 0x7700, 0x77a0, EARLIER_TIME_WAIT).transition(
+        1005.00001,
+        0x99,
+        Closed,
+        SynSent,
+        ("127.0.0.1:0", "127.0.0.1:18084"),
+        Some(5),
+    );
+    let (connections, _) = run_with_snapshot(&r.events, (1000.0, 1000.01), seen_at_start(), 1100.0);
+    let earlier = connections.iter().find(|c| c.endpoints[0].local.port() == 40090).unwrap();
+    let tw = earlier.endpoints[0].time_wait.as_ref().unwrap();
+    assert_eq!((tw.end, tw.end_ns), (TimeWaitEnd::Killed, Some(1005 * S)));
+}
+
+#[test]
+fn a_time_wait_the_snapshot_missed_is_met_by_its_timer() {
+    let mut r = after_snapshot();
+    r.met_time_wait(1030.0, 0x7800, 0x78a0, ("127.0.0.1:40200", "127.0.0.1:18084")).timer(
+        1030.00001,
+        0x7800,
+        EventKind::TimeWaitExpire { timer: 0x78a0 },
+    );
+    let (connections, engine) = run_with_snapshot(&r.events, (1000.0, 1000.01), vec![], 1100.0);
+    assert_eq!(connections.len(), 1, "{connections:#?}");
+    let endpoint = &connections[0].endpoints[0];
+    assert!(endpoint.seen_at_start);
+    let tw = endpoint.time_wait.as_ref().unwrap();
+    assert_eq!((tw.end, tw.start_ns, tw.remaining_at_start_ns), (TimeWaitEnd::Expired, None, None));
+    assert_eq!(engine.stats().seen_at_start, 1);
+}
+
+#[test]
+fn events_that_race_the_snapshot_are_merged_never_doubled() {
+    let mut r = after_snapshot();
+    // While the snapshot is taken (1000.0–1000.5 s): the pre-existing server closes, and a
+    // new connection starts; the dump, taken in between, saw both (the new one as
+    // ESTABLISHED, the server still ESTABLISHED).
+    let new_client = ("127.0.0.1:40300", "127.0.0.1:18084");
+    let new_server = ("127.0.0.1:18084", "127.0.0.1:40300");
+    r.transition(1000.1, 0x51, Established, FinWait1, PAIR_SERVER, Some(1743))
+        .transition(1000.2, 0xc3, Closed, SynSent, ("127.0.0.1:0", "127.0.0.1:18084"), Some(9))
+        .transition(1000.2001, 0xc3, SynSent, Established, new_client, None)
+        .transition(1000.2002, 0x53, Listen, SynReceived, new_server, None)
+        .transition(1000.2003, 0x53, SynReceived, Established, new_server, None)
+        .transition(1000.6, 0xc1, Established, CloseWait, PAIR_CLIENT, None);
+    let mut seen = seen_at_start();
+    let template = seen[1];
+    let established = |tuple: (&str, &str), pid| crate::event::SeenSocket {
+        local: tuple.0.parse().unwrap(),
+        remote: tuple.1.parse().unwrap(),
+        owner: Some(crate::event::Owner { pid, comm: crate::event::Comm::new("owner") }),
+        ..template
+    };
+    seen.push(established(new_client, 9));
+    seen.push(established(new_server, 1743));
+    let (connections, engine) = run_with_snapshot(&r.events, (1000.0, 1000.5), seen, 1001.0);
+    let count = |port: u16| {
+        connections
+            .iter()
+            .filter(|c| {
+                c.endpoints.iter().any(|e| e.local.port() == port || e.remote.port() == port)
+            })
+            .count()
+    };
+    assert_eq!(count(40100), 1, "the pre-existing pair: {connections:#?}");
+    assert_eq!(count(40300), 1, "the new connection: {connections:#?}");
+    let new =
+        connections.iter().find(|c| c.endpoints.iter().any(|e| e.local.port() == 40300)).unwrap();
+    assert_eq!(new.endpoints.len(), 2);
+    assert!(new.endpoints.iter().all(|e| !e.seen_at_start), "it began after start");
+    let old =
+        connections.iter().find(|c| c.endpoints.iter().any(|e| e.local.port() == 40100)).unwrap();
+    assert_eq!(old.endpoints.len(), 2);
+    assert!(old.endpoints.iter().all(|e| e.seen_at_start));
+    assert_eq!(engine.stats().seen_at_start, 2, "the client of the pair and the TIME-WAIT");
+}
+
+#[test]
+fn a_close_wait_seen_at_start_is_stuck_from_when_it_was_seen() {
+    let mut seen = seen_at_start();
+    seen[1].state = CloseWait;
+    let mut engine = Engine::new(EngineOptions { stuck_after_ns: 30 * S, ..Default::default() });
+    engine.snapshot_began(1000 * S);
+    seen.iter().for_each(|socket| engine.seen(*socket));
+    engine.snapshot_done(1000 * S + 10_000_000);
+    let mut reports = Vec::new();
+    for at in [1001, 1029, 1031, 1032] {
+        engine.advance(at * S, &mut |output| {
+            if let Output::Stuck(stuck) = output {
+                reports.push((at, stuck.owner.map(|o| o.pid), stuck.count));
+            }
+        });
+    }
+    assert_eq!(reports, [(1031, Some(31), 1)]);
 }

@@ -49,7 +49,9 @@ impl Engine {
         let previous = self.side(index).time_wait;
         self.time_waits.remove(previous);
         let time_wait = self.time_waits.insert(TimeWait {
-            start_ns: ts,
+            start_ns: Some(ts),
+            known_from_ns: ts,
+            remaining_at_start_ns: None,
             end_ns: None,
             rearmed: 0,
             end: TimeWaitEnd::Open,

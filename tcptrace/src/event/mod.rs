@@ -322,6 +322,21 @@ pub struct TcpEvent {
     pub home: Home,
 }
 
+/// A socket the start-up snapshot found (through sock_diag), as it was then: the engine
+/// starts it there and follows it from its first event on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SeenSocket {
+    pub state: TcpState,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub home: Home,
+    /// The process holding it, as `ss -p` finds it (a descriptor under `/proc/PID/fd`).
+    pub owner: Option<Owner>,
+    /// A time-wait socket (in TIME_WAIT, or FIN_WAIT2 for an orphaned one): the time left
+    /// on its timer. `None` for a full socket.
+    pub time_wait_left_ns: Option<u64>,
+}
+
 /// What the trace says about itself, beside the engine's statistics: events read, lost,
 /// undecodable, and the kernel side's own counts.
 #[derive(Clone, Debug, Default)]

@@ -10,7 +10,7 @@
 //! for: a few MiB, a few ms. The kernel tests check it against btfparse member by member.
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
-use tcptrace_common::{SocketHomeOffsets, TcpSockOffsets};
+use tcptrace_common::{SocketHomeOffsets, TcpSockOffsets, TimeWaitSockOffsets};
 
 pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 
@@ -264,6 +264,20 @@ pub const CGROUP_MEMBERS: [Member<SocketHomeOffsets>; 5] = [
     member("cgroup", "ancestors", 0, |o| &mut o.cgroup_ancestors),
 ];
 
+/// Where a time-wait socket keeps its timer and its two ends (for one from before start).
+pub const TIME_WAIT_SOCK_MEMBERS: [Member<TimeWaitSockOffsets>; 9] = [
+    member("timer_list", "function", 8, |o| &mut o.timer_function),
+    // Its first member: the timer's own offset, which `fill` needs a sized member for.
+    member("inet_timewait_sock", "tw_timer.entry", 16, |o| &mut o.tw_timer),
+    member("inet_timewait_sock", "__tw_common.skc_daddr", 4, |o| &mut o.daddr),
+    member("inet_timewait_sock", "__tw_common.skc_rcv_saddr", 4, |o| &mut o.rcv_saddr),
+    member("inet_timewait_sock", "__tw_common.skc_dport", 2, |o| &mut o.dport),
+    member("inet_timewait_sock", "__tw_common.skc_num", 2, |o| &mut o.num),
+    member("inet_timewait_sock", "__tw_common.skc_family", 2, |o| &mut o.family),
+    member("inet_timewait_sock", "__tw_common.skc_v6_daddr", 16, |o| &mut o.v6_daddr),
+    member("inet_timewait_sock", "__tw_common.skc_v6_rcv_saddr", 16, |o| &mut o.v6_rcv_saddr),
+];
+
 impl Btf {
     /// Fills `offsets` with every member's offset, or says which one is missing or has
     /// another size than the kernel program reads.
@@ -296,6 +310,17 @@ impl Btf {
 pub fn tcp_sock_offsets(btf: &Btf) -> Result<TcpSockOffsets> {
     let mut offsets = TcpSockOffsets::default();
     btf.fill(&TCP_SOCK_MEMBERS, &mut offsets)?;
+    offsets.valid = 1;
+    Ok(offsets)
+}
+
+/// Where a time-wait socket keeps its timer and addresses. Its namespace is read as a
+/// socket's: both begin with a `struct sock_common`.
+pub fn time_wait_sock_offsets(btf: &Btf) -> Result<TimeWaitSockOffsets> {
+    let mut offsets = TimeWaitSockOffsets::default();
+    btf.fill(&TIME_WAIT_SOCK_MEMBERS, &mut offsets)?;
+    let (common, _) = btf.offset_of(btf.struct_named("inet_timewait_sock")?, "__tw_common")?;
+    ensure!(common == 0, "a time-wait socket does not begin with its sock_common");
     offsets.valid = 1;
     Ok(offsets)
 }

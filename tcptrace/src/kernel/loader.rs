@@ -5,7 +5,7 @@ use std::io;
 use anyhow::{Context, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{Array, MapData, PerCpuArray, RingBuf},
     programs::{ProgramError, TracePoint},
 };
 use aya_log::EbpfLogger;
@@ -146,6 +146,9 @@ pub struct Tracer {
     kernel_log: Option<EbpfLogger<KernelLog>>,
     /// Optional parts that are off on this kernel (reset or time-wait tracking).
     pub degraded: Vec<Degraded>,
+    /// Until when the kernel program looks for time-wait sockets from before start
+    /// (`MEET_TIME_WAITS_UNTIL`); 0 once it no longer does.
+    meet_time_waits_until: u64,
 }
 
 const PROGRAMS: [(&str, &str); 6] = [
@@ -175,6 +178,7 @@ impl Tracer {
 
         let counters = "TCP counters at close (bytes, segments, retransmits, RTT, errors)";
         let homes = "network namespaces and cgroups of sockets";
+        let earlier = "following TIME-WAITs from before start to their end";
         match btf::Btf::read(btf::VMLINUX) {
             Ok(kernel_btf) => {
                 match btf::tcp_sock_offsets(&kernel_btf) {
@@ -188,9 +192,15 @@ impl Tracer {
                 for error in errors {
                     degraded.push(Degraded { what: homes, why: format!("{error:#}") });
                 }
+                match btf::time_wait_sock_offsets(&kernel_btf) {
+                    Ok(offsets) => config.time_wait_sock = offsets,
+                    Err(error) => {
+                        degraded.push(Degraded { what: earlier, why: format!("{error:#}") })
+                    }
+                }
             }
             Err(error) => {
-                for what in [counters, homes] {
+                for what in [counters, homes, earlier] {
                     degraded.push(Degraded { what, why: format!("{error:#}") });
                 }
             }
@@ -285,9 +295,45 @@ impl Tracer {
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
         let counters =
             PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("COUNTERS map missing")?)?;
-        let mut tracer = Tracer { ebpf, counters, kernel_log, degraded };
+        let mut tracer = Tracer { ebpf, counters, kernel_log, degraded, meet_time_waits_until: 0 };
+        if timers_on && config.time_wait_sock.valid != 0 {
+            // Attached already: a time-wait socket ending from now on is seen either way.
+            let longest = longest_time_wait_ns();
+            tracer.meet_time_waits_until(crate::clock::monotonic_now_ns() + longest)?;
+        }
         tracer.flush_kernel_log();
         Ok((tracer, ring))
+    }
+
+    /// Time-wait sockets from before start end by `until_ns` (the start-up snapshot said
+    /// how long they have left): the kernel program stops looking for them then. Never
+    /// later than it looks already.
+    pub fn meet_time_waits_until(&mut self, until_ns: u64) -> Result<()> {
+        let until_ns = match self.meet_time_waits_until {
+            0 => until_ns,
+            current => current.min(until_ns),
+        };
+        let mut map: Array<&mut MapData, u64> = Array::try_from(
+            self.ebpf.map_mut("MEET_TIME_WAITS_UNTIL").context("MEET_TIME_WAITS_UNTIL missing")?,
+        )?;
+        map.set(0, until_ns, 0).context("writing MEET_TIME_WAITS_UNTIL")?;
+        self.meet_time_waits_until = until_ns;
+        Ok(())
+    }
+
+    /// Once every time-wait socket from before start has ended, the kernel program stops
+    /// looking for them (a cancelled timer it does not know then costs one load).
+    pub fn tick(&mut self, now_ns: u64) -> Result<()> {
+        if self.meet_time_waits_until != 0 && now_ns >= self.meet_time_waits_until {
+            let mut map: Array<&mut MapData, u64> = Array::try_from(
+                self.ebpf
+                    .map_mut("MEET_TIME_WAITS_UNTIL")
+                    .context("MEET_TIME_WAITS_UNTIL missing")?,
+            )?;
+            map.set(0, 0, 0).context("writing MEET_TIME_WAITS_UNTIL")?;
+            self.meet_time_waits_until = 0;
+        }
+        Ok(())
     }
 
     /// Prints what the kernel program logged since the last call (only with `--verbose`).
@@ -435,6 +481,17 @@ fn explain_permission(error: anyhow::Error) -> anyhow::Error {
     } else {
         error
     }
+}
+
+/// The longest a time-wait socket there at start can live on: `TCP_TIMEWAIT_LEN` (or
+/// `tcp_fin_timeout`, for an orphaned FIN_WAIT2 one, if longer), the timer wheel's 2.05 s
+/// of rounding, and a second to spare. (A re-armed one is followed from its re-arm.)
+fn longest_time_wait_ns() -> u64 {
+    let fin_timeout_s = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_fin_timeout")
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok())
+        .unwrap_or(60);
+    fin_timeout_s.max(60) * 1_000_000_000 + 3_050_000_000
 }
 
 /// Room for every time-wait socket the kernel may keep at once (`tcp_max_tw_buckets`).

@@ -9,12 +9,17 @@
 //! {"type":"lost","ts_ns":…,"count":3}
 //! {"type":"netns","inode":4026532290,"name":"blue"}
 //! {"type":"cgroup","id":1234,"path":"/system.slice/docker-….scope"}
+//! {"type":"snapshot","event":"began","ts_ns":…}
+//! {"type":"seen_at_start","state":"ESTABLISHED","family":"ipv4","local":"…","remote":"…","netns":…,"cgroup_id":…,"pid":…,"comm":"…","time_wait_left_ns":null}
+//! {"type":"snapshot","event":"done","ts_ns":…,"sockets":1}
 //! {"type":"end","ts_ns":…}
 //! ```
 //!
 //! Unlike the `--json` stream, `pid`/`comm` here are the raw current task (attribution is
 //! the engine's job on replay), and nothing is left out. A `netns` or `cgroup` line names
-//! a namespace or cgroup before the first event that carries its number.
+//! a namespace or cgroup before the first event that carries its number. The start-up
+//! snapshot's sockets come between its `began` and `done` lines, after the events that
+//! raced it.
 //!
 //! [`RecordingLine`]: crate::schema::RecordingLine
 
@@ -28,7 +33,10 @@ pub use reader::Reader;
 pub use writer::Recorder;
 
 pub use crate::schema::{FORMAT_VERSION, RecordingHeader};
-use crate::{event::TcpEvent, names::Learned};
+use crate::{
+    event::{SeenSocket, TcpEvent},
+    names::Learned,
+};
 
 /// One item of a recording.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,6 +44,9 @@ pub enum Item {
     Event(TcpEvent),
     Lost { ts_ns: u64, count: u64 },
     Name(Learned),
+    SnapshotBegan { ts_ns: u64 },
+    Seen(SeenSocket),
+    SnapshotDone { ts_ns: u64 },
     End { ts_ns: u64 },
 }
 

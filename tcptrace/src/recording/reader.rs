@@ -5,11 +5,11 @@ use std::io::{self, BufRead};
 
 use super::{Item, ReadError, scan::read_canonical};
 use crate::{
-    event::{Comm, Counters, EventKind, Home, Task, TcpEvent},
+    event::{Comm, Counters, EventKind, Home, Owner, SeenSocket, Task, TcpEvent},
     names::{Cgroup, Learned},
     schema::{
         Addresses, CgroupPath, End, Hex, Lost, NetnsName, READABLE_VERSIONS, RecordedTask,
-        RecordingHeader, RecordingLine, TimerEvent,
+        RecordingHeader, RecordingLine, SnapshotEvent, SnapshotMark, TimerEvent,
     },
 };
 
@@ -148,6 +148,24 @@ fn into_item(line: RecordingLine<'_>) -> Result<Item, String> {
         RecordingLine::Cgroup(CgroupPath { id, path }) => {
             let cgroup = path.map(|path| Cgroup::new(path.into_owned()));
             return Ok(Item::Name(Learned::Cgroup { id, cgroup }));
+        }
+        RecordingLine::Snapshot(SnapshotMark { event, ts_ns, .. }) => {
+            return Ok(match event {
+                SnapshotEvent::Began => Item::SnapshotBegan { ts_ns },
+                SnapshotEvent::Done => Item::SnapshotDone { ts_ns },
+            });
+        }
+        RecordingLine::SeenAtStart(line) => {
+            let owner =
+                line.pid.zip(line.comm).map(|(pid, comm)| Owner { pid, comm: Comm::new(&comm) });
+            return Ok(Item::Seen(SeenSocket {
+                state: line.state,
+                local: line.addresses.local,
+                remote: line.addresses.remote,
+                home: Home { netns: line.netns, cgroup: line.cgroup_id },
+                owner,
+                time_wait_left_ns: line.time_wait_left_ns,
+            }));
         }
         RecordingLine::Transition(line) => {
             let time_wait_timer = line.time_wait_timer.map(|Hex(timer)| timer);

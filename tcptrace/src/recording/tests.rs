@@ -156,8 +156,8 @@ fn wrong_files_are_named_as_such() {
     assert!(error_of(b"").contains("not a tcptrace recording"));
     assert!(error_of(b"hello\n").contains("line 1: this is not a tcptrace recording"));
     assert!(error_of(b"{\"type\":\"transition\"}\n").contains("not a tcptrace recording"));
-    let newer = br#"{"type":"tcptrace_recording","version":4,"ephemeral_ports":[1,2],"realtime_offset_ns":0}"#;
-    assert!(error_of(newer).contains("version 4 is not supported"), "{}", error_of(newer));
+    let newer = br#"{"type":"tcptrace_recording","version":5,"ephemeral_ports":[1,2],"realtime_offset_ns":0}"#;
+    assert!(error_of(newer).contains("version 5 is not supported"), "{}", error_of(newer));
 }
 
 #[test]

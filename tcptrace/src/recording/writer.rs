@@ -4,11 +4,11 @@
 use std::io::{self, Write};
 
 use crate::{
-    event::TcpEvent,
+    event::{Family, SeenSocket, TcpEvent},
     names::Learned,
     schema::{
-        CgroupPath, End, Lost, NetnsName, RecordingHeader, RecordingLine, fast::event_head,
-        json_line::JsonLine, write_line,
+        Addresses, CgroupPath, End, Lost, NetnsName, RecordingHeader, RecordingLine, SeenAtStart,
+        SnapshotEvent, SnapshotMark, fast::event_head, json_line::JsonLine, write_line,
     },
 };
 
@@ -51,6 +51,33 @@ impl<W: Write> Recorder<W> {
             }),
         };
         write_line(&mut self.out, &line)
+    }
+
+    /// The start-up snapshot began (`done: None`) or was done with `Some(sockets)`.
+    pub fn snapshot(&mut self, ts_ns: u64, done: Option<u64>) -> io::Result<()> {
+        let event = if done.is_some() { SnapshotEvent::Done } else { SnapshotEvent::Began };
+        write_line(
+            &mut self.out,
+            &RecordingLine::Snapshot(SnapshotMark { event, ts_ns, sockets: done }),
+        )
+    }
+
+    /// A socket the start-up snapshot found.
+    pub fn seen(&mut self, socket: &SeenSocket) -> io::Result<()> {
+        let line = SeenAtStart {
+            state: socket.state,
+            addresses: Addresses {
+                family: Some(Family::of(&socket.local)),
+                local: socket.local,
+                remote: socket.remote,
+            },
+            netns: socket.home.netns,
+            cgroup_id: socket.home.cgroup,
+            pid: socket.owner.map(|owner| owner.pid),
+            comm: socket.owner.map(|owner| owner.comm.to_string().into()),
+            time_wait_left_ns: socket.time_wait_left_ns,
+        };
+        write_line(&mut self.out, &RecordingLine::SeenAtStart(line))
     }
 
     pub fn lost(&mut self, ts_ns: u64, count: u64) -> io::Result<()> {

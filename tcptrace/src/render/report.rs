@@ -234,6 +234,9 @@ pub fn write_connection_text(
         if home.shown() {
             write!(out, ", {home}")?;
         }
+        if endpoint.seen_at_start {
+            write!(out, ", there before tracing began")?;
+        }
         write!(out, ")")?;
     }
     if sides.len() == 1 {
@@ -292,16 +295,28 @@ fn write_time_wait_sentence(
         crate::engine::TimeWaitKind::TimeWait => "TIME-WAIT",
         crate::engine::TimeWaitKind::FinWait2 => "FIN_WAIT2 (orphaned, kept by a time-wait socket)",
     };
-    match (tw.end, tw.duration_ns()) {
-        (TimeWaitEnd::Open, _) | (_, None) => {
+    match (tw.end, tw.duration_ns(), tw.end_ns) {
+        (TimeWaitEnd::Open, ..) | (_, None, None) => {
             write!(out, "{what} on {local} still open at exit")?;
             if let Some(left) = tw.time_left_ns {
                 write!(out, ", about {} left", Human(left))?;
             }
         }
-        (end, Some(duration)) => {
+        (end, Some(duration), _) => {
             write!(out, "{what} on {local} lasted {} ({})", Human(duration), end.name())?
         }
+        // There before tracing began: how long it lasted is not known, only its end.
+        (end, None, Some(end_ns)) => {
+            let after = end_ns.saturating_sub(tw.known_from_ns);
+            write!(out, "{what} on {local} {} {} after tracing met it", end.name(), Human(after))?
+        }
+    }
+    if tw.start_ns.is_none() {
+        write!(out, " (there before tracing began")?;
+        if let Some(left) = tw.remaining_at_start_ns {
+            write!(out, ", {} left at start", Human(left))?;
+        }
+        write!(out, ")")?;
     }
     if tw.rearmed > 0 {
         write!(out, ", re-armed {}×", tw.rearmed)?;
@@ -328,6 +343,7 @@ fn endpoint_json(
     };
     line.raw("{\"addr\":").address(&endpoint.local).raw(",\"remote\":").address(&endpoint.remote);
     line.raw(",\"role\":\"").raw(connection.role_of(endpoint).name()).raw("\"");
+    line.raw(",\"seen_at_start\":").bool(endpoint.seen_at_start);
     match endpoint.owner {
         Some(owner) => {
             line.raw(",\"pid\":")
@@ -360,7 +376,8 @@ fn endpoint_json(
             line.raw("null");
         }
         Some(tw) => {
-            line.raw("{\"start_ns\":").u64(tw.start_ns);
+            line.raw("{\"start_ns\":").optional(tw.start_ns);
+            line.raw(",\"remaining_at_start_ns\":").optional(tw.remaining_at_start_ns);
             line.raw(",\"end_ns\":").optional(tw.end_ns);
             line.raw(",\"duration_ns\":").optional(tw.duration_ns());
             line.raw(",\"rearmed\":").u64(u64::from(tw.rearmed));
@@ -557,6 +574,13 @@ pub fn write_summary_text(
     for stuck in &stats.stuck_at_exit {
         writeln!(out, "still stuck at exit: {}", StuckText(stuck))?;
     }
+    if stats.seen_at_start > 0 {
+        writeln!(
+            out,
+            "sockets there before tracing began, followed from start: {}",
+            stats.seen_at_start
+        )?;
+    }
     if stats.incomplete > 0 || stats.aged_out > 0 {
         writeln!(
             out,
@@ -617,6 +641,7 @@ pub fn write_summary_json(
         closed_first,
         incomplete: stats.incomplete,
         aged_out: stats.aged_out,
+        seen_at_start: stats.seen_at_start,
         time_wait_by_local,
         failed_connects: stats.failed_connects.clone(),
         carried: stats.carried,

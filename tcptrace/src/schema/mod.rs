@@ -30,11 +30,12 @@ pub use crate::event::TcpInfo;
 
 /// The recording format this tcptrace writes. Version 2 added `tcp_info` and `error` to
 /// closes; version 3 each event's `netns`, `cgroup_id` where the kernel read it, and the
-/// `netns` and `cgroup` lines that name them. Older recordings still read (without
-/// counters, namespaces or cgroups: `null`).
-pub const FORMAT_VERSION: u32 = 3;
+/// `netns` and `cgroup` lines that name them; version 4 the start-up snapshot's `snapshot`
+/// and `seen_at_start` lines. Older recordings still read (without counters, namespaces
+/// or cgroups: `null`).
+pub const FORMAT_VERSION: u32 = 4;
 /// The recording formats this tcptrace reads.
-pub const READABLE_VERSIONS: [u32; 3] = [1, 2, 3];
+pub const READABLE_VERSIONS: [u32; 4] = [1, 2, 3, 4];
 
 /// Writes one line through serde: for the lines that are not on the per-event path.
 pub fn write_line(out: &mut impl Write, line: &impl Serialize) -> io::Result<()> {
@@ -129,7 +130,45 @@ pub enum RecordingLine<'a> {
     Netns(NetnsName<'a>),
     #[serde(borrow)]
     Cgroup(CgroupPath<'a>),
+    Snapshot(SnapshotMark),
+    #[serde(borrow)]
+    SeenAtStart(SeenAtStart<'a>),
     End(End),
+}
+
+/// `snapshot` (recordings): the start-up snapshot `began` (just after attaching, before
+/// the events that may race it) or was `done` (after the `seen_at_start` lines).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotMark {
+    pub event: SnapshotEvent,
+    pub ts_ns: u64,
+    /// With `done`: how many `seen_at_start` lines it wrote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sockets: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotEvent {
+    Began,
+    Done,
+}
+
+/// `seen_at_start` (recordings): a socket the start-up snapshot found, in the state it
+/// was in, with its owner (as `ss -p` finds it) and, for a time-wait socket, the time
+/// left on its timer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SeenAtStart<'a> {
+    pub state: TcpState,
+    #[serde(flatten)]
+    pub addresses: Addresses,
+    pub netns: Option<u32>,
+    pub cgroup_id: Option<u64>,
+    pub pid: Option<u32>,
+    #[serde(borrow)]
+    pub comm: Option<Cow<'a, str>>,
+    /// A time-wait socket (TIME_WAIT, or an orphaned FIN_WAIT2): its timer's time left.
+    pub time_wait_left_ns: Option<u64>,
 }
 
 /// `netns` (recordings): the `ip netns` name of a namespace, before the first event in it.
@@ -180,11 +219,13 @@ pub struct TimeWaitTimer<T> {
     pub event: TimerEvent,
     pub ts_ns: u64,
     pub sk: Hex,
-    /// In the stream: the endpoint the engine found for the timer. Never in a recording.
+    /// In the stream: the endpoint the engine found for the timer. In a recording only on
+    /// a `cancel` of a time-wait socket from before tracing began, which the kernel
+    /// program read next to its timer (the first the engine hears of it).
     #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
     pub addresses: Option<Addresses>,
     /// In the stream: that endpoint's namespace. In a recording `null` (the kernel does not
-    /// read it for timers), or missing before version 3.
+    /// read it for timers) but on such a `cancel`, or missing before version 3.
     #[serde(default)]
     pub netns: Option<u32>,
     pub timer: Hex,
@@ -318,6 +359,10 @@ pub struct EndpointRecord<'a> {
     pub addr: SocketAddr,
     pub remote: SocketAddr,
     pub role: Role,
+    /// It was there before tracing began: found by the start-up snapshot (or, a time-wait
+    /// socket, by its timer). Its first state's `enter_ns` is then `null`.
+    #[serde(default)]
+    pub seen_at_start: bool,
     pub pid: Option<u32>,
     #[serde(borrow)]
     pub comm: Option<Cow<'a, str>>,
@@ -351,7 +396,11 @@ pub struct StateRecord {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TimeWaitRecord {
-    pub start_ns: u64,
+    /// `null` for one that was there before tracing began: its start was not seen.
+    pub start_ns: Option<u64>,
+    /// For one the start-up snapshot found: the time its timer had left then.
+    #[serde(default)]
+    pub remaining_at_start_ns: Option<u64>,
     pub end_ns: Option<u64>,
     pub duration_ns: Option<u64>,
     pub rearmed: u32,
@@ -372,6 +421,10 @@ pub struct Summary<'a> {
     pub closed_first: ClosedFirstCounts,
     pub incomplete: u64,
     pub aged_out: u64,
+    /// Sockets there before tracing began (the start-up snapshot's, and time-wait sockets
+    /// met by their timer).
+    #[serde(default)]
+    pub seen_at_start: u64,
     pub time_wait_by_local: Vec<TimeWaitByLocal>,
     /// Connects that never became connections, by the error they ended with.
     pub failed_connects: std::collections::BTreeMap<String, u64>,

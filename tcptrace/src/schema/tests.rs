@@ -170,6 +170,11 @@ fn every_recorded_line_is_what_serde_writes_for_the_schema() {
     for event in every_kind_of_event() {
         recorder.event(&event).unwrap();
     }
+    recorder.snapshot(1380 * S, None).unwrap();
+    for socket in crate::testing::seen_at_start() {
+        recorder.seen(&socket).unwrap();
+    }
+    recorder.snapshot(1381 * S, Some(2)).unwrap();
     recorder.lost(1385 * S, 3).unwrap();
     recorder.end(1400 * S).unwrap();
     let text = String::from_utf8(recorder.into_inner()).unwrap();
@@ -184,6 +189,8 @@ fn every_recorded_line_is_what_serde_writes_for_the_schema() {
             "lost",
             "netns",
             "reset",
+            "seen_at_start",
+            "snapshot",
             "tcptrace_recording",
             "time_wait_timer",
             "transition"
@@ -254,6 +261,8 @@ fn every_example_in_the_docs_is_a_line_of_the_schema_field_for_field() {
             "lost",
             "netns",
             "reset",
+            "seen_at_start",
+            "snapshot",
             "stuck",
             "summary",
             "tcptrace_recording",

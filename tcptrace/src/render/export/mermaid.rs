@@ -107,7 +107,7 @@ fn lane_steps(lane: &Lane<'_>, me: &str, other: &str, steps: &mut Vec<(u64, usiz
             Some(duration) => format!("TIME-WAIT {} ({})", Human(duration), tw.end.name()),
             None => "TIME-WAIT (open at the end of the trace)".to_owned(),
         };
-        push(tw.start_ns, format!("Note over {me}: {}", text(&how)));
+        push(tw.known_from_ns, format!("Note over {me}: {}", text(&how)));
     }
 }
 

@@ -191,16 +191,19 @@ fn intervals(endpoint: &Endpoint, end_ns: u64) -> Vec<Interval> {
     if let Some(tw) = &endpoint.time_wait {
         let (tw_end, open) = match tw.end_ns {
             Some(end) => (end, false),
-            None => (end_ns.max(tw.start_ns), true),
+            None => (end_ns.max(tw.known_from_ns), true),
         };
-        let how = match (tw.end, tw.kind) {
+        let mut how = match (tw.end, tw.kind) {
             (TimeWaitEnd::Open, _) => "open at the end of the trace".to_owned(),
             (end, TimeWaitKind::FinWait2) => format!("{} (an orphaned FIN_WAIT2)", end.name()),
             (end, TimeWaitKind::TimeWait) => end.name().to_owned(),
         };
+        if tw.start_ns.is_none() {
+            how.push_str("; there before tracing began");
+        }
         intervals.push(Interval {
             state: "TIME_WAIT",
-            start_ns: tw.start_ns,
+            start_ns: tw.known_from_ns,
             end_ns: tw_end,
             open,
             detail: Some(how),
