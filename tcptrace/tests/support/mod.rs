@@ -55,14 +55,15 @@ impl Tracer {
         tracer
     }
 
-    fn wait_for_stderr(&mut self, needle: &str) {
+    /// Waits until tcptrace prints a line with `needle` on stderr; returns that line.
+    pub fn wait_for_stderr(&mut self, needle: &str) -> String {
         loop {
             match self.stderr_lines.recv_timeout(Duration::from_secs(30)) {
                 Ok(line) => {
                     let found = line.contains(needle);
-                    self.stderr_seen.push(line);
+                    self.stderr_seen.push(line.clone());
                     if found {
-                        return;
+                        return line;
                     }
                 }
                 Err(_) => panic!(
