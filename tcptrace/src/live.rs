@@ -132,13 +132,13 @@ impl<W: Write> Live<W> {
             if let Some(recorder) = &mut self.recorder {
                 recorder.seen(socket)?;
             }
-            self.pipeline.seen(*socket);
         }
         if let Some(recorder) = &mut self.recorder {
             recorder.snapshot(snapshot.done_ns, Some(snapshot.sockets.len() as u64))?;
         }
-        self.pipeline.snapshot_done(snapshot.done_ns);
         eprintln!("tcptrace: {}", describe_snapshot(&snapshot));
+        self.pipeline.seen(snapshot.sockets);
+        self.pipeline.snapshot_done(snapshot.done_ns);
         self.flush()
     }
 

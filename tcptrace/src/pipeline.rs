@@ -89,12 +89,15 @@ impl<W: Write> Pipeline<W> {
         self.engine.snapshot_began(ts_ns);
     }
 
-    /// A socket the start-up snapshot found.
-    pub fn seen(&mut self, socket: SeenSocket) {
-        if let Some(netns) = socket.home.netns {
-            self.names.saw_netns(netns);
+    /// Sockets the start-up snapshot found.
+    pub fn seen(&mut self, sockets: Vec<SeenSocket>) {
+        for netns in sockets.iter().filter_map(|socket| socket.home.netns) {
+            if self.last_netns != Some(netns) {
+                self.last_netns = Some(netns);
+                self.names.saw_netns(netns);
+            }
         }
-        self.engine.seen(socket);
+        self.engine.seen(sockets);
     }
 
     /// The start-up snapshot was done at `ts_ns`.

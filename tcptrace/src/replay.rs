@@ -25,6 +25,8 @@ pub fn run(args: &ReplayArgs) -> Result<()> {
     let mut pipeline = Pipeline::new(sink::stdout(), clock, args.output.pipeline_options(engine));
     pipeline.start()?;
     let mut end_ns = 0;
+    // The snapshot's sockets, handed over together when its `done` line comes.
+    let mut seen = Vec::new();
     while let Some(item) = reader.next_item() {
         match item.map_err(|error| anyhow!("{}: {error}", path.display()))? {
             Item::Event(event) => {
@@ -35,8 +37,11 @@ pub fn run(args: &ReplayArgs) -> Result<()> {
             Item::Lost { ts_ns, count } => pipeline.lost(count, ts_ns)?,
             Item::Name(learned) => pipeline.learn(learned),
             Item::SnapshotBegan { ts_ns } => pipeline.snapshot_began(ts_ns),
-            Item::Seen(socket) => pipeline.seen(socket),
-            Item::SnapshotDone { ts_ns } => pipeline.snapshot_done(ts_ns),
+            Item::Seen(socket) => seen.push(socket),
+            Item::SnapshotDone { ts_ns } => {
+                pipeline.seen(std::mem::take(&mut seen));
+                pipeline.snapshot_done(ts_ns);
+            }
             Item::End { ts_ns } => end_ns = ts_ns,
         }
     }

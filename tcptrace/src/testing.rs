@@ -242,14 +242,14 @@ pub fn run_with_snapshot(
     for event in events {
         if !seeded && event.ts_ns > at(done) {
             seeded = true;
-            seen.iter().for_each(|socket| engine.seen(*socket));
+            engine.seen(seen.clone());
             engine.snapshot_done(at(done));
         }
         engine.push(*event);
         engine.advance(event.ts_ns, &mut collect_connections(&mut connections));
     }
     if !seeded {
-        seen.iter().for_each(|socket| engine.seen(*socket));
+        engine.seen(seen);
         engine.snapshot_done(at(done));
     }
     engine.finish(at(end), &mut collect_connections(&mut connections));

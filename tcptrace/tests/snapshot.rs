@@ -52,8 +52,7 @@ fn u64_at(value: &Value) -> u64 {
 fn sockets_from_before_start_are_followed_to_their_end() {
     let netns = Netns::new("before");
     netns.exec(&["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"]);
-    let script =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/before_start.py");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/before_start.py");
     let mut peer = Command::new("ip")
         .args(["netns", "exec", &netns.name, "python3"])
         .arg(&script)
@@ -68,16 +67,11 @@ fn sockets_from_before_start_are_followed_to_their_end() {
     stdout.read_line(&mut line).unwrap();
     let ports: Value = serde_json::from_str(&line).expect("the script's ports");
 
-    let recording = std::env::temp_dir().join(format!("tcptrace-before-{}.jsonl", std::process::id()));
+    let recording =
+        std::env::temp_dir().join(format!("tcptrace-before-{}.jsonl", std::process::id()));
     let recording_text = recording.display().to_string();
-    let mut tracer = Tracer::start(&[
-        "--netns",
-        &netns.name,
-        "--stuck-after",
-        "2",
-        "--record",
-        &recording_text,
-    ]);
+    let mut tracer =
+        Tracer::start(&["--netns", &netns.name, "--stuck-after", "2", "--record", &recording_text]);
     let at_start = tracer.wait_for_stderr("at start:");
     // Per family: the listener, two pairs (four sockets), two TIME-WAITs, and two
     // CLOSE_WAITs with their clients' orphaned FIN_WAIT2s (kept by time-wait sockets).

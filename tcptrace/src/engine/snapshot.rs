@@ -46,10 +46,14 @@ impl Engine {
         });
     }
 
-    /// A socket the snapshot found.
-    pub fn seen(&mut self, socket: SeenSocket) {
+    /// Sockets the snapshot found (taken as they are: there may be a hundred thousand).
+    pub fn seen(&mut self, sockets: Vec<SeenSocket>) {
         if let Some(taking) = &mut self.snapshot {
-            taking.seen.push(socket);
+            if taking.seen.is_empty() {
+                taking.seen = sockets;
+            } else {
+                taking.seen.extend(sockets);
+            }
         }
     }
 
@@ -74,7 +78,7 @@ impl Engine {
     }
 
     /// Seeds the snapshot's sockets: listeners first (their ports make roles), then the
-    /// rest, then pairs the two ends of connections inside this host.
+    /// rest, pairing the two ends of connections inside this host.
     pub(super) fn apply_snapshot(&mut self) {
         let Some(taking) = self.snapshot.take() else { return };
         // Sides the events made meanwhile (few: the snapshot is taken just after start).
@@ -92,9 +96,14 @@ impl Engine {
         }
         let is_listener =
             |netns: u32, address: SocketAddr| listening.contains_key(&(netns, address.port()));
-        let mut seeded = Vec::new();
-        for socket in taking.seen.iter().filter(|s| s.state != TcpState::Listen) {
-            let key = (netns_of(socket), Address::from(socket.local), socket.remote.into());
+        // Room for them all at once (a table that doubles as it fills holds up to three
+        // times its size while it grows).
+        let count = taking.seen.len();
+        self.sides.reserve(count);
+        self.connections.reserve(count);
+        self.unadopted.sides.reserve(count);
+        for socket in taking.seen.into_iter().filter(|s| s.state != TcpState::Listen) {
+            let key = (netns_of(&socket), Address::from(socket.local), socket.remote.into());
             if let Some(&index) = live.get(&key) {
                 // Named by an event already: if its life began before tracing, say so.
                 let side = self.side_mut(index);
@@ -123,12 +132,10 @@ impl Engine {
             } else {
                 Role::Unknown
             };
-            let index = self.seed(socket, key, role, taking.began_ns);
-            seeded.push((index, key));
-        }
-        for (index, (_, local, remote)) in seeded {
-            if self.sides.get(index).is_some_and(|side| side.time_wait == NO_INDEX) {
-                self.pair(index, (local, remote));
+            let index = self.seed(&socket, key, role, taking.began_ns);
+            if socket.time_wait_left_ns.is_none() {
+                // The first end of a pair waits among the unpaired; the second finds it.
+                self.pair(index, (key.1, key.2));
             }
         }
     }

@@ -281,6 +281,11 @@ impl<T> Slab<T> {
         Slab { entries: Vec::new(), free: Vec::new() }
     }
 
+    /// Room for `more` entries than there are now, made at once.
+    pub(super) fn reserve(&mut self, more: usize) {
+        self.entries.reserve(more.saturating_sub(self.free.len()));
+    }
+
     pub(super) fn insert(&mut self, value: T) -> Index {
         match self.free.pop() {
             Some(index) => {

@@ -773,7 +773,7 @@ fn a_close_wait_seen_at_start_is_stuck_from_when_it_was_seen() {
     seen[1].state = CloseWait;
     let mut engine = Engine::new(EngineOptions { stuck_after_ns: 30 * S, ..Default::default() });
     engine.snapshot_began(1000 * S);
-    seen.iter().for_each(|socket| engine.seen(*socket));
+    engine.seen(seen);
     engine.snapshot_done(1000 * S + 10_000_000);
     let mut reports = Vec::new();
     for at in [1001, 1029, 1031, 1032] {
