@@ -140,6 +140,13 @@ pub struct TraceArgs {
     #[arg(long)]
     pub no_snapshot: bool,
 
+    /// Serve Prometheus metrics (OpenMetrics text) at http://ADDR:PORT/metrics: closes by
+    /// who closed first, TIME-WAITs open now and how long they lasted, resets, failed
+    /// connects, stuck sockets, lost events. Never bound unless asked; with --quiet,
+    /// nothing is printed per event (a daemon). Series are bounded (docs/metrics.md).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<std::net::SocketAddr>,
+
     /// Ring-buffer size in bytes (a power of two, at least 4096): kernel memory, mapped
     /// into tcptrace. Each event takes 176 bytes; the default 4 MiB holds about 23 800
     /// events. Raise it if events are lost (docs/sizing.md).
@@ -161,6 +168,11 @@ pub struct OutputArgs {
     /// Print only connection records and the summary, not each transition.
     #[arg(long)]
     pub connections_only: bool,
+
+    /// Print nothing per event or connection, only warnings and the summary at exit (as
+    /// JSON with --json): for a daemon whose output is --metrics, --record or --export.
+    #[arg(short, long, conflicts_with_all = ["connections_only", "explain"])]
+    pub quiet: bool,
 
     /// Write connection records to FILE when done; the format follows the name: .jsonl
     /// (records as in --json), .csv (one row per state), .trace.json (Perfetto /
@@ -206,6 +218,8 @@ impl OutputArgs {
                 stuck_after_ns: self.stuck_after.as_nanos() as u64,
                 ..engine
             },
+            quiet: self.quiet,
+            metrics: None,
         }
     }
 }

@@ -5,11 +5,13 @@ use std::{
     fs::File,
     future::pending,
     io::{self, BufWriter, Write},
+    sync::Arc,
     time::Duration,
 };
 
 use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
+use tcptrace_common::RING_RECORD_BYTES;
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
@@ -26,9 +28,11 @@ use crate::{
         loader::{TraceOptions, Tracer, drain, is_own_event},
         snapshot::{self, Snapshot},
     },
+    metrics_server,
     names::{Cgroup, Learned},
-    pipeline::Pipeline,
+    pipeline::{Pipeline, PipelineOptions},
     recording::{FORMAT_VERSION, Recorder, RecordingHeader},
+    render::metrics::Metrics,
     sink::{self, Named},
 };
 
@@ -49,6 +53,37 @@ struct Live<W: Write> {
     known_netns: std::collections::HashSet<u32>,
     known_cgroups: std::collections::HashSet<u64>,
     last_netns: Option<u32>,
+    /// With `--metrics`: the tracer's own health, measured here.
+    health: Option<Health>,
+}
+
+/// What `--metrics` says about the tracer itself: events read per second, and how full
+/// the ring buffer was at its fullest read, over each second.
+struct Health {
+    metrics: Arc<Metrics>,
+    ring_size: u64,
+    since_ns: u64,
+    events_then: u64,
+    fullest_read_bytes: u64,
+}
+
+impl Health {
+    fn read(&mut self, records: usize) {
+        let bytes = records as u64 * u64::from(RING_RECORD_BYTES);
+        self.fullest_read_bytes = self.fullest_read_bytes.max(bytes);
+    }
+
+    fn tick(&mut self, now_ns: u64) {
+        let elapsed_ns = now_ns.saturating_sub(self.since_ns);
+        if elapsed_ns < 1_000_000_000 {
+            return;
+        }
+        let events = self.metrics.events_so_far();
+        let per_second = (events - self.events_then.min(events)) as f64 * 1e9 / elapsed_ns as f64;
+        let fill = (self.fullest_read_bytes as f64 / self.ring_size as f64).min(1.0);
+        self.metrics.health(per_second, fill);
+        (self.since_ns, self.events_then, self.fullest_read_bytes) = (now_ns, events, 0);
+    }
 }
 
 impl<W: Write> Live<W> {
@@ -103,12 +138,15 @@ impl<W: Write> Live<W> {
     /// Takes everything waiting in the ring buffer and writes what it makes certain.
     fn drain(&mut self, ring: &mut RingBuf<MapData>) -> io::Result<()> {
         let mut result = Ok(());
-        drain(ring, |bytes| {
+        let records = drain(ring, |bytes| {
             if result.is_ok() {
                 result = self.record(bytes);
             }
         });
         result?;
+        if let Some(health) = &mut self.health {
+            health.read(records);
+        }
         self.pipeline.advance(monotonic_now_ns())?;
         self.flush()
     }
@@ -220,6 +258,8 @@ fn run_as_batch_job() {
 pub async fn run(trace: &TraceArgs, output: &OutputArgs) -> Result<()> {
     run_as_batch_job();
     let options = TraceOptions { filters: trace.filters()?, ring_size: trace.ring_size };
+    // Bound before attaching: a port in use fails before any tracing.
+    let metrics_listener = trace.metrics.map(metrics_server::bind).transpose()?;
     let ephemeral_ports = ephemeral_port_range();
     let clock = WallClock::now();
     // Create the recording before attaching, so a bad path fails before any tracing.
@@ -241,15 +281,34 @@ pub async fn run(trace: &TraceArgs, output: &OutputArgs) -> Result<()> {
     for degraded in &tracer.degraded {
         eprintln!("tcptrace: warning: {} is off: {}", degraded.what, degraded.why);
     }
-    let engine = EngineOptions { ephemeral_ports, ..EngineOptions::default() };
+    let engine = EngineOptions {
+        ephemeral_ports,
+        report_closes: metrics_listener.is_some(),
+        ..EngineOptions::default()
+    };
+    let metrics = metrics_listener.map(|listener| {
+        let metrics = Arc::new(Metrics::new());
+        tokio::spawn(metrics_server::serve(listener, metrics.clone()));
+        metrics
+    });
+    let pipeline_options =
+        PipelineOptions { metrics: metrics.clone(), ..output.pipeline_options(engine) };
+    let health = metrics.map(|metrics| Health {
+        metrics,
+        ring_size: u64::from(trace.ring_size),
+        since_ns: monotonic_now_ns(),
+        events_then: 0,
+        fullest_read_bytes: 0,
+    });
     let mut live = Live {
-        pipeline: Pipeline::new(sink::stdout(), clock, output.pipeline_options(engine)),
+        pipeline: Pipeline::new(sink::stdout(), clock, pipeline_options),
         recorder,
         own_pid: std::process::id(),
         resolver: HomeResolver::new(),
         known_netns: Default::default(),
         known_cgroups: Default::default(),
         last_netns: None,
+        health,
     };
     eprintln!("tcptrace: tracing TCP state transitions{}; Ctrl-C to stop", describe(trace));
     // Attached already: every socket the snapshot misses, an event shows.
@@ -356,7 +415,11 @@ async fn stream_until_stopped(
             _ = tick.tick() => {
                 live.drain(ring.get_mut())?;
                 live.report_lost(tracer)?;
-                tracer.tick(monotonic_now_ns())?;
+                let now_ns = monotonic_now_ns();
+                tracer.tick(now_ns)?;
+                if let Some(health) = &mut live.health {
+                    health.tick(now_ns);
+                }
                 tracer.flush_kernel_log();
             }
             _ = interrupt.recv() => break,

@@ -1,7 +1,7 @@
 //! Decoded events → the lifecycle engine → the output stream, the summary and the exports.
 //! Live tracing and replay both drive this.
 
-use std::{io, io::Write, path::PathBuf};
+use std::{io, io::Write, path::PathBuf, sync::Arc};
 
 use anyhow::Result;
 
@@ -12,6 +12,7 @@ use crate::{
     names::{Learned, Names},
     render::explain::Lang,
     render::export::{self, ExportFormat, ExportInput},
+    render::metrics::Metrics,
     render::stream::{Stream, StreamFormat},
 };
 
@@ -28,6 +29,11 @@ pub struct PipelineOptions {
     pub lang: Lang,
     pub exports: Vec<(PathBuf, ExportFormat)>,
     pub engine: EngineOptions,
+    /// Print nothing per event or connection (`--quiet`): the metrics, the recording or
+    /// the exports carry what was traced; the summary still comes at exit.
+    pub quiet: bool,
+    /// Keep these metrics (`--metrics`).
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 pub struct Pipeline<W: Write> {
@@ -47,6 +53,8 @@ pub struct Pipeline<W: Write> {
     last_netns: Option<u32>,
     /// Whether the stream was told there is more than one namespace or container.
     said_many_homes: bool,
+    quiet: bool,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl<W: Write> Pipeline<W> {
@@ -63,12 +71,14 @@ impl<W: Write> Pipeline<W> {
             names: Names::default(),
             last_netns: None,
             said_many_homes: false,
+            quiet: options.quiet,
+            metrics: options.metrics,
         }
     }
 
     /// The column header of the text stream.
     pub fn start(&mut self) -> io::Result<()> {
-        if self.show_events {
+        if self.show_events && !self.quiet {
             self.stream.header()?;
         }
         self.stream.flush()
@@ -131,6 +141,10 @@ impl<W: Write> Pipeline<W> {
     pub fn lost(&mut self, count: u64, noticed_ns: u64) -> io::Result<()> {
         self.counts.lost += count;
         self.engine.lost(count, noticed_ns);
+        if self.quiet {
+            eprintln!("tcptrace: warning: {count} events lost (the ring buffer was full)");
+            return Ok(());
+        }
         self.stream.lost(count)
     }
 
@@ -146,35 +160,69 @@ impl<W: Write> Pipeline<W> {
     fn run_engine(&mut self, now_ns: u64, finish: bool) -> io::Result<()> {
         if !self.said_many_homes && self.names.many_homes() {
             self.said_many_homes = true;
-            if self.show_events {
+            if self.show_events && !self.quiet {
                 self.stream.many_homes()?;
             }
         }
-        let Pipeline { stream, engine, show_events, exports, collected, names, .. } = self;
-        let names = &*names;
+        let Pipeline {
+            stream,
+            engine,
+            show_events,
+            exports,
+            collected,
+            names,
+            quiet,
+            metrics,
+            counts,
+            ..
+        } = self;
+        let (names, metrics, quiet) = (&*names, metrics.as_deref(), *quiet);
         let mut result = Ok(());
         let mut write = |output: Output<'_>| {
             if result.is_err() {
                 return;
             }
             result = match output {
-                Output::Event(event, attribution) if *show_events => {
-                    stream.event(event, &attribution, names)
+                Output::Event(event, attribution) => {
+                    if let Some(metrics) = metrics {
+                        metrics.event(event);
+                    }
+                    if *show_events && !quiet {
+                        stream.event(event, &attribution, names)
+                    } else {
+                        Ok(())
+                    }
                 }
-                Output::Event(..) => Ok(()),
                 Output::Connection(connection) => {
+                    if let Some(metrics) = metrics {
+                        metrics.connection(connection);
+                    }
                     if !exports.is_empty() {
                         collected.push(connection.clone());
                     }
-                    stream.connection(connection, names)
+                    if quiet { Ok(()) } else { stream.connection(connection, names) }
                 }
-                Output::Stuck(stuck) => stream.stuck(stuck),
+                Output::Stuck(stuck) => {
+                    if let Some(metrics) = metrics {
+                        metrics.stuck(stuck);
+                    }
+                    if quiet { Ok(()) } else { stream.stuck(stuck) }
+                }
+                Output::Closed(closer) => {
+                    if let Some(metrics) = metrics {
+                        metrics.closed(closer);
+                    }
+                    Ok(())
+                }
             };
         };
         if finish {
             engine.finish(now_ns, &mut write);
         } else {
             engine.advance(now_ns, &mut write);
+        }
+        if let Some(metrics) = metrics {
+            metrics.update(engine.stats(), counts, engine.tracked());
         }
         result
     }

@@ -131,7 +131,7 @@ pub fn run_events(
     let mut collect = |output: Output<'_>| match output {
         Output::Event(event, attribution) => attributed.push((*event, attribution)),
         Output::Connection(connection) => connections.push(connection.clone()),
-        Output::Stuck(_) => {}
+        Output::Stuck(_) | Output::Closed(_) => {}
     };
     for event in events {
         let ts = event.ts_ns;

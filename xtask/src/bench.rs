@@ -510,7 +510,9 @@ fn snapshot_cost(tcptrace: &Path, connections: u64) -> Result<(u64, f64, u64, u6
     let _ = Command::new("ip").args(["netns", "del", netns]).output();
     run_quietly(Command::new("ip").args(["netns", "add", netns]))?;
     let result = (|| -> Result<(u64, f64, u64, u64)> {
-        run_quietly(Command::new("ip").args(["netns", "exec", netns, "ip", "link", "set", "lo", "up"]))?;
+        run_quietly(
+            Command::new("ip").args(["netns", "exec", netns, "ip", "link", "set", "lo", "up"]),
+        )?;
         let mut holder = Command::new("ip")
             .args(["netns", "exec", netns, "python3", "-c", include_str!("many_sockets.py")])
             .arg(connections.to_string())

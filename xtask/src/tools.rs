@@ -186,13 +186,17 @@ fn install_bpf_linker(tools_dir: &Path, toolchain: &str) -> Result<()> {
 }
 
 /// Programs the kernel and export tests drive, with the Debian package that has each.
-const TEST_PROGRAMS: [(&str, &str); 6] = [
+const TEST_PROGRAMS: [(&str, &str); 10] = [
     ("python3", "python3"),
     ("curl", "curl"),
     ("ip", "iproute2"),
     ("setpriv", "util-linux"),
     ("chromium", "chromium"),
     ("nft", "nftables"),
+    ("prometheus", "prometheus"),
+    ("promtool", "prometheus"),
+    ("kubectl", "kubectl"),
+    ("systemd-analyze", "systemd"),
 ];
 
 fn on_path(program: &str) -> bool {

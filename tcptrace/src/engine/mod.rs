@@ -90,6 +90,9 @@ pub struct EngineOptions {
     pub ephemeral_ports: (u16, u16),
     /// A socket in CLOSE_WAIT this long is reported stuck (`--stuck-after`).
     pub stuck_after_ns: u64,
+    /// Hand out [`Output::Closed`] when a connection's sockets have all closed (for
+    /// `--metrics`, which counts closes then, not after the TIME-WAIT).
+    pub report_closes: bool,
 }
 
 impl Default for EngineOptions {
@@ -98,6 +101,7 @@ impl Default for EngineOptions {
             max_connections: 1 << 18,
             ephemeral_ports: (32768, 60999),
             stuck_after_ns: 30_000_000_000,
+            report_closes: false,
         }
     }
 }
@@ -139,6 +143,9 @@ pub struct Engine {
     pending_cancels: VecDeque<(u64, u64)>,
     /// (time it finished, connection, its id), in time order, waiting out `FINISH_GRACE_NS`.
     finishing: VecDeque<(u64, Index, u64)>,
+    /// With `report_closes`: (time its last socket closed, connection, its id), waiting
+    /// out `FINISH_GRACE_NS` too (a RST is reported just after the close it causes).
+    closing: VecDeque<(u64, Index, u64)>,
     last_sweep_ns: u64,
     newest_ns: u64,
     /// Events up to this time may have lost company: connections they touch are incomplete.
@@ -170,6 +177,7 @@ impl Engine {
             unadopted: Default::default(),
             pending_cancels: VecDeque::new(),
             finishing: VecDeque::new(),
+            closing: VecDeque::new(),
             last_sweep_ns: 0,
             newest_ns: 0,
             loss_horizon_ns: None,
@@ -330,6 +338,13 @@ impl Engine {
                     | EventKind::TimeWaitExpire { .. }
             ) {
                 self.finish_if_done(index, event.ts_ns);
+            }
+            if self.options.report_closes
+                && matches!(event.kind, EventKind::Transition { new: TcpState::Closed, .. })
+                && let Some(tracked) = self.connections.get(index)
+                && tracked.sides().all(|side| self.side(side).is_closed())
+            {
+                self.closing.push_back((event.ts_ns, index, tracked.id));
             }
         }
     }
@@ -644,6 +659,15 @@ impl Engine {
                 self.closed_sk.remove(&sk);
             }
         }
+        while let Some(&(ts, index, id)) = self.closing.front() {
+            if ts > now_ns.saturating_sub(FINISH_GRACE_NS) {
+                break;
+            }
+            self.closing.pop_front();
+            if self.connections.get(index).is_some_and(|tracked| tracked.id == id) {
+                out(Output::Closed(self.closer_now(index)));
+            }
+        }
         while let Some(&(ts, index, id)) = self.finishing.front() {
             if ts > now_ns.saturating_sub(FINISH_GRACE_NS) {
                 break;
@@ -655,6 +679,25 @@ impl Engine {
                 self.emit(index, out);
             }
         }
+    }
+
+    /// Who closed connection `index` first, from what its sides did so far.
+    fn closer_now(&self, index: Index) -> Closer {
+        let Some(tracked) = self.connections.get(index) else { return Closer::Unknown };
+        let endpoints = tracked
+            .sides()
+            .map(|side| {
+                let side = self.side(side);
+                side.to_endpoint(self.homes.get(side.home), None, None)
+            })
+            .collect();
+        let connection = Connection {
+            id: tracked.id,
+            endpoints,
+            closed_first: Closer::Unknown,
+            incomplete: tracked.incomplete,
+        };
+        closed_first(&connection)
     }
 
     fn is_done(&self, index: Index) -> bool {
@@ -741,11 +784,16 @@ impl Engine {
         let tracked = self.connections.remove(index)?;
         let mut endpoints = Vec::with_capacity(2);
         for side_index in tracked.sides() {
-            // A time-wait still open ends with its connection (it releases its port).
-            if let Some(timer) = self.time_wait_mut(side_index).map(|tw| tw.timer)
-                && self.by_timer.get(&timer) == Some(&side_index)
+            // A time-wait still open ends with its connection (it releases its port); one
+            // from before start whose timer was never met is not in the timer table.
+            if let Some((timer, open)) =
+                self.time_wait_mut(side_index).map(|tw| (tw.timer, tw.end == TimeWaitEnd::Open))
             {
-                self.time_wait_ended(timer);
+                if self.by_timer.get(&timer) == Some(&side_index) {
+                    self.time_wait_ended(timer);
+                } else if open && timer == 0 {
+                    self.release_port(side_index);
+                }
             }
             self.unindex_tuple(side_index);
             self.unstick(side_index);
@@ -758,7 +806,7 @@ impl Engine {
             let time_wait = self.time_waits.remove(side.time_wait);
             let counters = self.counters.remove(side.counters);
             let home = self.homes.get(side.home);
-            endpoints.push(side.into_endpoint(home, time_wait, counters));
+            endpoints.push(side.to_endpoint(home, time_wait, counters));
         }
         Some(Connection {
             id: tracked.id,

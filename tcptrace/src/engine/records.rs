@@ -284,4 +284,6 @@ pub enum Output<'a> {
     Connection(&'a Connection),
     /// An owner's sockets stuck in a state changed in number.
     Stuck(&'a super::Stuck),
+    /// A connection's sockets have all closed (with `report_closes`): who closed first.
+    Closed(Closer),
 }

@@ -241,6 +241,7 @@ impl Engine {
             pending_cancel_ns: None,
         });
         self.side_mut(index).time_wait = time_wait;
+        self.stats.time_waits_open += 1;
         let ephemeral_ports = self.options.ephemeral_ports;
         if let Some(key) = port_pressure_key(self.side(index), &self.homes, ephemeral_ports) {
             self.port_pressure(key, true);

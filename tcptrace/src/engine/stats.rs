@@ -103,6 +103,8 @@ pub struct Stats {
     /// Sockets that were there before tracing began (the snapshot's, and time-wait
     /// sockets met by their timer).
     pub seen_at_start: u64,
+    /// Time-wait sockets open now.
+    pub time_waits_open: u64,
     /// Timer or reset events for sockets the engine never saw.
     pub unmatched_events: u64,
     pub lost_events: u64,

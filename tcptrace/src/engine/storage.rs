@@ -191,8 +191,9 @@ impl Side {
         self.owner()
     }
 
-    pub(super) fn into_endpoint(
-        self,
+    /// The endpoint this side is now (its steps copied: they are inline, bar long lives).
+    pub(super) fn to_endpoint(
+        &self,
         home: Home,
         time_wait: Option<TimeWait>,
         counters: Option<Counters>,
@@ -204,7 +205,7 @@ impl Side {
             seen_at_start: self.seen_at_start,
             home,
             owner: self.owner(),
-            steps: self.steps,
+            steps: self.steps.clone(),
             time_wait: time_wait.map(Box::new),
             counters,
             reset_sent_ns: at(self.reset_sent_ns),

@@ -785,3 +785,28 @@ fn a_close_wait_seen_at_start_is_stuck_from_when_it_was_seen() {
     }
     assert_eq!(reports, [(1031, Some(31), 1)]);
 }
+
+#[test]
+fn a_close_is_reported_when_the_sockets_close_not_after_the_time_wait() {
+    let mut r = Recording::default();
+    server_closes_first(&mut r)
+        .timer(1361.0, 12, EventKind::TimeWaitCancel { timer: 0x5150 })
+        .timer(1361.00001, 12, EventKind::TimeWaitExpire { timer: 0x5150 });
+    let mut engine = Engine::new(EngineOptions { report_closes: true, ..Default::default() });
+    let mut seen = Vec::new();
+    for event in &r.events {
+        engine.push(*event);
+        engine.advance(event.ts_ns + 10_000_000, &mut |output| match output {
+            Output::Closed(closer) => seen.push(("closed", closer, event.ts_ns)),
+            Output::Connection(connection) => {
+                seen.push(("record", connection.closed_first, event.ts_ns))
+            }
+            _ => {}
+        });
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!((seen[0].0, seen[0].1), ("closed", Closer::Server));
+    assert!(seen[0].2 < 1301 * S, "at the close: {seen:?}");
+    assert_eq!((seen[1].0, seen[1].1), ("record", Closer::Server));
+    assert!(seen[1].2 > 1360 * S, "after the TIME-WAIT: {seen:?}");
+}

@@ -46,6 +46,7 @@ impl Engine {
         if let Some(key) = port_pressure_key(side, &self.homes, self.options.ephemeral_ports) {
             self.port_pressure(key, true);
         }
+        self.stats.time_waits_open += 1;
         let previous = self.side(index).time_wait;
         self.time_waits.remove(previous);
         let time_wait = self.time_waits.insert(TimeWait {
@@ -137,8 +138,9 @@ impl Engine {
         }
     }
 
-    /// The time-wait of side `index` no longer holds its port.
+    /// The time-wait of side `index` ended: it no longer holds its port.
     pub(super) fn release_port(&mut self, index: Index) {
+        self.stats.time_waits_open = self.stats.time_waits_open.saturating_sub(1);
         let key = self
             .sides
             .get(index)

@@ -111,6 +111,14 @@ impl Tracer {
     }
 }
 
+/// A test that fails leaves no tracer behind.
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A server in its own process (tests/support/peer.py).
 pub struct Peer {
     child: Child,
