@@ -59,8 +59,23 @@ pub fn closed_first(connection: &Connection) -> Closer {
         })
         .flatten()
         .min_by_key(|(ts, _, _)| *ts);
-    match passive {
-        Some((_, act, endpoint)) => role_closer(connection.role_of(endpoint).opposite(), act),
-        None => Closer::Unknown,
+    if let Some((_, act, endpoint)) = passive {
+        return role_closer(connection.role_of(endpoint).opposite(), act);
+    }
+    // Seen mid-way, as the start-up snapshot found them: no time to order by, but the
+    // states still say it. A side that waits for its peer's FIN, or holds the time-wait
+    // socket, closed first; a side in CLOSE_WAIT got the FIN first.
+    let closed = |e: &&super::Endpoint| {
+        e.passed(TcpState::FinWait1) || e.passed(TcpState::FinWait2) || e.time_wait.is_some()
+    };
+    let got_fin = |e: &&super::Endpoint| e.passed(TcpState::CloseWait);
+    match (endpoints.iter().filter(closed).count(), endpoints.iter().find(got_fin)) {
+        (2, _) => Closer::Simultaneous,
+        (_, Some(endpoint)) => role_closer(connection.role_of(endpoint).opposite(), Act::Fin),
+        (1, None) => {
+            let endpoint = endpoints.iter().find(closed).expect("counted one");
+            role_closer(connection.role_of(endpoint), Act::Fin)
+        }
+        _ => Closer::Unknown,
     }
 }

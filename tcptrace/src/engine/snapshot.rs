@@ -98,11 +98,16 @@ impl Engine {
             |netns: u32, address: SocketAddr| listening.contains_key(&(netns, address.port()));
         // Room for them all at once (a table that doubles as it fills holds up to three
         // times its size while it grows).
-        let count = taking.seen.len();
+        let mut seen = taking.seen;
+        let count = seen.len();
         self.sides.reserve(count);
         self.connections.reserve(count);
         self.unadopted.sides.reserve(count);
-        for socket in taking.seen.into_iter().filter(|s| s.state != TcpState::Listen) {
+        // Full sockets first: a time-wait socket then finds its peer among them (an
+        // orphaned FIN_WAIT2's peer is in CLOSE_WAIT), and never waits among the unpaired,
+        // where a new connection reusing its 4-tuple could take it for its own.
+        seen.sort_unstable_by_key(|socket| socket.time_wait_left_ns.is_some());
+        for socket in seen.into_iter().filter(|s| s.state != TcpState::Listen) {
             let key = (netns_of(&socket), Address::from(socket.local), socket.remote.into());
             if let Some(&index) = live.get(&key) {
                 // Named by an event already: if its life began before tracing, say so.
@@ -124,7 +129,7 @@ impl Engine {
             }
             self.stats.seen_at_start += 1;
             let role = if socket.time_wait_left_ns.is_some() {
-                Role::Unknown // its peer's socket is gone: nothing says which end it was
+                Role::Unknown // its peer says, if it is still there
             } else if is_listener(key.0, socket.local) {
                 Role::Server
             } else if socket.remote.ip().is_loopback() && is_listener(key.0, socket.remote) {
@@ -133,9 +138,10 @@ impl Engine {
                 Role::Unknown
             };
             let index = self.seed(&socket, key, role, taking.began_ns);
-            if socket.time_wait_left_ns.is_none() {
-                // The first end of a pair waits among the unpaired; the second finds it.
-                self.pair(index, (key.1, key.2));
+            // The first end of a pair waits among the unpaired; the second finds it.
+            self.pair(index, (key.1, key.2));
+            if socket.time_wait_left_ns.is_some() {
+                self.unindex_tuple(index);
             }
         }
     }

@@ -810,3 +810,28 @@ fn a_close_is_reported_when_the_sockets_close_not_after_the_time_wait() {
     assert_eq!((seen[1].0, seen[1].1), ("record", Closer::Server));
     assert!(seen[1].2 > 1360 * S, "after the TIME-WAIT: {seen:?}");
 }
+
+#[test]
+fn a_close_wait_at_start_pairs_with_its_peers_orphaned_fin_wait2() {
+    // The client closed before start (its socket is an orphaned FIN_WAIT2, kept by a
+    // time-wait socket); the server never closed (CLOSE_WAIT). It closes after start.
+    let mut seen = seen_at_start();
+    seen[2].state = CloseWait;
+    seen[1].state = FinWait2;
+    seen[1].owner = None;
+    seen[1].time_wait_left_ns = Some(50 * S);
+    let mut r = after_snapshot();
+    r.transition(1005.0, 0x51, CloseWait, LastAck, PAIR_SERVER, Some(1743))
+        .met_time_wait(1005.00001, 0xc1, 0xc1a0, PAIR_CLIENT)
+        .timer(1005.00002, 0xc1, EventKind::TimeWaitRearm { timer: 0xc1a0, timeout_jiffies: 15000 })
+        .transition(1005.00003, 0x51, LastAck, Closed, PAIR_SERVER, None);
+    let (connections, _) = run_with_snapshot(&r.events, (1000.0, 1000.01), seen, 1010.0);
+    let pair =
+        connections.iter().find(|c| c.endpoints.iter().any(|e| e.local.port() == 40100)).unwrap();
+    assert_eq!(pair.endpoints.len(), 2, "{connections:#?}");
+    assert_eq!(pair.closed_first, Closer::Client);
+    let client = pair.endpoint(Role::Client).unwrap();
+    let tw = client.time_wait.as_ref().unwrap();
+    assert_eq!((tw.kind, tw.rearmed, tw.end), (TimeWaitKind::TimeWait, 1, TimeWaitEnd::Open));
+    assert_eq!(states(pair.endpoint(Role::Server).unwrap()), [CloseWait, LastAck, Closed]);
+}

@@ -308,7 +308,12 @@ fn write_time_wait_sentence(
         // There before tracing began: how long it lasted is not known, only its end.
         (end, None, Some(end_ns)) => {
             let after = end_ns.saturating_sub(tw.known_from_ns);
-            write!(out, "{what} on {local} {} {} after tracing met it", end.name(), Human(after))?
+            write!(
+                out,
+                "{what} on {local} {} {} after tcptrace first saw it",
+                end.name(),
+                Human(after)
+            )?
         }
     }
     if tw.start_ns.is_none() {
