@@ -143,6 +143,30 @@ pub struct TimeWait {
 }
 
 impl TimeWait {
+    /// An open one, started at `start_ns` (`None`: before tracing began) and known to
+    /// tcptrace from `known_from_ns`, when its timer is taken to have been armed.
+    pub(super) fn opened(
+        kind: TimeWaitKind,
+        timer: u64,
+        start_ns: Option<u64>,
+        known_from_ns: u64,
+    ) -> TimeWait {
+        TimeWait {
+            start_ns,
+            known_from_ns,
+            remaining_at_start_ns: None,
+            end_ns: None,
+            rearmed: 0,
+            end: TimeWaitEnd::Open,
+            kind,
+            became_time_wait_ns: None,
+            time_left_ns: None,
+            timer,
+            last_armed_ns: known_from_ns,
+            pending_cancel_ns: None,
+        }
+    }
+
     pub fn duration_ns(&self) -> Option<u64> {
         Some(self.end_ns?.saturating_sub(self.start_ns?))
     }

@@ -11,9 +11,8 @@
 use std::net::SocketAddr;
 
 use super::{
-    Engine, Map, Role, TIME_WAIT_LEN_NS, TimeWait, TimeWaitEnd, TimeWaitKind,
+    Engine, Map, Role, TIME_WAIT_LEN_NS, TimeWait, TimeWaitKind,
     storage::{Address, Index, NEVER, NO_INDEX, Side, Step, Steps, Tracked, TupleKey, UNKNOWN_NS},
-    time_wait::port_pressure_key,
 };
 use crate::event::{Comm, Home, Owner, SeenSocket, TcpEvent, TcpState};
 
@@ -232,26 +231,12 @@ impl Engine {
         // Armed for TCP_TIMEWAIT_LEN (or less, for an orphaned FIN_WAIT2): `time_left_ns`
         // at the end counts from the time this gives.
         let expires_ns = seen_ns + left_ns.unwrap_or(TIME_WAIT_LEN_NS);
-        let time_wait = self.time_waits.insert(TimeWait {
-            start_ns: None,
-            known_from_ns: seen_ns,
+        let time_wait = TimeWait {
             remaining_at_start_ns: left_ns,
-            end_ns: None,
-            rearmed: 0,
-            end: TimeWaitEnd::Open,
-            kind,
-            became_time_wait_ns: None,
-            time_left_ns: None,
-            timer,
             last_armed_ns: expires_ns.saturating_sub(TIME_WAIT_LEN_NS),
-            pending_cancel_ns: None,
-        });
-        self.side_mut(index).time_wait = time_wait;
-        self.stats.time_waits_open += 1;
-        let ephemeral_ports = self.options.ephemeral_ports;
-        if let Some(key) = port_pressure_key(self.side(index), &self.homes, ephemeral_ports) {
-            self.port_pressure(key, true);
-        }
+            ..TimeWait::opened(kind, timer, None, seen_ns)
+        };
+        self.hold_time_wait(index, time_wait);
     }
 
     /// The seeded side an event about a socket the engine does not know names, if any: it

@@ -43,26 +43,19 @@ impl Engine {
         } else {
             TimeWaitKind::FinWait2
         };
-        if let Some(key) = port_pressure_key(side, &self.homes, self.options.ephemeral_ports) {
+        self.hold_time_wait(index, TimeWait::opened(kind, timer, Some(ts), ts));
+    }
+
+    /// Side `index` now has time-wait socket `time_wait`, which holds its port.
+    pub(super) fn hold_time_wait(&mut self, index: Index, time_wait: TimeWait) {
+        let ephemeral_ports = self.options.ephemeral_ports;
+        if let Some(key) = port_pressure_key(self.side(index), &self.homes, ephemeral_ports) {
             self.port_pressure(key, true);
         }
         self.stats.time_waits_open += 1;
         let previous = self.side(index).time_wait;
         self.time_waits.remove(previous);
-        let time_wait = self.time_waits.insert(TimeWait {
-            start_ns: Some(ts),
-            known_from_ns: ts,
-            remaining_at_start_ns: None,
-            end_ns: None,
-            rearmed: 0,
-            end: TimeWaitEnd::Open,
-            kind,
-            became_time_wait_ns: None,
-            time_left_ns: None,
-            timer,
-            last_armed_ns: ts,
-            pending_cancel_ns: None,
-        });
+        let time_wait = self.time_waits.insert(time_wait);
         self.side_mut(index).time_wait = time_wait;
     }
 
