@@ -133,10 +133,12 @@ pub struct TraceArgs {
     #[arg(long, value_name = "FILE")]
     pub record: Option<PathBuf>,
 
-    /// Don't start from a snapshot of the sockets already there. By default tcptrace
-    /// dumps them (sock_diag, as `ss` does) just after attaching, in every namespace it
-    /// traces, and follows each to its end: connections open at start get both ends and
-    /// their owners, TIME-WAITs already running their time left and their real end.
+    /// Don't start from the sockets already there. By default tcptrace dumps them
+    /// (sock_diag, as `ss` does) just after attaching, in every namespace it traces, and
+    /// follows each to its end: connections open at start get both ends and their
+    /// owners, TIME-WAITs already running their time left and their real end (for up to
+    /// a minute, until the last has ended, the kernel program looks at every timer
+    /// cancelled for theirs).
     #[arg(long)]
     pub no_snapshot: bool,
 

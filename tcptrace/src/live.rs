@@ -257,7 +257,11 @@ fn run_as_batch_job() {
 
 pub async fn run(trace: &TraceArgs, output: &OutputArgs) -> Result<()> {
     run_as_batch_job();
-    let options = TraceOptions { filters: trace.filters()?, ring_size: trace.ring_size };
+    let options = TraceOptions {
+        filters: trace.filters()?,
+        ring_size: trace.ring_size,
+        earlier_time_waits: !trace.no_snapshot,
+    };
     // Bound before attaching: a port in use fails before any tracing.
     let metrics_listener = trace.metrics.map(metrics_server::bind).transpose()?;
     let ephemeral_ports = ephemeral_port_range();

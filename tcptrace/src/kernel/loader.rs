@@ -63,6 +63,9 @@ pub struct TraceOptions {
     pub filters: Filters,
     /// Ring-buffer size in bytes: a power of two, at least one page.
     pub ring_size: u32,
+    /// Follow the time-wait sockets that were there before start to their end (off with
+    /// `--no-snapshot`, which starts from nothing).
+    pub earlier_time_waits: bool,
 }
 
 /// The socket and its ends, where `inet_sock_set_state` and `tcp_receive_reset` keep them.
@@ -296,7 +299,7 @@ impl Tracer {
         let counters =
             PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("COUNTERS map missing")?)?;
         let mut tracer = Tracer { ebpf, counters, kernel_log, degraded, meet_time_waits_until: 0 };
-        if timers_on && config.time_wait_sock.valid != 0 {
+        if timers_on && config.time_wait_sock.valid != 0 && options.earlier_time_waits {
             // Attached already: a time-wait socket ending from now on is seen either way.
             let longest = longest_time_wait_ns();
             tracer.meet_time_waits_until(crate::clock::monotonic_now_ns() + longest)?;
