@@ -184,11 +184,13 @@ impl Engine {
     ) -> Index {
         let id = self.next_id;
         self.next_id += 1;
+        // Events lost after it was seen may have been its own.
+        let lossy = self.loss_horizon_ns.is_some_and(|horizon| seen_ns <= horizon);
         let connection = self.connections.insert(Tracked {
             id,
             last_activity_ns: seen_ns,
             sides: [NO_INDEX; 2],
-            incomplete: false,
+            incomplete: lossy,
         });
         let owner = owner.or_else(|| {
             (role == Role::Server).then(|| self.listeners.get(&(netns, local.port)).copied())?

@@ -835,3 +835,16 @@ fn a_close_wait_at_start_pairs_with_its_peers_orphaned_fin_wait2() {
     assert_eq!((tw.kind, tw.rearmed, tw.end), (TimeWaitKind::TimeWait, 1, TimeWaitEnd::Open));
     assert_eq!(states(pair.endpoint(Role::Server).unwrap()), [CloseWait, LastAck, Closed]);
 }
+
+#[test]
+fn sockets_seen_before_a_loss_are_incomplete() {
+    let mut engine = Engine::new(EngineOptions::default());
+    engine.snapshot_began(1000 * S);
+    engine.lost(3, 1000 * S + 5_000_000);
+    engine.seen(seen_at_start());
+    engine.snapshot_done(1000 * S + 10_000_000);
+    let mut connections = Vec::new();
+    engine.finish(1001 * S, &mut collect_connections(&mut connections));
+    assert_eq!(connections.len(), 2, "the pair and the TIME-WAIT: {connections:#?}");
+    assert!(connections.iter().all(|c| c.incomplete), "{connections:#?}");
+}
