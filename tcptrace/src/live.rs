@@ -202,14 +202,9 @@ impl<W: Write> Live<W> {
 fn describe_snapshot(snapshot: &Snapshot) -> String {
     let mut by_state: Vec<(TcpState, usize)> = Vec::new();
     for socket in &snapshot.sockets {
-        let state = if socket.time_wait_left_ns.is_some() && socket.state == TcpState::FinWait2 {
-            TcpState::FinWait2
-        } else {
-            socket.state
-        };
-        match by_state.iter_mut().find(|(known, _)| *known == state) {
+        match by_state.iter_mut().find(|(known, _)| *known == socket.state) {
             Some((_, count)) => *count += 1,
-            None => by_state.push((state, 1)),
+            None => by_state.push((socket.state, 1)),
         }
     }
     by_state.sort_by_key(|&(state, count)| (std::cmp::Reverse(count), state));

@@ -688,7 +688,8 @@ impl Engine {
             .sides()
             .map(|side| {
                 let side = self.side(side);
-                side.to_endpoint(self.homes.get(side.home), None, None)
+                let time_wait = self.time_waits.get(side.time_wait).cloned();
+                side.to_endpoint(self.homes.get(side.home), time_wait, None)
             })
             .collect();
         let connection = Connection {

@@ -248,12 +248,16 @@ impl Engine {
             return None;
         }
         let index = self.unadopted.sides.remove(&key)?;
+        if self.unadopted.sides.is_empty() {
+            self.unadopted.sides.shrink_to_fit(); // it held a whole snapshot's worth
+        }
         let side = self.sides.get_mut(index)?;
         if side.sk != 0 || self.homes.key(side) != key {
             return None;
         }
         side.sk = sk;
         self.by_sk.insert(sk, index);
+        self.closed_sk.remove(&sk); // an address just freed by another socket
         Some(index)
     }
 
