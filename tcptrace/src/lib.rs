@@ -2,21 +2,21 @@
 //!
 //! Data flows one way, one folder per stage:
 //!
-//! - [`kernel`]: the kernel side of userspace: tracefs offsets, loading and attaching the
-//!   eBPF program, its ring buffer (the only module that uses aya).
+//! - [`kernel`]: the kernel side of userspace: tracefs and BTF offsets, loading and
+//!   attaching the eBPF program, its ring buffer (the only module that uses aya), and the
+//!   start-up snapshot of the sockets already there (sock_diag).
 //! - [`event`]: the event model, and decoding the ring buffer's raw records into it.
 //! - [`engine`]: the lifecycle engine, pure: events in, attributed events and connection
 //!   records out.
 //! - [`recording`]: `--record` files, written and read back for replay.
 //! - [`render`]: live lines (text or JSON), connection records and the summary, notes for
-//!   learners, and the `--export` files.
+//!   learners, the `--export` files, and the Prometheus metrics.
 //! - [`schema`]: every JSON line type, defined once, for every writer and reader.
 //! - [`names`]: what the namespace and cgroup numbers in events stand for.
 //!
 //! On top: [`pipeline`] joins events → engine → rendering; [`live`] feeds it from the
 //! kernel and [`replay`] from a recording; [`metrics_server`] serves `--metrics`; [`cli`]
-//! is the command line. The engine and
-//! rendering use nothing of aya, clap or tokio.
+//! is the command line. The engine and rendering use nothing of aya, clap or tokio.
 
 pub mod cli;
 pub mod clock;
