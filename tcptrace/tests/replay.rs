@@ -12,7 +12,7 @@ use std::{
 };
 
 use serde_json::Value;
-use support::{Peer, Tracer, connections};
+use support::{Peer, Tracer, connections, json_lines};
 
 /// A fresh folder that anyone may reach, wherever the checkout is (it may live under a
 /// folder only root can enter, such as /root): under the system's temporary folder.
@@ -42,14 +42,6 @@ fn replay_unprivileged(dir: &Path, args: &[&str]) -> Output {
         .current_dir(dir)
         .output()
         .expect("setpriv (util-linux)")
-}
-
-fn json_lines(output: &Output) -> Vec<Value> {
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 #[test]

@@ -10,12 +10,12 @@ mod support;
 use std::{
     io::{BufRead, BufReader, Write},
     path::Path,
-    process::{Command, Output, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
-use support::{Netns, Tracer, connections, summary};
+use support::{Netns, Tracer, connections, json_lines, summary};
 
 const PORT: u16 = 18520;
 const S: u64 = 1_000_000_000;
@@ -170,14 +170,6 @@ fn without_id(record: &Value) -> String {
     let mut record = record.clone();
     record["id"] = Value::Null;
     record.to_string()
-}
-
-fn json_lines(output: &Output) -> Vec<Value> {
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect()
 }
 
 fn recorded_snapshot_began(recording: &Path) -> u64 {

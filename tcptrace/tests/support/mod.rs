@@ -217,6 +217,15 @@ pub fn endpoint_states(endpoint: &Value) -> Vec<&str> {
     endpoint["states"].as_array().unwrap().iter().map(|s| s["state"].as_str().unwrap()).collect()
 }
 
+/// The JSON lines a finished `tcptrace` printed, failing the test if it failed.
+pub fn json_lines(output: &std::process::Output) -> Vec<Value> {
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
 /// Runs a command, failing the test with its output if it fails.
 pub fn run(program: &str, args: &[&str]) -> String {
     let output =
