@@ -180,3 +180,15 @@ fn recorded_snapshot_began(recording: &Path) -> u64 {
         .map(|line| u64_at(&line["ts_ns"]))
         .expect("a snapshot line in the recording")
 }
+
+#[test]
+fn a_snapshot_that_misses_a_namespace_says_which_and_tracing_goes_on() {
+    // An inode no process or /run/netns entry is in: nothing to enter for the dump.
+    let mut tracer = Tracer::start(&["--netns", "4026599999"]);
+    let warning = tracer.wait_for_stderr("the start-up snapshot missed");
+    assert!(warning.contains("network namespace 4026599999"), "{warning}");
+    assert!(warning.contains("tracing goes on"), "{warning}");
+    tracer.wait_for_stderr("at start: 0 sockets");
+    let lines = tracer.stop();
+    assert_eq!(summary(&lines)["seen_at_start"], 0);
+}
