@@ -16,6 +16,9 @@ use crate::{
     render::stream::{Stream, StreamFormat},
 };
 
+/// How often the metrics' gauges follow the engine's state.
+const METRICS_UPDATE_NS: u64 = 1_000_000_000;
+
 /// How to show what was traced (from `--json`, `--connections-only`, `--explain`, `--lang`,
 /// `--export`, `--max-connections`).
 #[derive(Clone, Debug, Default)]
@@ -55,6 +58,8 @@ pub struct Pipeline<W: Write> {
     said_many_homes: bool,
     quiet: bool,
     metrics: Option<Arc<Metrics>>,
+    /// When the metrics' gauges were last set from the engine's state.
+    metrics_updated_ns: u64,
 }
 
 impl<W: Write> Pipeline<W> {
@@ -73,6 +78,7 @@ impl<W: Write> Pipeline<W> {
             said_many_homes: false,
             quiet: options.quiet,
             metrics: options.metrics,
+            metrics_updated_ns: 0,
         }
     }
 
@@ -174,6 +180,7 @@ impl<W: Write> Pipeline<W> {
             quiet,
             metrics,
             counts,
+            metrics_updated_ns,
             ..
         } = self;
         let (names, metrics, quiet) = (&*names, metrics.as_deref(), *quiet);
@@ -221,7 +228,12 @@ impl<W: Write> Pipeline<W> {
         } else {
             engine.advance(now_ns, &mut write);
         }
-        if let Some(metrics) = metrics {
+        // The gauges (the pile-up one sorts every remote endpoint) once a second, not on
+        // every batch of events: a scrape every few seconds sees them at most 1 s old.
+        if let Some(metrics) = metrics
+            && (finish || now_ns >= metrics_updated_ns.saturating_add(METRICS_UPDATE_NS))
+        {
+            *metrics_updated_ns = now_ns;
             metrics.update(engine.stats(), counts, engine.tracked());
         }
         result

@@ -195,8 +195,15 @@ fn series_stay_bounded_under_a_burst_of_client_ports() {
     let metrics = "127.0.0.1:18543";
     let tracer = Tracer::start(&["--netns", &netns.name, "--metrics", metrics, "--quiet"]);
     churn(&netns, 3000, 0, "client-first");
-    std::thread::sleep(Duration::from_millis(500));
-    let (status, body) = get(metrics, "/metrics");
+    // The gauges follow the engine once a second.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (status, body) = loop {
+        let (status, body) = get(metrics, "/metrics");
+        if body.contains("tcptrace_time_wait_ports_held{") || Instant::now() > deadline {
+            break (status, body);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     assert_eq!(status, 200);
     let series: Vec<&str> = body.lines().filter(|line| !line.starts_with('#')).collect();
     assert!(series.len() <= 215, "{} series: {body}", series.len());
