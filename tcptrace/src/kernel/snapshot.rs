@@ -19,7 +19,10 @@ use netlink_packet_core::{
 use netlink_packet_sock_diag::{
     SockDiagMessage,
     constants::{AF_INET, AF_INET6, IPPROTO_TCP},
-    inet::{ExtensionFlags, InetRequest, InetResponse, SocketId, StateFlags, nlas::Nla as DiagNla},
+    inet::{
+        ExtensionFlags, InetRequest, InetResponse, SocketId, StateFlags, Timer,
+        nlas::Nla as DiagNla,
+    },
 };
 use netlink_sys::{Socket, SocketAddr as NetlinkAddr, protocols::NETLINK_SOCK_DIAG};
 
@@ -32,8 +35,6 @@ use crate::{
 /// `INET_DIAG_CGROUP_ID` (`include/uapi/linux/inet_diag.h`): the socket's cgroup v2 id,
 /// which the crate hands over unparsed.
 const INET_DIAG_CGROUP_ID: u16 = 21;
-/// `idiag_timer` of a time-wait socket.
-const TIME_WAIT_TIMER: u8 = 3;
 /// Where `struct inet_diag_msg` keeps `idiag_expires` (u32, ms): after family, state,
 /// timer, retransmits (a byte each) and the 48-byte `inet_diag_sockid`. Read from the
 /// message itself because the crate drops it for time-wait sockets, the one place needed.
@@ -280,7 +281,8 @@ fn seen(response: &InetResponse, expires: Option<&[u8]>, netns: u32) -> Option<S
         }
         _ => None,
     });
-    let time_wait_left_ns = (raw_timer(response) == Some(TIME_WAIT_TIMER))
+    let time_wait = matches!(response.header.timer, Some(Timer::TimeWait));
+    let time_wait_left_ns = time_wait
         .then(|| expires.map(|b| u64::from(u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))))
         .flatten()
         .map(|ms| ms * 1_000_000);
@@ -291,17 +293,6 @@ fn seen(response: &InetResponse, expires: Option<&[u8]>, netns: u32) -> Option<S
         home: Home { netns: Some(netns).filter(|&n| n != 0), cgroup: cgroup.filter(|&id| id != 0) },
         owner: None,
         time_wait_left_ns,
-    })
-}
-
-/// The socket's `idiag_timer`, as the crate parsed it.
-fn raw_timer(response: &InetResponse) -> Option<u8> {
-    use netlink_packet_sock_diag::inet::Timer;
-    Some(match response.header.timer.as_ref()? {
-        Timer::Retransmit(..) => 1,
-        Timer::KeepAlive(..) => 2,
-        Timer::TimeWait => TIME_WAIT_TIMER,
-        Timer::Probe(..) => 4,
     })
 }
 
