@@ -15,7 +15,7 @@ use tcptrace_common::RING_RECORD_BYTES;
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
-    time::{MissedTickBehavior, interval, sleep},
+    time::{MissedTickBehavior, interval},
 };
 
 use crate::{
@@ -59,7 +59,7 @@ struct Live<W: Write> {
 
 /// What `--metrics` says about the tracer itself: events read per second, and how full
 /// the ring buffer was at its fullest read, over each second.
-struct Health {
+pub struct Health {
     metrics: Arc<Metrics>,
     ring_size: u64,
     since_ns: u64,
@@ -252,11 +252,6 @@ fn run_as_batch_job() {
 
 pub async fn run(trace: &TraceArgs, output: &OutputArgs) -> Result<()> {
     run_as_batch_job();
-    let options = TraceOptions {
-        filters: trace.filters()?,
-        ring_size: trace.ring_size,
-        earlier_time_waits: !trace.no_snapshot,
-    };
     // Bound before attaching: a port in use fails before any tracing.
     let metrics_listener = trace.metrics.map(metrics_server::bind).transpose()?;
     let ephemeral_ports = ephemeral_port_range();
@@ -276,10 +271,6 @@ pub async fn run(trace: &TraceArgs, output: &OutputArgs) -> Result<()> {
         }
         None => None,
     };
-    let (mut tracer, ring) = Tracer::attach(&options)?;
-    for degraded in &tracer.degraded {
-        eprintln!("tcptrace: warning: {} is off: {}", degraded.what, degraded.why);
-    }
     let engine = EngineOptions {
         ephemeral_ports,
         report_closes: metrics_listener.is_some(),
@@ -299,110 +290,130 @@ pub async fn run(trace: &TraceArgs, output: &OutputArgs) -> Result<()> {
         events_then: 0,
         fullest_read_bytes: 0,
     });
-    let mut live = Live {
-        pipeline: Pipeline::new(sink::stdout(), clock, pipeline_options),
-        recorder,
-        own_pid: std::process::id(),
-        resolver: HomeResolver::new(),
-        known_netns: Default::default(),
-        known_cgroups: Default::default(),
-        last_netns: None,
-        health,
-    };
+    let pipeline = Pipeline::new(sink::stdout(), clock, pipeline_options);
+    let mut session = Session::attach(trace, pipeline, recorder, health)?;
     eprintln!("tcptrace: tracing TCP state transitions{}; Ctrl-C to stop", describe(trace));
-    // Attached already: every socket the snapshot misses, an event shows.
-    let snapshot = (!trace.no_snapshot).then(|| {
-        let began_ns = monotonic_now_ns();
-        live.pipeline.snapshot_began(began_ns);
-        let filters = options.filters.clone();
-        (
-            began_ns,
-            tokio::task::spawn_blocking(move || snapshot::take(&filters, &HomeResolver::new())),
-        )
-    });
-    if let (Some((began_ns, _)), Some(recorder)) = (&snapshot, &mut live.recorder) {
-        recorder.snapshot(*began_ns, None)?;
-    }
-    let streamed = match live.pipeline.start() {
-        Ok(()) => {
-            stream_until_stopped(
-                trace,
-                &mut tracer,
-                ring,
-                &mut live,
-                snapshot.map(|(_, task)| task),
-            )
-            .await
-        }
-        Err(error) => Err(error.into()),
-    };
-    match streamed {
-        Err(error) if sink::is_closed_pipe(&error) => {
-            // Nobody reads the output any more; the recording still gets its losses and end.
-            let lost = tracer.lost_events()?.saturating_sub(live.pipeline.lost_so_far());
-            drop(tracer);
-            if let Some(recorder) = &mut live.recorder {
-                let end_ns = monotonic_now_ns();
-                if lost > 0 {
-                    recorder.lost(end_ns, lost)?;
-                }
-                recorder.end(end_ns)?;
-            }
-            return Err(error);
-        }
-        other => other?,
-    }
-    live.report_lost(&tracer)?;
-    tracer.flush_kernel_log();
-    live.pipeline.kernel_counts(tracer.untracked_time_waits()?, tracer.program_stats());
-    drop(tracer); // detaches every program
-    let end_ns = monotonic_now_ns();
-    if let Some(recorder) = &mut live.recorder {
-        recorder.end(end_ns)?;
-    }
-    live.pipeline.finish(end_ns)
+    let streamed = session.run_to_end().await;
+    session.end(streamed)
 }
 
-async fn stream_until_stopped(
-    trace: &TraceArgs,
-    tracer: &mut Tracer,
-    ring: RingBuf<MapData>,
-    live: &mut Live<impl Write>,
+/// Whether a [`Session`] goes on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    Going,
+    /// Ctrl-C, SIGTERM or `--duration`.
+    Stopped,
+}
+
+/// A live trace: the attached tracer, its ring buffer and the pipeline it feeds. Live
+/// tracing, `tcptrace lab` and `tcptrace top` all drive one, a [`Session::step`] at a time.
+pub struct Session<W: Write> {
+    tracer: Tracer,
+    ring: AsyncFd<RingBuf<MapData>>,
+    live: Live<W>,
+    /// The start-up snapshot while it is taken.
     snapshot: Option<tokio::task::JoinHandle<Snapshot>>,
-) -> Result<()> {
-    let taking = snapshot.is_some();
-    let snapshot = async {
-        match snapshot {
-            Some(task) => task.await,
-            None => pending().await,
+    tick: tokio::time::Interval,
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    deadline: Option<tokio::time::Instant>,
+}
+
+impl<W: Write> Session<W> {
+    /// Attaches the kernel programs with `trace`'s filters and starts the start-up snapshot
+    /// (unless `--no-snapshot`). Needs a tokio runtime with time and signals.
+    pub fn attach(
+        trace: &TraceArgs,
+        pipeline: Pipeline<W>,
+        recorder: Option<Recorder<BufWriter<Named<File>>>>,
+        health: Option<Health>,
+    ) -> Result<Session<W>> {
+        let options = TraceOptions {
+            filters: trace.filters()?,
+            ring_size: trace.ring_size,
+            earlier_time_waits: !trace.no_snapshot,
+        };
+        let (tracer, ring) = Tracer::attach(&options)?;
+        for degraded in &tracer.degraded {
+            eprintln!("tcptrace: warning: {} is off: {}", degraded.what, degraded.why);
         }
-    };
-    tokio::pin!(snapshot);
-    let mut taking = taking;
-    // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged, until dropped.
-    let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
-        .map_err(|error| error.into_parts().1)
-        .context("watching the ring buffer")?;
-    let mut tick = interval(POLL_INTERVAL);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    let deadline = async {
-        match trace.duration {
-            Some(duration) => sleep(duration).await,
-            None => pending().await,
+        let mut live = Live {
+            pipeline,
+            recorder,
+            own_pid: std::process::id(),
+            resolver: HomeResolver::new(),
+            known_netns: Default::default(),
+            known_cgroups: Default::default(),
+            last_netns: None,
+            health,
+        };
+        // Attached already: every socket the snapshot misses, an event shows.
+        let snapshot = (!trace.no_snapshot).then(|| {
+            let began_ns = monotonic_now_ns();
+            live.pipeline.snapshot_began(began_ns);
+            let filters = options.filters.clone();
+            (
+                began_ns,
+                tokio::task::spawn_blocking(move || snapshot::take(&filters, &HomeResolver::new())),
+            )
+        });
+        if let (Some((began_ns, _)), Some(recorder)) = (&snapshot, &mut live.recorder) {
+            recorder.snapshot(*began_ns, None)?;
         }
-    };
-    tokio::pin!(deadline);
-    loop {
+        // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged, until dropped.
+        let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+            .map_err(|error| error.into_parts().1)
+            .context("watching the ring buffer")?;
+        let mut tick = interval(POLL_INTERVAL);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        Ok(Session {
+            tracer,
+            ring,
+            live,
+            snapshot: snapshot.map(|(_, task)| task),
+            tick,
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+            deadline: trace.duration.map(|duration| tokio::time::Instant::now() + duration),
+        })
+    }
+
+    pub fn pipeline(&mut self) -> &mut Pipeline<W> {
+        &mut self.live.pipeline
+    }
+
+    /// The column header, then every step until stopped.
+    pub async fn run_to_end(&mut self) -> Result<()> {
+        self.live.pipeline.start()?;
+        while self.step().await? == Step::Going {}
+        Ok(())
+    }
+
+    /// Waits for the next thing to do (events in the ring, the snapshot, the 10 ms tick, a
+    /// signal, the deadline) and does it: at most [`POLL_INTERVAL`] passes.
+    pub async fn step(&mut self) -> Result<Step> {
+        let Session { tracer, ring, live, snapshot, tick, interrupt, terminate, deadline } = self;
+        let taking = snapshot.is_some();
+        let until = async {
+            match deadline {
+                Some(deadline) => tokio::time::sleep_until(*deadline).await,
+                None => pending().await,
+            }
+        };
+        let snapshot_done = async {
+            match snapshot.as_mut() {
+                Some(task) => task.await,
+                None => pending().await,
+            }
+        };
         tokio::select! {
             ready = ring.readable_mut() => {
                 let mut guard = ready?;
                 live.drain(guard.get_inner_mut())?;
                 guard.clear_ready();
             }
-            taken = &mut snapshot, if taking => {
-                taking = false;
+            taken = snapshot_done, if taking => {
+                *snapshot = None;
                 let taken = taken.context("the start-up snapshot failed")?;
                 // The kernel program stops looking for time-wait sockets from before start
                 // once the last the snapshot saw has ended.
@@ -421,14 +432,45 @@ async fn stream_until_stopped(
                 }
                 tracer.flush_kernel_log();
             }
-            _ = interrupt.recv() => break,
-            _ = terminate.recv() => break,
-            _ = &mut deadline => break,
+            _ = interrupt.recv() => return Ok(Step::Stopped),
+            _ = terminate.recv() => return Ok(Step::Stopped),
+            _ = until => return Ok(Step::Stopped),
         }
+        Ok(Step::Going)
     }
-    // Whatever the kernel queued before we stopped is still shown.
-    live.drain(ring.get_mut())?;
-    Ok(())
+
+    /// Detaches and ends the trace after `streamed`, what the steps came to: whatever the
+    /// kernel queued is still shown, then the summary and the exports. When the output's
+    /// reader went away, the recording still gets its losses and its end.
+    pub fn end(mut self, streamed: Result<()>) -> Result<()> {
+        let streamed = streamed.and_then(|()| Ok(self.live.drain(self.ring.get_mut())?));
+        let Session { tracer, mut live, .. } = self;
+        match streamed {
+            Err(error) if sink::is_closed_pipe(&error) => {
+                let lost = tracer.lost_events()?.saturating_sub(live.pipeline.lost_so_far());
+                drop(tracer);
+                if let Some(recorder) = &mut live.recorder {
+                    let end_ns = monotonic_now_ns();
+                    if lost > 0 {
+                        recorder.lost(end_ns, lost)?;
+                    }
+                    recorder.end(end_ns)?;
+                }
+                return Err(error);
+            }
+            other => other?,
+        }
+        let mut tracer = tracer;
+        live.report_lost(&tracer)?;
+        tracer.flush_kernel_log();
+        live.pipeline.kernel_counts(tracer.untracked_time_waits()?, tracer.program_stats());
+        drop(tracer); // detaches every program
+        let end_ns = monotonic_now_ns();
+        if let Some(recorder) = &mut live.recorder {
+            recorder.end(end_ns)?;
+        }
+        live.pipeline.finish(end_ns)
+    }
 }
 
 fn describe(trace: &TraceArgs) -> String {
