@@ -37,6 +37,8 @@ pub struct PipelineOptions {
     pub quiet: bool,
     /// Keep these metrics (`--metrics`).
     pub metrics: Option<Arc<Metrics>>,
+    /// Keep every finished connection ([`Pipeline::finished`]), as for the exports.
+    pub keep_connections: bool,
 }
 
 pub struct Pipeline<W: Write> {
@@ -46,8 +48,14 @@ pub struct Pipeline<W: Write> {
     /// Print each event, not only connection records.
     show_events: bool,
     exports: Vec<(PathBuf, ExportFormat)>,
-    /// Finished connections, kept for the exports (only when there are exports).
+    /// Finished connections, kept for the exports (only when there are exports, or
+    /// `keep_connections`).
     collected: Vec<Connection>,
+    keep_connections: bool,
+    /// Print connection records.
+    show_connections: bool,
+    /// Print the summary at the end.
+    show_summary: bool,
     lang: Lang,
     latest_ns: u64,
     /// What the namespace and cgroup numbers in events stand for.
@@ -69,8 +77,11 @@ impl<W: Write> Pipeline<W> {
             engine: Engine::new(options.engine),
             counts: TraceCounts::default(),
             show_events: options.show_events,
+            keep_connections: options.keep_connections || !options.exports.is_empty(),
             exports: options.exports,
             collected: Vec::new(),
+            show_connections: true,
+            show_summary: true,
             lang: options.lang,
             latest_ns: 0,
             names: Names::default(),
@@ -98,6 +109,36 @@ impl<W: Write> Pipeline<W> {
             self.names.saw_netns(event.home.netns.unwrap_or(0));
         }
         self.engine.push(event);
+    }
+
+    /// The engine, for views of what it follows now.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// What the trace counted so far (events, lost, undecodable).
+    pub fn counts(&self) -> &TraceCounts {
+        &self.counts
+    }
+
+    /// The connections finished so far, in the order they finished (with
+    /// `keep_connections` or exports).
+    pub fn finished(&self) -> &[Connection] {
+        &self.collected
+    }
+
+    /// Whether events and connection records are printed from now on (`tcptrace lab`
+    /// prints some steps its own way); warnings always are.
+    pub fn show(&mut self, events: bool, connections: bool) {
+        self.show_events = events;
+        self.show_connections = connections;
+    }
+
+    /// No summary at the end, and no general TIME-WAIT notes with the records:
+    /// `tcptrace lab` tells both its own way.
+    pub fn for_the_lab(&mut self) {
+        self.show_summary = false;
+        self.stream.skip_time_wait_notes();
     }
 
     /// The start-up snapshot began at `ts_ns` (just after attaching).
@@ -174,7 +215,8 @@ impl<W: Write> Pipeline<W> {
             stream,
             engine,
             show_events,
-            exports,
+            show_connections,
+            keep_connections,
             collected,
             names,
             quiet,
@@ -204,10 +246,14 @@ impl<W: Write> Pipeline<W> {
                     if let Some(metrics) = metrics {
                         metrics.connection(connection);
                     }
-                    if !exports.is_empty() {
+                    if *keep_connections {
                         collected.push(connection.clone());
                     }
-                    if quiet { Ok(()) } else { stream.connection(connection, names) }
+                    if quiet || !*show_connections {
+                        Ok(())
+                    } else {
+                        stream.connection(connection, names)
+                    }
                 }
                 Output::Stuck(stuck) => {
                     if let Some(metrics) = metrics {
@@ -245,7 +291,10 @@ impl<W: Write> Pipeline<W> {
         let end_ns = end_ns.max(self.latest_ns);
         self.run_engine(end_ns, true)?;
         let ephemeral_ports = self.engine.options().ephemeral_ports;
-        self.stream.summary(self.engine.stats(), &self.counts, ephemeral_ports, &self.names)?;
+        if self.show_summary {
+            let (stats, counts, names) = (self.engine.stats(), &self.counts, &self.names);
+            self.stream.summary(stats, counts, ephemeral_ports, names)?;
+        }
         self.stream.flush()?;
         let input = ExportInput {
             connections: &self.collected,

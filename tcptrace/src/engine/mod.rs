@@ -41,6 +41,20 @@ use storage::{
 };
 pub use stuck::Stuck;
 
+/// One socket as it is now, from [`Engine::sockets_now`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SocketNow {
+    pub state: TcpState,
+    /// When it entered that state, when known: not for a full socket the start-up snapshot
+    /// found; for a time-wait it found, from the time its timer had left.
+    pub since_ns: Option<u64>,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub owner: Option<Owner>,
+    pub netns: Option<u32>,
+    pub role: Role,
+}
+
 use crate::event::{Comm, Counters, EventKind, Owner, TcpEvent, TcpState};
 
 /// Fast, randomly seeded hashing: some keys (4-tuples of remote peers) are chosen by others.
@@ -683,22 +697,71 @@ impl Engine {
 
     /// Who closed connection `index` first, from what its sides did so far.
     fn closer_now(&self, index: Index) -> Closer {
-        let Some(tracked) = self.connections.get(index) else { return Closer::Unknown };
+        self.connection_now(index).map_or(Closer::Unknown, |connection| connection.closed_first)
+    }
+
+    /// Connection `index` as it is now, still followed: its time-waits may be open.
+    fn connection_now(&self, index: Index) -> Option<Connection> {
+        let tracked = self.connections.get(index)?;
         let endpoints = tracked
             .sides()
             .map(|side| {
                 let side = self.side(side);
                 let time_wait = self.time_waits.get(side.time_wait).cloned();
-                side.to_endpoint(self.homes.get(side.home), time_wait, None)
+                let counters = self.counters.get(side.counters).copied();
+                side.to_endpoint(self.homes.get(side.home), time_wait, counters)
             })
             .collect();
-        let connection = Connection {
+        let mut connection = Connection {
             id: tracked.id,
             endpoints,
             closed_first: Closer::Unknown,
             incomplete: tracked.incomplete,
         };
-        closed_first(&connection)
+        connection.closed_first = closed_first(&connection);
+        Some(connection)
+    }
+
+    /// Every connection followed now, as it is so far, oldest first (for `tcptrace lab`,
+    /// which tells a connection's story before its TIME-WAIT is over).
+    pub fn open_connections(&self) -> Vec<Connection> {
+        let mut by_id: Vec<(u64, Index)> =
+            self.connections.iter().map(|(index, tracked)| (tracked.id, index)).collect();
+        by_id.sort_unstable();
+        by_id.into_iter().filter_map(|(_, index)| self.connection_now(index)).collect()
+    }
+
+    /// Every socket followed now, as `ss` would list it: a side that handed over to a
+    /// time-wait socket still open is that socket (TIME_WAIT, or FIN_WAIT2 while the
+    /// peer's FIN has not come); closed ones are left out. Allocates nothing.
+    pub fn sockets_now(&self) -> impl Iterator<Item = SocketNow> + '_ {
+        self.sides.iter().filter_map(|(_, side)| {
+            let last = side.steps.last()?;
+            let (state, since) = match self.time_waits.get(side.time_wait) {
+                Some(tw) if tw.end == TimeWaitEnd::Open => {
+                    let state = match tw.kind {
+                        TimeWaitKind::TimeWait => TcpState::TimeWait,
+                        TimeWaitKind::FinWait2 => TcpState::FinWait2,
+                    };
+                    // One from before start began its time-wait 60 s before its time left.
+                    let from_left = tw.remaining_at_start_ns.map(|left| {
+                        tw.known_from_ns.saturating_sub(TIME_WAIT_LEN_NS.saturating_sub(left))
+                    });
+                    (state, tw.became_time_wait_ns.or(tw.start_ns).or(from_left))
+                }
+                _ if last.state == TcpState::Closed => return None,
+                _ => (last.state, last.enter()),
+            };
+            Some(SocketNow {
+                state,
+                since_ns: since,
+                local: side.local.into(),
+                remote: side.remote.into(),
+                owner: side.owner(),
+                netns: self.homes.get(side.home).netns,
+                role: side.role,
+            })
+        })
     }
 
     fn is_done(&self, index: Index) -> bool {

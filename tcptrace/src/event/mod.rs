@@ -221,8 +221,8 @@ pub enum EventKind {
 pub struct Errno(pub u16);
 
 /// The errors a TCP socket can be left with (connects refused or timed out, resets, ICMP
-/// errors), by name.
-const ERRNO_NAMES: [(i32, &str); 17] = [
+/// errors, and `accept()` out of descriptors), by name.
+const ERRNO_NAMES: [(i32, &str); 18] = [
     (libc::ECONNREFUSED, "ECONNREFUSED"),
     (libc::ETIMEDOUT, "ETIMEDOUT"),
     (libc::ECONNRESET, "ECONNRESET"),
@@ -240,6 +240,7 @@ const ERRNO_NAMES: [(i32, &str); 17] = [
     (libc::EHOSTDOWN, "EHOSTDOWN"),
     (libc::ENETDOWN, "ENETDOWN"),
     (libc::EADDRNOTAVAIL, "EADDRNOTAVAIL"),
+    (libc::EMFILE, "EMFILE"),
 ];
 
 impl Errno {
@@ -334,6 +335,21 @@ pub struct SeenSocket {
     pub owner: Option<Owner>,
     /// A time-wait socket (in TIME_WAIT, or FIN_WAIT2 for an orphaned one): the time left
     /// on its timer. `None` for a full socket.
+    pub time_wait_left_ns: Option<u64>,
+}
+
+/// One socket as `ss -tan` lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableRow {
+    pub state: TcpState,
+    /// For a listener: connections waiting to be accepted, and the most that may.
+    pub recv_q: u32,
+    pub send_q: u32,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// The socket's inode (0 for a time-wait socket: no file refers to it).
+    pub inode: u32,
+    /// A time-wait socket's time left on its timer.
     pub time_wait_left_ns: Option<u64>,
 }
 

@@ -28,7 +28,7 @@ use netlink_sys::{Socket, SocketAddr as NetlinkAddr, protocols::NETLINK_SOCK_DIA
 
 use crate::{
     clock::monotonic_now_ns,
-    event::{Comm, Home, Owner, SeenSocket, TcpState},
+    event::{Comm, Home, Owner, SeenSocket, TableRow, TcpState},
     kernel::{host::HomeResolver, loader::Filters},
 };
 
@@ -111,6 +111,32 @@ pub fn take(filters: &Filters, resolver: &HomeResolver) -> Snapshot {
         namespaces: namespaces.len(),
         missing,
     }
+}
+
+/// The TCP sockets of the calling thread's network namespace with `port` as their local
+/// or remote port, IPv4 and IPv6, in the kernel's order (what `ss -tan` would print).
+pub fn socket_table(port: u16) -> Result<Vec<TableRow>> {
+    let mut rows = Vec::new();
+    for family in [AF_INET, AF_INET6] {
+        dump(family, &mut |response, expires| {
+            let header = &response.header;
+            let Some(state) = TcpState::from_kernel(header.state) else { return };
+            let id = &header.socket_id;
+            if id.source_port != port && id.destination_port != port {
+                return;
+            }
+            rows.push(TableRow {
+                state,
+                recv_q: header.recv_queue,
+                send_q: header.send_queue,
+                local: SocketAddr::new(id.source_address, id.source_port),
+                remote: SocketAddr::new(id.destination_address, id.destination_port),
+                inode: header.inode,
+                time_wait_left_ns: time_wait_left_ns(response, expires),
+            });
+        })?;
+    }
+    Ok(rows)
 }
 
 /// The namespaces to dump, by inode, each with a path that opens it.
@@ -281,11 +307,7 @@ fn seen(response: &InetResponse, expires: Option<&[u8]>, netns: u32) -> Option<S
         }
         _ => None,
     });
-    let time_wait = matches!(response.header.timer, Some(Timer::TimeWait));
-    let time_wait_left_ns = time_wait
-        .then(|| expires.map(|b| u64::from(u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))))
-        .flatten()
-        .map(|ms| ms * 1_000_000);
+    let time_wait_left_ns = time_wait_left_ns(response, expires);
     Some(SeenSocket {
         state,
         local: SocketAddr::new(id.source_address, id.source_port),
@@ -294,6 +316,14 @@ fn seen(response: &InetResponse, expires: Option<&[u8]>, netns: u32) -> Option<S
         owner: None,
         time_wait_left_ns,
     })
+}
+
+/// A time-wait socket's time left, from `idiag_expires` (ms).
+fn time_wait_left_ns(response: &InetResponse, expires: Option<&[u8]>) -> Option<u64> {
+    let time_wait = matches!(response.header.timer, Some(Timer::TimeWait));
+    let expires = expires.filter(|_| time_wait)?;
+    let ms = u32::from_ne_bytes([expires[0], expires[1], expires[2], expires[3]]);
+    Some(u64::from(ms) * 1_000_000)
 }
 
 /// The process holding each socket inode, as `ss -p` finds them: a descriptor under

@@ -57,6 +57,11 @@ impl<W: Write> Stream<W> {
         self
     }
 
+    /// The general TIME-WAIT notes are told elsewhere (`tcptrace lab`'s step 3).
+    pub fn skip_time_wait_notes(&mut self) {
+        self.explained_time_wait = true;
+    }
+
     pub fn header(&mut self) -> io::Result<()> {
         if self.format == StreamFormat::Text {
             writeln!(
