@@ -83,6 +83,41 @@ pub enum Command {
     /// Run a recording (made with --record) through the same engine and outputs as live
     /// tracing. Needs neither root nor a kernel.
     Replay(ReplayArgs),
+    /// The TIME-WAIT lab, run and traced by itself: an HTTP server on port 8080 and one
+    /// request, the socket table as `ss -tan` shows it, who closed first, the TIME-WAIT
+    /// timed to its end, why it exists, and what a pile-up costs (ports run out; which
+    /// sockets hold file descriptors). In a network namespace of its own, removed at the
+    /// end: nothing on the host changes. About 70 s, a few with --quick. Needs root.
+    #[command(after_help = LAB_EXAMPLES)]
+    Lab(LabArgs),
+    /// One of the lab's own peer processes (used by `tcptrace lab`).
+    #[command(hide = true)]
+    LabPeer(crate::lab::peer::PeerArgs),
+}
+
+const LAB_EXAMPLES: &str = "\
+Examples:
+  sudo tcptrace lab                           the whole lab, with TIME-WAIT timed (70 s)
+  sudo tcptrace lab --quick --lang ru         в секунды, по-русски
+  sudo tcptrace lab --export lab.html         and a timeline page of every connection";
+
+/// The default ring buffer: 4 MiB.
+pub const DEFAULT_RING_SIZE: u32 = 4 << 20;
+
+#[derive(Args, Debug)]
+pub struct LabArgs {
+    /// Don't wait for the TIME-WAIT to end (about 60 s): say how long it had left.
+    #[arg(long)]
+    pub quick: bool,
+
+    /// The language of the lab: en or ru.
+    #[arg(long, value_name = "LANG", default_value = "en", value_parser = parse_lang)]
+    pub lang: Lang,
+
+    /// Write every connection of the lab to FILE at the end (.jsonl, .csv, .trace.json,
+    /// .mmd, .html, as with tracing). Repeatable.
+    #[arg(long, value_name = "FILE", value_parser = parse_export)]
+    pub export: Vec<(PathBuf, ExportFormat)>,
 }
 
 #[derive(Args, Debug)]
@@ -152,7 +187,7 @@ pub struct TraceArgs {
     /// Ring-buffer size in bytes (a power of two, at least 4096): kernel memory, mapped
     /// into tcptrace. Each event takes 176 bytes; the default 4 MiB holds about 23 800
     /// events. Raise it if events are lost (docs/sizing.md).
-    #[arg(long, value_name = "BYTES", default_value_t = 4 << 20, value_parser = parse_ring_size)]
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_RING_SIZE, value_parser = parse_ring_size)]
     pub ring_size: u32,
 
     /// Print diagnostics to stderr.
@@ -222,6 +257,7 @@ impl OutputArgs {
             },
             quiet: self.quiet,
             metrics: None,
+            keep_connections: false,
         }
     }
 }

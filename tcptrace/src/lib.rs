@@ -15,7 +15,8 @@
 //! - [`names`]: what the namespace and cgroup numbers in events stand for.
 //!
 //! On top: [`pipeline`] joins events → engine → rendering; [`live`] feeds it from the
-//! kernel and [`replay`] from a recording; [`metrics_server`] serves `--metrics`; [`cli`]
+//! kernel and [`replay`] from a recording; [`lab`] runs the TIME-WAIT exercise in a
+//! namespace of its own; [`metrics_server`] serves `--metrics`; [`cli`]
 //! is the command line. The engine and rendering use nothing of aya, clap or tokio.
 
 pub mod cli;
@@ -23,6 +24,7 @@ pub mod clock;
 pub mod engine;
 pub mod event;
 pub mod kernel;
+pub mod lab;
 pub mod live;
 pub mod metrics_server;
 pub mod names;

@@ -9,13 +9,17 @@ fn main() -> ExitCode {
         Cli::command().error(ErrorKind::ValueValidation, message).exit();
     }
     tcptrace::set_verbose(cli.trace.verbose);
-    let result = match &cli.command {
-        Some(Command::Replay(args)) => tcptrace::replay::run(args),
-        None => tokio::runtime::Builder::new_current_thread()
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(anyhow::Error::from)
-            .and_then(|runtime| runtime.block_on(tcptrace::live::run(&cli.trace, &cli.output))),
+    };
+    let result = match &cli.command {
+        Some(Command::Replay(args)) => tcptrace::replay::run(args),
+        Some(Command::Lab(args)) => runtime().and_then(|r| r.block_on(tcptrace::lab::run(args))),
+        Some(Command::LabPeer(args)) => tcptrace::lab::peer::run(args),
+        None => runtime().and_then(|r| r.block_on(tcptrace::live::run(&cli.trace, &cli.output))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
