@@ -256,7 +256,7 @@ impl OutputArgs {
                 ..engine
             },
             quiet: self.quiet,
-            metrics: None,
+            watcher: None,
             keep_connections: false,
         }
     }

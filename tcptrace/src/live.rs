@@ -282,7 +282,7 @@ pub async fn run(trace: &TraceArgs, output: &OutputArgs) -> Result<()> {
         metrics
     });
     let pipeline_options =
-        PipelineOptions { metrics: metrics.clone(), ..output.pipeline_options(engine) };
+        PipelineOptions { watcher: metrics.clone().map(|m| m as _), ..output.pipeline_options(engine) };
     let health = metrics.map(|metrics| Health {
         metrics,
         ring_size: u64::from(trace.ring_size),

@@ -12,12 +12,12 @@ use crate::{
     names::{Learned, Names},
     render::explain::Lang,
     render::export::{self, ExportFormat, ExportInput},
-    render::metrics::Metrics,
+    render::Watcher,
     render::stream::{Stream, StreamFormat},
 };
 
-/// How often the metrics' gauges follow the engine's state.
-const METRICS_UPDATE_NS: u64 = 1_000_000_000;
+/// How often the watcher (the metrics' gauges) follows the engine's state.
+const WATCHER_UPDATE_NS: u64 = 1_000_000_000;
 
 /// How to show what was traced (from `--json`, `--connections-only`, `--explain`, `--lang`,
 /// `--export`, `--max-connections`).
@@ -35,8 +35,9 @@ pub struct PipelineOptions {
     /// Print nothing per event or connection (`--quiet`): the metrics, the recording or
     /// the exports carry what was traced; the summary still comes at exit.
     pub quiet: bool,
-    /// Keep these metrics (`--metrics`).
-    pub metrics: Option<Arc<Metrics>>,
+    /// What follows the engine's output beside the stream: the metrics (`--metrics`),
+    /// `tcptrace top`'s tally.
+    pub watcher: Option<Arc<dyn Watcher>>,
     /// Keep every finished connection ([`Pipeline::finished`]), as for the exports.
     pub keep_connections: bool,
 }
@@ -65,9 +66,9 @@ pub struct Pipeline<W: Write> {
     /// Whether the stream was told there is more than one namespace or container.
     said_many_homes: bool,
     quiet: bool,
-    metrics: Option<Arc<Metrics>>,
-    /// When the metrics' gauges were last set from the engine's state.
-    metrics_updated_ns: u64,
+    watcher: Option<Arc<dyn Watcher>>,
+    /// When the watcher was last told the engine's state.
+    watcher_updated_ns: u64,
 }
 
 impl<W: Write> Pipeline<W> {
@@ -88,8 +89,8 @@ impl<W: Write> Pipeline<W> {
             last_netns: None,
             said_many_homes: false,
             quiet: options.quiet,
-            metrics: options.metrics,
-            metrics_updated_ns: 0,
+            watcher: options.watcher,
+            watcher_updated_ns: 0,
         }
     }
 
@@ -220,12 +221,12 @@ impl<W: Write> Pipeline<W> {
             collected,
             names,
             quiet,
-            metrics,
+            watcher,
             counts,
-            metrics_updated_ns,
+            watcher_updated_ns,
             ..
         } = self;
-        let (names, metrics, quiet) = (&*names, metrics.as_deref(), *quiet);
+        let (names, watcher, quiet) = (&*names, watcher.as_deref(), *quiet);
         let mut result = Ok(());
         let mut write = |output: Output<'_>| {
             if result.is_err() {
@@ -233,8 +234,8 @@ impl<W: Write> Pipeline<W> {
             }
             result = match output {
                 Output::Event(event, attribution) => {
-                    if let Some(metrics) = metrics {
-                        metrics.event(event);
+                    if let Some(watcher) = watcher {
+                        watcher.event(event);
                     }
                     if *show_events && !quiet {
                         stream.event(event, &attribution, names)
@@ -243,8 +244,8 @@ impl<W: Write> Pipeline<W> {
                     }
                 }
                 Output::Connection(connection) => {
-                    if let Some(metrics) = metrics {
-                        metrics.connection(connection);
+                    if let Some(watcher) = watcher {
+                        watcher.connection(connection);
                     }
                     if *keep_connections {
                         collected.push(connection.clone());
@@ -256,14 +257,14 @@ impl<W: Write> Pipeline<W> {
                     }
                 }
                 Output::Stuck(stuck) => {
-                    if let Some(metrics) = metrics {
-                        metrics.stuck(stuck);
+                    if let Some(watcher) = watcher {
+                        watcher.stuck(stuck);
                     }
                     if quiet { Ok(()) } else { stream.stuck(stuck) }
                 }
                 Output::Closed(closer) => {
-                    if let Some(metrics) = metrics {
-                        metrics.closed(closer);
+                    if let Some(watcher) = watcher {
+                        watcher.closed(closer);
                     }
                     Ok(())
                 }
@@ -276,11 +277,11 @@ impl<W: Write> Pipeline<W> {
         }
         // The gauges (the pile-up one sorts every remote endpoint) once a second, not on
         // every batch of events: a scrape every few seconds sees them at most 1 s old.
-        if let Some(metrics) = metrics
-            && (finish || now_ns >= metrics_updated_ns.saturating_add(METRICS_UPDATE_NS))
+        if let Some(watcher) = watcher
+            && (finish || now_ns >= watcher_updated_ns.saturating_add(WATCHER_UPDATE_NS))
         {
-            *metrics_updated_ns = now_ns;
-            metrics.update(engine.stats(), counts, engine.tracked());
+            *watcher_updated_ns = now_ns;
+            watcher.update(engine.stats(), counts, engine.tracked());
         }
         result
     }

@@ -20,6 +20,7 @@ use prometheus_client::{
 use crate::{
     engine::{Closer, Connection, Stats, Stuck, TimeWaitEnd},
     event::{EventKind, TcpEvent, TraceCounts},
+    render::Watcher,
 };
 
 /// How many remote endpoints the pile-up gauge names: the ones with the most ephemeral
@@ -196,8 +197,32 @@ impl Metrics {
         }
     }
 
+    /// Events read per second and how full the ring got, over the last second.
+    pub fn health(&self, events_per_second: f64, ring_fill: f64) {
+        self.events_per_second.set(events_per_second);
+        self.ring_fill.set(ring_fill);
+    }
+
+    /// The OpenMetrics text of every metric.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String can't fail.
+        let _ = encode(&mut text, &self.registry);
+        text
+    }
+
+    /// Events counted so far (for the events-per-second gauge).
+    pub fn events_so_far(&self) -> u64 {
+        self.events.get()
+    }
+}
+
+/// The OpenMetrics content type, for the HTTP response.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+impl Watcher for Metrics {
     /// One event the engine processed.
-    pub fn event(&self, event: &TcpEvent) {
+    fn event(&self, event: &TcpEvent) {
         match event.kind {
             EventKind::Transition { old, new, .. } if old != new => {
                 let labels = StateChange { from: old.name(), to: new.name() };
@@ -214,13 +239,13 @@ impl Metrics {
     }
 
     /// A connection's sockets all closed.
-    pub fn closed(&self, closer: Closer) {
+    fn closed(&self, closer: Closer) {
         self.closes.get_or_create(&ClosedFirst { closed_first: closer.name() }).inc();
     }
 
     /// A connection record was written: its TIME-WAITs have ended, its connect may have
     /// failed.
-    pub fn connection(&self, connection: &Connection) {
+    fn connection(&self, connection: &Connection) {
         self.connections.inc();
         for endpoint in &connection.endpoints {
             let Some(tw) = &endpoint.time_wait else { continue };
@@ -238,7 +263,7 @@ impl Metrics {
     }
 
     /// An owner's stuck sockets changed in number.
-    pub fn stuck(&self, stuck: &Stuck) {
+    fn stuck(&self, stuck: &Stuck) {
         let mut by_owner = self.stuck_by_owner.lock().unwrap_or_else(|e| e.into_inner());
         by_owner.insert(stuck.owner.map(|owner| owner.pid), stuck.count as i64);
         by_owner.retain(|_, count| *count > 0);
@@ -246,8 +271,7 @@ impl Metrics {
         self.stuck.get_or_create(&State { state: stuck.state.name() }).set(total);
     }
 
-    /// The gauges that follow the engine's state, after each batch of events.
-    pub fn update(&self, stats: &Stats, counts: &TraceCounts, tracked: usize) {
+    fn update(&self, stats: &Stats, counts: &TraceCounts, tracked: usize) {
         self.time_wait_sockets.set(stats.time_waits_open as i64);
         self.connections_tracked.set(tracked as i64);
         let lost = self.lost.get();
@@ -276,29 +300,7 @@ impl Metrics {
             self.ports_held.get_or_create(&Remote { remote }).set(now);
         }
     }
-
-    /// Events read per second and how full the ring got, over the last second.
-    pub fn health(&self, events_per_second: f64, ring_fill: f64) {
-        self.events_per_second.set(events_per_second);
-        self.ring_fill.set(ring_fill);
-    }
-
-    /// The OpenMetrics text of every metric.
-    pub fn encode(&self) -> String {
-        let mut text = String::new();
-        // Writing into a String can't fail.
-        let _ = encode(&mut text, &self.registry);
-        text
-    }
-
-    /// Events counted so far (for the events-per-second gauge).
-    pub fn events_so_far(&self) -> u64 {
-        self.events.get()
-    }
 }
-
-/// The OpenMetrics content type, for the HTTP response.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 #[cfg(test)]
 mod tests {
