@@ -90,6 +90,13 @@ pub enum Command {
     /// end: nothing on the host changes. About 70 s, a few with --quick. Needs root.
     #[command(after_help = LAB_EXAMPLES)]
     Lab(LabArgs),
+    /// A full-screen view that stays current: sockets per state (as `ss -s` counts
+    /// them), TIME-WAITs by age, the busiest local endpoints and processes, sockets stuck
+    /// in CLOSE-WAIT with their owners, rates of connects, closes by side, resets and
+    /// failed connects, lost events. Takes the filters of tracing. Keys: q quits, p
+    /// pauses, s sorts the tables. Needs root and a terminal.
+    #[command(after_help = TOP_EXAMPLES)]
+    Top(TopArgs),
     /// One of the lab's own peer processes (used by `tcptrace lab`).
     #[command(hide = true)]
     LabPeer(crate::lab::peer::PeerArgs),
@@ -100,6 +107,30 @@ Examples:
   sudo tcptrace lab                           the whole lab, with TIME-WAIT timed (70 s)
   sudo tcptrace lab --quick --lang ru         в секунды, по-русски
   sudo tcptrace lab --export lab.html         and a timeline page of every connection";
+
+const TOP_EXAMPLES: &str = "\
+Examples:
+  sudo tcptrace top                           every TCP socket of the host
+  sudo tcptrace top --port 8080 --port 443    a server's ports
+  sudo tcptrace top --netns blue --stuck-after 5
+
+Sockets from before top started are counted too (the start-up snapshot), so the
+counts match `ss -s` from the first second. A TIME-WAIT is counted for its endpoint,
+never for a process: no process holds it (its descriptor was closed).";
+
+#[derive(Args, Debug)]
+pub struct TopArgs {
+    #[command(flatten)]
+    pub trace: TraceArgs,
+
+    /// Redraw every SECS seconds.
+    #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_seconds)]
+    pub refresh: Duration,
+
+    /// List sockets that sit in CLOSE_WAIT longer than this as stuck.
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_seconds)]
+    pub stuck_after: Duration,
+}
 
 /// The default ring buffer: 4 MiB.
 pub const DEFAULT_RING_SIZE: u32 = 4 << 20;

@@ -16,7 +16,7 @@
 //!
 //! On top: [`pipeline`] joins events → engine → rendering; [`live`] feeds it from the
 //! kernel and [`replay`] from a recording; [`lab`] runs the TIME-WAIT exercise in a
-//! namespace of its own; [`metrics_server`] serves `--metrics`; [`cli`]
+//! namespace of its own, [`top`] keeps a full screen current; [`metrics_server`] serves `--metrics`; [`cli`]
 //! is the command line. The engine and rendering use nothing of aya, clap or tokio.
 
 pub mod cli;
@@ -36,6 +36,7 @@ pub mod schema;
 pub mod sink;
 #[cfg(test)]
 mod testing;
+pub mod top;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

@@ -257,20 +257,7 @@ pub async fn run(trace: &TraceArgs, output: &OutputArgs) -> Result<()> {
     let ephemeral_ports = ephemeral_port_range();
     let clock = WallClock::now();
     // Create the recording before attaching, so a bad path fails before any tracing.
-    let recorder = match &trace.record {
-        Some(path) => {
-            let file = File::create(path)
-                .with_context(|| format!("cannot create the recording {}", path.display()))?;
-            let header = RecordingHeader {
-                version: FORMAT_VERSION,
-                ephemeral_ports,
-                realtime_offset_ns: clock.realtime_offset_ns(),
-            };
-            let file = Named::new(file, format!("the recording {}", path.display()));
-            Some(Recorder::new(BufWriter::with_capacity(1 << 16, file), &header)?)
-        }
-        None => None,
-    };
+    let recorder = recorder(trace, &clock, ephemeral_ports)?;
     let engine = EngineOptions {
         ephemeral_ports,
         report_closes: metrics_listener.is_some(),
@@ -281,8 +268,10 @@ pub async fn run(trace: &TraceArgs, output: &OutputArgs) -> Result<()> {
         tokio::spawn(metrics_server::serve(listener, metrics.clone()));
         metrics
     });
-    let pipeline_options =
-        PipelineOptions { watcher: metrics.clone().map(|m| m as _), ..output.pipeline_options(engine) };
+    let pipeline_options = PipelineOptions {
+        watcher: metrics.clone().map(|m| m as _),
+        ..output.pipeline_options(engine)
+    };
     let health = metrics.map(|metrics| Health {
         metrics,
         ring_size: u64::from(trace.ring_size),
@@ -295,6 +284,24 @@ pub async fn run(trace: &TraceArgs, output: &OutputArgs) -> Result<()> {
     eprintln!("tcptrace: tracing TCP state transitions{}; Ctrl-C to stop", describe(trace));
     let streamed = session.run_to_end().await;
     session.end(streamed)
+}
+
+/// The recording `--record` asks for, its header written.
+pub fn recorder(
+    trace: &TraceArgs,
+    clock: &WallClock,
+    ephemeral_ports: (u16, u16),
+) -> Result<Option<Recorder<BufWriter<Named<File>>>>> {
+    let Some(path) = &trace.record else { return Ok(None) };
+    let file = File::create(path)
+        .with_context(|| format!("cannot create the recording {}", path.display()))?;
+    let header = RecordingHeader {
+        version: FORMAT_VERSION,
+        ephemeral_ports,
+        realtime_offset_ns: clock.realtime_offset_ns(),
+    };
+    let file = Named::new(file, format!("the recording {}", path.display()));
+    Ok(Some(Recorder::new(BufWriter::with_capacity(1 << 16, file), &header)?))
 }
 
 /// Whether a [`Session`] goes on.
@@ -473,7 +480,8 @@ impl<W: Write> Session<W> {
     }
 }
 
-fn describe(trace: &TraceArgs) -> String {
+/// ` (port 8080, IPv4)`: what is traced, for the first line and top's title.
+pub fn describe(trace: &TraceArgs) -> String {
     let mut parts = Vec::new();
     if !trace.ports.is_empty() {
         let ports: Vec<String> = trace.ports.iter().map(u16::to_string).collect();

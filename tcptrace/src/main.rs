@@ -18,6 +18,13 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Some(Command::Replay(args)) => tcptrace::replay::run(args),
         Some(Command::Lab(args)) => runtime().and_then(|r| r.block_on(tcptrace::lab::run(args))),
+        Some(Command::Top(args)) => {
+            if let Err(message) = args.trace.validate() {
+                Cli::command().error(ErrorKind::ValueValidation, message).exit();
+            }
+            tcptrace::set_verbose(args.trace.verbose);
+            runtime().and_then(|r| r.block_on(tcptrace::top::run(args)))
+        }
         Some(Command::LabPeer(args)) => tcptrace::lab::peer::run(args),
         None => runtime().and_then(|r| r.block_on(tcptrace::live::run(&cli.trace, &cli.output))),
     };

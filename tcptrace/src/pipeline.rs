@@ -10,9 +10,9 @@ use crate::{
     engine::{Connection, Engine, EngineOptions, Output},
     event::{ProgramStats, SeenSocket, TcpEvent, TraceCounts},
     names::{Learned, Names},
+    render::Watcher,
     render::explain::Lang,
     render::export::{self, ExportFormat, ExportInput},
-    render::Watcher,
     render::stream::{Stream, StreamFormat},
 };
 

@@ -186,7 +186,7 @@ fn install_bpf_linker(tools_dir: &Path, toolchain: &str) -> Result<()> {
 }
 
 /// Programs the kernel and export tests drive, with the Debian package that has each.
-const TEST_PROGRAMS: [(&str, &str); 10] = [
+const TEST_PROGRAMS: [(&str, &str); 11] = [
     ("python3", "python3"),
     ("curl", "curl"),
     ("ip", "iproute2"),
@@ -197,6 +197,7 @@ const TEST_PROGRAMS: [(&str, &str); 10] = [
     ("promtool", "prometheus"),
     ("kubectl", "kubectl"),
     ("systemd-analyze", "systemd"),
+    ("tmux", "tmux"),
 ];
 
 fn on_path(program: &str) -> bool {

@@ -41,6 +41,14 @@ use storage::{
 };
 pub use stuck::Stuck;
 
+/// A listening socket: its address, and its owner (its children are the owner's until
+/// their process touches them: they are born in softirq).
+#[derive(Clone, Copy, Debug)]
+struct Listener {
+    local: SocketAddr,
+    owner: Option<Owner>,
+}
+
 /// One socket as it is now, from [`Engine::sockets_now`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SocketNow {
@@ -53,6 +61,9 @@ pub struct SocketNow {
     pub owner: Option<Owner>,
     pub netns: Option<u32>,
     pub role: Role,
+    /// A time-wait socket (TIME_WAIT, or an orphaned FIN_WAIT2): the application closed
+    /// it, and only the kernel holds it; its owner is the one that had it.
+    pub orphan: bool,
 }
 
 use crate::event::{Comm, Counters, EventKind, Owner, TcpEvent, TcpState};
@@ -148,7 +159,7 @@ pub struct Engine {
     homes: Homes,
     /// Listening sockets' owners by (namespace, port): a server's accepted socket is
     /// born in softirq, and until its process touches it, it is the listener's.
-    listeners: Map<(u32, u16), Owner>,
+    listeners: Map<(u32, u16), Listener>,
     stuck: stuck::StuckSockets,
     /// The start-up snapshot, while it is taken and until its sockets are seeded.
     snapshot: Option<snapshot::Taking>,
@@ -450,10 +461,12 @@ impl Engine {
                 // anything (CLOSED → CLOSED) neither.
                 if new == TcpState::Listen || old == TcpState::Listen && new == TcpState::Closed {
                     let listener = (event.home.netns.unwrap_or(0), local.port());
-                    match event.task.as_owner().filter(|_| new == TcpState::Listen) {
-                        Some(owner) => self.listeners.insert(listener, owner),
-                        None => self.listeners.remove(&listener),
-                    };
+                    if new == TcpState::Listen {
+                        let owner = event.task.as_owner();
+                        self.listeners.insert(listener, Listener { local, owner });
+                    } else {
+                        self.listeners.remove(&listener);
+                    }
                     return (Attribution::unmatched(event), None);
                 }
                 let key = (event.home.netns.unwrap_or(0), local.into(), remote.into());
@@ -575,7 +588,7 @@ impl Engine {
             owner: (role == Role::Server)
                 .then(|| self.listeners.get(&(event.home.netns.unwrap_or(0), tuple.0.port())))
                 .flatten()
-                .copied()
+                .and_then(|listener| listener.owner)
                 .unwrap_or(Owner { pid: 0, comm: Comm::default() }),
             connection,
             time_wait: NO_INDEX,
@@ -731,13 +744,24 @@ impl Engine {
         by_id.into_iter().filter_map(|(_, index)| self.connection_now(index)).collect()
     }
 
-    /// Every socket followed now, as `ss` would list it: a side that handed over to a
-    /// time-wait socket still open is that socket (TIME_WAIT, or FIN_WAIT2 while the
-    /// peer's FIN has not come); closed ones are left out. Allocates nothing.
+    /// Every socket followed now, as `ss` would list it: the listeners, then each side; a
+    /// side that handed over to a time-wait socket still open is that socket (TIME_WAIT,
+    /// or FIN_WAIT2 while the peer's FIN has not come); closed ones are left out.
+    /// Allocates nothing.
     pub fn sockets_now(&self) -> impl Iterator<Item = SocketNow> + '_ {
-        self.sides.iter().filter_map(|(_, side)| {
+        let listeners = self.listeners.iter().map(|(&(netns, _), listener)| SocketNow {
+            state: TcpState::Listen,
+            since_ns: None,
+            local: listener.local,
+            remote: SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), 0),
+            owner: listener.owner,
+            netns: Some(netns).filter(|&netns| netns != 0),
+            role: Role::Unknown,
+            orphan: false,
+        });
+        listeners.chain(self.sides.iter().filter_map(|(_, side)| {
             let last = side.steps.last()?;
-            let (state, since) = match self.time_waits.get(side.time_wait) {
+            let (state, since, orphan) = match self.time_waits.get(side.time_wait) {
                 Some(tw) if tw.end == TimeWaitEnd::Open => {
                     let state = match tw.kind {
                         TimeWaitKind::TimeWait => TcpState::TimeWait,
@@ -747,10 +771,10 @@ impl Engine {
                     let from_left = tw.remaining_at_start_ns.map(|left| {
                         tw.known_from_ns.saturating_sub(TIME_WAIT_LEN_NS.saturating_sub(left))
                     });
-                    (state, tw.became_time_wait_ns.or(tw.start_ns).or(from_left))
+                    (state, tw.became_time_wait_ns.or(tw.start_ns).or(from_left), true)
                 }
                 _ if last.state == TcpState::Closed => return None,
-                _ => (last.state, last.enter()),
+                _ => (last.state, last.enter(), false),
             };
             Some(SocketNow {
                 state,
@@ -760,8 +784,9 @@ impl Engine {
                 owner: side.owner(),
                 netns: self.homes.get(side.home).netns,
                 role: side.role,
+                orphan,
             })
-        })
+        }))
     }
 
     fn is_done(&self, index: Index) -> bool {

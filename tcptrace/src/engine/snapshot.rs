@@ -89,9 +89,8 @@ impl Engine {
         for socket in taking.seen.iter().filter(|s| s.state == TcpState::Listen) {
             let listener = (netns_of(socket), socket.local.port());
             listening.insert(listener, ());
-            if let Some(owner) = socket.owner {
-                self.listeners.entry(listener).or_insert(owner);
-            }
+            let seen = super::Listener { local: socket.local, owner: socket.owner };
+            self.listeners.entry(listener).or_insert(seen);
         }
         let is_listener =
             |netns: u32, address: SocketAddr| listening.contains_key(&(netns, address.port()));
@@ -193,7 +192,7 @@ impl Engine {
             incomplete: lossy,
         });
         let owner = owner.or_else(|| {
-            (role == Role::Server).then(|| self.listeners.get(&(netns, local.port)).copied())?
+            (role == Role::Server).then(|| self.listeners.get(&(netns, local.port))?.owner)?
         });
         let index = self.sides.insert(Side {
             sk: 0,

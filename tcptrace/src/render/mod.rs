@@ -10,6 +10,7 @@ pub mod lab;
 pub mod metrics;
 pub mod report;
 pub mod stream;
+pub mod top;
 
 use crate::{
     engine::{Closer, Connection, Stats, Stuck},
