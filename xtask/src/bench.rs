@@ -42,6 +42,7 @@ enum Config {
     FilterNoMatch,
     Record,
     Metrics,
+    Top,
     Bpftrace,
 }
 
@@ -53,6 +54,7 @@ impl Config {
             Config::FilterNoMatch => "tcptrace --port 9 (in-kernel filter, nothing matches)",
             Config::Record => "tcptrace --record file --connections-only",
             Config::Metrics => "tcptrace --metrics ADDR --quiet (metrics only, a daemon)",
+            Config::Top => "tcptrace top (80×24 terminal, redrawn every second)",
             Config::Bpftrace => {
                 "bpftrace printf of every TCP inet_sock_set_state (the same fields)"
             }
@@ -109,6 +111,17 @@ fn interrupt_and_wait(child: &mut Child) -> Result<(std::process::ExitStatus, f6
             thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// Stops `tcptrace top` (script's child) with SIGTERM and waits for script.
+fn stop_top_under_script(script: &mut Child) -> Result<(std::process::ExitStatus, f64, u64)> {
+    let pid = script.id();
+    let children = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))?;
+    for top in children.split_whitespace().filter_map(|p| p.parse::<libc::pid_t>().ok()) {
+        // SAFETY: signalling script's own child, which runs until we reap script.
+        unsafe { libc::kill(top, libc::SIGTERM) };
+    }
+    wait_with_usage(script)
 }
 
 /// `wait4` for our child with `options`: `None` while it runs (with `WNOHANG`).
@@ -217,6 +230,27 @@ impl Bench {
         let mut known_programs = Vec::new();
         let mut tracer = match config {
             Config::Untraced => None,
+            Config::Top => {
+                // A terminal of 80×24 for it: script(1) makes the pty, and what is drawn
+                // goes to the output file, the summary at exit last.
+                let inner = format!("stty rows 24 cols 80; exec '{}' top", self.tcptrace.display());
+                let child = Command::new("script")
+                    .args(["-qfec", &inner, "/dev/null"])
+                    .stdin(Stdio::null())
+                    .stdout(fs::File::create(&output)?)
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .context("starting tcptrace top under script")?;
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while !fs::read_to_string(&output).unwrap_or_default().contains("q quit") {
+                    if Instant::now() > deadline {
+                        signal(&child, libc::SIGKILL);
+                        bail!("tcptrace top never drew its screen");
+                    }
+                    thread::sleep(Duration::from_millis(100));
+                }
+                Some(child)
+            }
             Config::Bpftrace => {
                 known_programs =
                     set_state_programs()?.into_iter().map(|p| p["id"].clone()).collect();
@@ -283,7 +317,13 @@ impl Bench {
                     .and_then(ns_per_run);
             }
             thread::sleep(Duration::from_millis(300)); // let the reader catch up
-            let (status, cpu_s, max_rss_kib) = interrupt_and_wait(child)?;
+            let (status, cpu_s, max_rss_kib) = if config == Config::Top {
+                // Stopped as a service manager would (SIGTERM); script(1) then exits with
+                // it, and its wait4 counts tcptrace's CPU and peak memory.
+                stop_top_under_script(child)?
+            } else {
+                interrupt_and_wait(child)?
+            };
             if !status.success() {
                 bail!("{} exited with {status}", config.name());
             }
@@ -303,6 +343,20 @@ impl Bench {
                 }
                 run.events = Some(transitions);
                 run.lost = Some(lost);
+            } else if config == Config::Top {
+                // The text summary's `events: N, lost: M`.
+                let text = String::from_utf8_lossy(&fs::read(&output)?).into_owned();
+                let line = text.lines().rev().find(|l| l.starts_with("events: ")).unwrap_or("");
+                let number = |after: &str| {
+                    line.split(after)
+                        .nth(1)?
+                        .split(|c: char| !c.is_ascii_digit())
+                        .next()?
+                        .parse()
+                        .ok()
+                };
+                run.events = number("events: ");
+                run.lost = number("lost: ");
             } else {
                 let summary = summary_of(&tail(&output)?)?;
                 run.events = summary["events"].as_u64();
@@ -626,6 +680,8 @@ pub fn run(root: &Path, tcptrace: &Path, seconds: u64) -> Result<()> {
         Config::Untraced,
         Config::Metrics,
         Config::Untraced,
+        Config::Top,
+        Config::Untraced,
         Config::Bpftrace,
     ];
     let mut results: Vec<(Config, Vec<Run>)> = [
@@ -634,6 +690,7 @@ pub fn run(root: &Path, tcptrace: &Path, seconds: u64) -> Result<()> {
         Config::FilterNoMatch,
         Config::Record,
         Config::Metrics,
+        Config::Top,
         Config::Bpftrace,
     ]
     .map(|c| (c, Vec::new()))
@@ -758,6 +815,7 @@ pub fn run(root: &Path, tcptrace: &Path, seconds: u64) -> Result<()> {
         .flat_map(|(_, runs)| runs.iter().filter_map(|r| r.lost))
         .sum();
     let metrics_ratio = rate_of(Config::Metrics).unwrap_or(f64::NAN) / untraced;
+    let top_ratio = rate_of(Config::Top).unwrap_or(f64::NAN) / untraced;
     let replay_rate = events as f64 / replay_s;
     let rss_growth = rss_1m as f64 / rss_100k as f64 - 1.0;
     writeln!(
@@ -789,6 +847,11 @@ pub fn run(root: &Path, tcptrace: &Path, seconds: u64) -> Result<()> {
         md,
         "| the metrics-only daemon (`--metrics … --quiet`) costs less than `--json` | {metrics_ratio:.3}× against {json_ratio:.3}× | {} |",
         met(metrics_ratio > json_ratio)
+    )?;
+    writeln!(
+        md,
+        "| `tcptrace top` costs no more than `--json` | {top_ratio:.3}× against {json_ratio:.3}× | {} |",
+        met(top_ratio >= json_ratio)
     )?;
     writeln!(
         md,
@@ -860,11 +923,17 @@ fn machine() -> String {
     format!("Linux {}", kernel.trim())
 }
 
-/// Installs nginx, wrk, bpftrace and bpftool when missing.
+/// Installs nginx, wrk, bpftrace, bpftool and script (for `tcptrace top`) when missing.
 pub fn ensure_tools() -> Result<()> {
     crate::tools::install_missing(
         "the benchmark",
-        &[("nginx", "nginx"), ("wrk", "wrk"), ("bpftrace", "bpftrace"), ("bpftool", "bpftool")],
+        &[
+            ("nginx", "nginx"),
+            ("wrk", "wrk"),
+            ("bpftrace", "bpftrace"),
+            ("bpftool", "bpftool"),
+            ("script", "bsdutils"),
+        ],
     )
 }
 

@@ -34,7 +34,8 @@ enum Task {
         args: Vec<String>,
     },
     /// Build the eBPF object, install the test peers (python3, curl, iproute2, util-linux,
-    /// chromium, nftables, prometheus, kubectl, systemd) if missing, then run every test.
+    /// chromium, nftables, prometheus, kubectl, systemd, tmux) if missing, then run every
+    /// test.
     /// Needs root.
     Test {
         /// Extra arguments for `cargo test`, e.g. a test name filter.
