@@ -106,10 +106,13 @@ def main():
     try:
         tmux("send-keys", "-t", "shot", f"{TCPTRACE} top --port {PORT} --stuck-after 5", "Enter")
         time.sleep(2)
-        churn(12, 40)
-        time.sleep(1.5)
+        # Captured while the churn goes on, so that the rates show it.
+        load = threading.Thread(target=churn, args=(14, 40))
+        load.start()
+        time.sleep(12.5)
         screen = tmux("capture-pane", "-e", "-p", "-t", "shot")
         plain = tmux("capture-pane", "-p", "-t", "shot")
+        load.join()
         tmux("send-keys", "-t", "shot", "q")
         time.sleep(1)
     finally:
@@ -119,7 +122,7 @@ def main():
         f.write("\n".join(line.rstrip() for line in plain.rstrip("\n").split("\n")) + "\n")
     page = (
         '<html><body style="margin:0;background:#1e1e1e">'
-        '<pre style="margin:8px;font:15px/1.25 \'DejaVu Sans Mono\',monospace;color:#e6e6e6">'
+        '<pre style="margin:8px;font:15px/1.13 \'DejaVu Sans Mono\',monospace;color:#e6e6e6">'
         + ansi_to_html(screen.rstrip("\n"))
         + "</pre></body></html>"
     )
@@ -127,7 +130,7 @@ def main():
         f.write(page)
     subprocess.run(
         ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-         "--window-size=750,690", f"--screenshot={os.path.join(here, 'top.png')}", f.name],
+         "--window-size=740,425", f"--screenshot={os.path.join(here, 'top.png')}", f.name],
         check=True, capture_output=True,
     )
     os.unlink(f.name)

@@ -121,7 +121,7 @@ never for a process: no process holds it (its descriptor was closed).";
 #[derive(Args, Debug)]
 pub struct TopArgs {
     #[command(flatten)]
-    pub trace: TraceArgs,
+    pub filter: FilterArgs,
 
     /// Redraw every SECS seconds.
     #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_seconds)]
@@ -130,6 +130,36 @@ pub struct TopArgs {
     /// List sockets that sit in CLOSE_WAIT longer than this as stuck.
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_seconds)]
     pub stuck_after: Duration,
+
+    /// Stop after this many seconds (default: until q, Ctrl-C or SIGTERM).
+    #[arg(short, long, value_name = "SECS", value_parser = parse_seconds)]
+    pub duration: Option<Duration>,
+
+    /// Also write every raw event to FILE, for `tcptrace replay`.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
+
+    /// Don't count the sockets already there (see `tcptrace --help`).
+    #[arg(long)]
+    pub no_snapshot: bool,
+
+    /// Ring-buffer size in bytes (see `tcptrace --help`).
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_RING_SIZE, value_parser = parse_ring_size)]
+    pub ring_size: u32,
+}
+
+impl TopArgs {
+    /// The trace top runs.
+    pub fn trace(&self) -> TraceArgs {
+        TraceArgs {
+            filter: self.filter.clone(),
+            duration: self.duration,
+            record: self.record.clone(),
+            no_snapshot: self.no_snapshot,
+            ring_size: self.ring_size,
+            ..TraceArgs::default()
+        }
+    }
 }
 
 /// The default ring buffer: 4 MiB.
@@ -161,9 +191,9 @@ pub struct ReplayArgs {
     pub output: OutputArgs,
 }
 
-/// What to trace (live only).
-#[derive(Args, Debug, Default)]
-pub struct TraceArgs {
+/// Which sockets to trace (tracing and top), filtered in the kernel.
+#[derive(Args, Clone, Debug, Default)]
+pub struct FilterArgs {
     /// Keep only sockets with this local or remote port (repeatable, up to 8).
     #[arg(short, long = "port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub ports: Vec<u16>,
@@ -190,6 +220,13 @@ pub struct TraceArgs {
     /// IPv6 only.
     #[arg(short = '6', long = "ipv6")]
     pub ipv6: bool,
+}
+
+/// How to trace (live only).
+#[derive(Args, Debug, Default)]
+pub struct TraceArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
 
     /// Stop after this many seconds (default: run until Ctrl-C or SIGTERM).
     #[arg(short, long, value_name = "SECS", value_parser = parse_seconds)]
@@ -293,7 +330,7 @@ impl OutputArgs {
     }
 }
 
-impl TraceArgs {
+impl FilterArgs {
     /// The kernel filters, with `--netns` and `--cgroup` resolved on this host (a clear
     /// error for a value that names no namespace or cgroup).
     pub fn filters(&self) -> anyhow::Result<Filters> {
@@ -378,11 +415,11 @@ mod tests {
     #[test]
     fn repeated_ports_and_filters() {
         let cli = parse(&["--port", "8080", "-p", "443", "-4", "--pid", "12", "--json"]).unwrap();
-        assert_eq!(cli.trace.ports, vec![8080, 443]);
-        assert_eq!(cli.trace.pid, Some(12));
-        assert!(cli.trace.ipv4 && !cli.trace.ipv6 && cli.output.json);
-        assert_eq!(cli.trace.filters().unwrap().ports, vec![8080, 443]);
-        assert!(cli.trace.validate().is_ok());
+        assert_eq!(cli.trace.filter.ports, vec![8080, 443]);
+        assert_eq!(cli.trace.filter.pid, Some(12));
+        assert!(cli.trace.filter.ipv4 && !cli.trace.filter.ipv6 && cli.output.json);
+        assert_eq!(cli.trace.filter.filters().unwrap().ports, vec![8080, 443]);
+        assert!(cli.trace.filter.validate().is_ok());
         assert!(cli.command.is_none());
     }
 
@@ -394,30 +431,30 @@ mod tests {
         }
         let nine: Vec<String> = (1..=9).flat_map(|p| ["--port".into(), p.to_string()]).collect();
         let nine: Vec<&str> = nine.iter().map(String::as_str).collect();
-        assert!(parse(&nine).unwrap().trace.validate().unwrap_err().contains("at most 8"));
+        assert!(parse(&nine).unwrap().trace.filter.validate().unwrap_err().contains("at most 8"));
     }
 
     #[test]
     fn namespaces_and_cgroups_that_do_not_exist_are_named_in_the_error() {
         let cli = parse(&["--netns", "/nonexistent/ns"]).unwrap();
-        let error = format!("{:#}", cli.trace.filters().unwrap_err());
+        let error = format!("{:#}", cli.trace.filter.filters().unwrap_err());
         assert!(error.contains("--netns /nonexistent/ns: cannot open"), "{error}");
         let cli = parse(&["--netns", "/proc/self/ns/mnt"]).unwrap();
-        let error = format!("{:#}", cli.trace.filters().unwrap_err());
+        let error = format!("{:#}", cli.trace.filter.filters().unwrap_err());
         assert!(error.contains("is not a network namespace"), "{error}");
         let own = std::fs::metadata("/proc/self/ns/net").map(|m| {
             use std::os::unix::fs::MetadataExt;
             m.ino() as u32
         });
         let cli = parse(&["--netns", "/proc/self/ns/net", "--netns", "4026531840"]).unwrap();
-        let netns = cli.trace.filters().unwrap().netns;
+        let netns = cli.trace.filter.filters().unwrap().netns;
         assert_eq!(netns, [own.unwrap(), 4026531840]);
         let cli = parse(&["--cgroup", "/no-such-cgroup-here"]).unwrap();
-        let error = format!("{:#}", cli.trace.filters().unwrap_err());
+        let error = format!("{:#}", cli.trace.filter.filters().unwrap_err());
         assert!(error.contains("--cgroup /no-such-cgroup-here"), "{error}");
         let nine: Vec<String> = (1..=9).flat_map(|n| ["--netns".into(), n.to_string()]).collect();
         let nine: Vec<&str> = nine.iter().map(String::as_str).collect();
-        assert!(parse(&nine).unwrap().trace.validate().unwrap_err().contains("at most 8"));
+        assert!(parse(&nine).unwrap().trace.filter.validate().unwrap_err().contains("at most 8"));
     }
 
     #[test]

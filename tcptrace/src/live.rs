@@ -19,7 +19,7 @@ use tokio::{
 };
 
 use crate::{
-    cli::{OutputArgs, TraceArgs},
+    cli::{FilterArgs, OutputArgs, TraceArgs},
     clock::{WallClock, monotonic_now_ns},
     engine::EngineOptions,
     event::{Home, TcpState, decode},
@@ -281,7 +281,7 @@ pub async fn run(trace: &TraceArgs, output: &OutputArgs) -> Result<()> {
     });
     let pipeline = Pipeline::new(sink::stdout(), clock, pipeline_options);
     let mut session = Session::attach(trace, pipeline, recorder, health)?;
-    eprintln!("tcptrace: tracing TCP state transitions{}; Ctrl-C to stop", describe(trace));
+    eprintln!("tcptrace: tracing TCP state transitions{}; Ctrl-C to stop", describe(&trace.filter));
     let streamed = session.run_to_end().await;
     session.end(streamed)
 }
@@ -336,7 +336,7 @@ impl<W: Write> Session<W> {
         health: Option<Health>,
     ) -> Result<Session<W>> {
         let options = TraceOptions {
-            filters: trace.filters()?,
+            filters: trace.filter.filters()?,
             ring_size: trace.ring_size,
             earlier_time_waits: !trace.no_snapshot,
         };
@@ -481,7 +481,7 @@ impl<W: Write> Session<W> {
 }
 
 /// ` (port 8080, IPv4)`: what is traced, for the first line and top's title.
-pub fn describe(trace: &TraceArgs) -> String {
+pub fn describe(trace: &FilterArgs) -> String {
     let mut parts = Vec::new();
     if !trace.ports.is_empty() {
         let ports: Vec<String> = trace.ports.iter().map(u16::to_string).collect();

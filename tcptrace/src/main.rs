@@ -5,7 +5,7 @@ use tcptrace::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(message) = cli.trace.validate() {
+    if let Err(message) = cli.trace.filter.validate() {
         Cli::command().error(ErrorKind::ValueValidation, message).exit();
     }
     tcptrace::set_verbose(cli.trace.verbose);
@@ -19,10 +19,9 @@ fn main() -> ExitCode {
         Some(Command::Replay(args)) => tcptrace::replay::run(args),
         Some(Command::Lab(args)) => runtime().and_then(|r| r.block_on(tcptrace::lab::run(args))),
         Some(Command::Top(args)) => {
-            if let Err(message) = args.trace.validate() {
+            if let Err(message) = args.filter.validate() {
                 Cli::command().error(ErrorKind::ValueValidation, message).exit();
             }
-            tcptrace::set_verbose(args.trace.verbose);
             runtime().and_then(|r| r.block_on(tcptrace::top::run(args)))
         }
         Some(Command::LabPeer(args)) => tcptrace::lab::peer::run(args),

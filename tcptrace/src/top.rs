@@ -36,12 +36,10 @@ pub async fn run(args: &TopArgs) -> Result<()> {
             "tcptrace top draws a full screen and needs a terminal; for lines to read or pipe, run tcptrace (or tcptrace --json)"
         );
     }
-    if args.trace.metrics.is_some() {
-        bail!("--metrics is for tracing: run `tcptrace --metrics ADDR:PORT --quiet` beside top");
-    }
     let clock = WallClock::now();
     let ephemeral_ports = live::ephemeral_port_range();
-    let recorder = live::recorder(&args.trace, &clock, ephemeral_ports)?;
+    let trace = args.trace();
+    let recorder = live::recorder(&trace, &clock, ephemeral_ports)?;
     let tally = Arc::new(Tally::default());
     let options = PipelineOptions {
         engine: EngineOptions {
@@ -56,7 +54,7 @@ pub async fn run(args: &TopArgs) -> Result<()> {
     };
     let pipeline = Pipeline::new(sink::stdout(), clock, options);
     let held = HeldStderr::start()?;
-    let session = Session::attach(&args.trace, pipeline, recorder, None);
+    let session = Session::attach(&trace, pipeline, recorder, None);
     let mut session = match session {
         Ok(session) => session,
         Err(error) => {
@@ -81,7 +79,7 @@ async fn show(
     tally: &Tally,
     args: &TopArgs,
 ) -> Result<()> {
-    let traced = live::describe(&args.trace);
+    let traced = live::describe(&args.filter);
     let (mut sort, mut paused) = (SortBy::default(), false);
     let mut then: (u64, Totals) = (monotonic_now_ns(), tally.totals());
     let mut view: Option<View> = None;

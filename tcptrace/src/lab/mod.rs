@@ -17,7 +17,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 use crate::{
-    cli::{DEFAULT_RING_SIZE, LabArgs, TraceArgs},
+    cli::{DEFAULT_RING_SIZE, FilterArgs, LabArgs, TraceArgs},
     clock::WallClock,
     engine::{Connection, EngineOptions, TimeWaitEnd, TimeWaitKind},
     event::{Errno, TableRow, TcpState},
@@ -58,7 +58,7 @@ pub async fn run(args: &LabArgs) -> Result<()> {
     let lang = args.lang;
     let namespace = LabNamespace::create()?;
     let trace = TraceArgs {
-        netns: vec![namespace.inode().to_string()],
+        filter: FilterArgs { netns: vec![namespace.inode().to_string()], ..FilterArgs::default() },
         ring_size: DEFAULT_RING_SIZE,
         // A namespace made a moment ago holds no socket yet.
         no_snapshot: true,

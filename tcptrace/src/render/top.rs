@@ -250,6 +250,7 @@ impl View {
         let mut ages = [0u64; 7];
         let mut endpoints: HashMap<Endpoint, Counts> = HashMap::new();
         let mut processes: HashMap<Option<u32>, (Option<Owner>, Counts)> = HashMap::new();
+        let ports = engine.options().ephemeral_ports;
         for socket in engine.sockets_now() {
             let state = match socket.state {
                 TcpState::NewSynRecv => TcpState::SynReceived,
@@ -262,8 +263,14 @@ impl View {
                 let bucket = AGE_BUCKETS.iter().position(|&(below, _)| age_s < below).unwrap_or(6);
                 ages[bucket] += 1;
             }
+            // A socket of unknown role (one the start-up snapshot found) on an ephemeral
+            // port is taken for a client's: its local port says nothing.
+            let ephemeral = (ports.0..=ports.1).contains(&socket.local.port());
             let endpoint = match socket.role {
                 Role::Client => Endpoint::Toward(socket.remote),
+                Role::Unknown if ephemeral && socket.state != TcpState::Listen => {
+                    Endpoint::Toward(socket.remote)
+                }
                 _ => Endpoint::Local(socket.local),
             };
             endpoints.entry(endpoint).or_default().add(state);
