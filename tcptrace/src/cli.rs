@@ -44,6 +44,8 @@ Examples:
                                               only sockets made in that cgroup or below
   tcptrace replay lab.jsonl --export lab.html --export lab.trace.json
                                               pictures of a recording, no root needed
+  sudo tcptrace lab --quick                   the TIME-WAIT lab, in a namespace of its own
+  sudo tcptrace top --port 8080               a full screen that stays current
 
 Reading the output:
   PID/COMM is the socket's owner. Transitions that happen in softirq (when a packet \
