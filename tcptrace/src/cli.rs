@@ -133,34 +133,14 @@ pub struct TopArgs {
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_seconds)]
     pub stuck_after: Duration,
 
-    /// Stop after this many seconds (default: until q, Ctrl-C or SIGTERM).
-    #[arg(short, long, value_name = "SECS", value_parser = parse_seconds)]
-    pub duration: Option<Duration>,
-
-    /// Also write every raw event to FILE, for `tcptrace replay`.
-    #[arg(long, value_name = "FILE")]
-    pub record: Option<PathBuf>,
-
-    /// Don't count the sockets already there (see `tcptrace --help`).
-    #[arg(long)]
-    pub no_snapshot: bool,
-
-    /// Ring-buffer size in bytes (see `tcptrace --help`).
-    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_RING_SIZE, value_parser = parse_ring_size)]
-    pub ring_size: u32,
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 impl TopArgs {
     /// The trace top runs.
     pub fn trace(&self) -> TraceArgs {
-        TraceArgs {
-            filter: self.filter.clone(),
-            duration: self.duration,
-            record: self.record.clone(),
-            no_snapshot: self.no_snapshot,
-            ring_size: self.ring_size,
-            ..TraceArgs::default()
-        }
+        TraceArgs { filter: self.filter.clone(), run: self.run.clone(), ..TraceArgs::default() }
     }
 }
 
@@ -224,12 +204,9 @@ pub struct FilterArgs {
     pub ipv6: bool,
 }
 
-/// How to trace (live only).
-#[derive(Args, Debug, Default)]
-pub struct TraceArgs {
-    #[command(flatten)]
-    pub filter: FilterArgs,
-
+/// How long a trace runs, what it keeps, and its ring buffer (tracing and top).
+#[derive(Args, Clone, Debug)]
+pub struct RunArgs {
     /// Stop after this many seconds (default: run until Ctrl-C or SIGTERM).
     #[arg(short, long, value_name = "SECS", value_parser = parse_seconds)]
     pub duration: Option<Duration>,
@@ -247,18 +224,34 @@ pub struct TraceArgs {
     #[arg(long)]
     pub no_snapshot: bool,
 
+    /// Ring-buffer size in bytes (a power of two, at least 4096): kernel memory, mapped
+    /// into tcptrace. Each event takes 176 bytes; the default 4 MiB holds about 23 800
+    /// events. Raise it if events are lost (docs/sizing.md).
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_RING_SIZE, value_parser = parse_ring_size)]
+    pub ring_size: u32,
+}
+
+impl Default for RunArgs {
+    fn default() -> Self {
+        RunArgs { duration: None, record: None, no_snapshot: false, ring_size: DEFAULT_RING_SIZE }
+    }
+}
+
+/// How to trace (live only).
+#[derive(Args, Debug, Default)]
+pub struct TraceArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+
+    #[command(flatten)]
+    pub run: RunArgs,
+
     /// Serve Prometheus metrics (OpenMetrics text) at http://ADDR:PORT/metrics: closes by
     /// who closed first, TIME-WAITs open now and how long they lasted, resets, failed
     /// connects, stuck sockets, lost events. Never bound unless asked; with --quiet,
     /// nothing is printed per event (a daemon). Series are bounded (docs/metrics.md).
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics: Option<std::net::SocketAddr>,
-
-    /// Ring-buffer size in bytes (a power of two, at least 4096): kernel memory, mapped
-    /// into tcptrace. Each event takes 176 bytes; the default 4 MiB holds about 23 800
-    /// events. Raise it if events are lost (docs/sizing.md).
-    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_RING_SIZE, value_parser = parse_ring_size)]
-    pub ring_size: u32,
 
     /// Print diagnostics to stderr.
     #[arg(short, long)]
@@ -461,14 +454,14 @@ mod tests {
 
     #[test]
     fn durations_and_ring_sizes() {
-        let duration = parse(&["--duration", "2.5"]).unwrap().trace.duration;
+        let duration = parse(&["--duration", "2.5"]).unwrap().trace.run.duration;
         assert_eq!(duration, Some(Duration::from_millis(2500)));
         assert!(parse(&["--duration", "0"]).is_err());
         assert!(parse(&["--duration", "soon"]).is_err());
-        assert_eq!(parse(&[]).unwrap().trace.ring_size, 4 << 20);
+        assert_eq!(parse(&[]).unwrap().trace.run.ring_size, 4 << 20);
         assert!(parse(&["--ring-size", "5000"]).is_err());
         assert!(parse(&["--ring-size", "1024"]).is_err());
-        assert_eq!(parse(&["--ring-size", "8192"]).unwrap().trace.ring_size, 8192);
+        assert_eq!(parse(&["--ring-size", "8192"]).unwrap().trace.run.ring_size, 8192);
     }
 
     #[test]

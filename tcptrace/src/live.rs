@@ -274,7 +274,7 @@ pub async fn run(trace: &TraceArgs, output: &OutputArgs) -> Result<()> {
     };
     let health = metrics.map(|metrics| Health {
         metrics,
-        ring_size: u64::from(trace.ring_size),
+        ring_size: u64::from(trace.run.ring_size),
         since_ns: monotonic_now_ns(),
         events_then: 0,
         fullest_read_bytes: 0,
@@ -292,7 +292,7 @@ pub fn recorder(
     clock: &WallClock,
     ephemeral_ports: (u16, u16),
 ) -> Result<Option<Recorder<BufWriter<Named<File>>>>> {
-    let Some(path) = &trace.record else { return Ok(None) };
+    let Some(path) = &trace.run.record else { return Ok(None) };
     let file = File::create(path)
         .with_context(|| format!("cannot create the recording {}", path.display()))?;
     let header = RecordingHeader {
@@ -337,8 +337,8 @@ impl<W: Write> Session<W> {
     ) -> Result<Session<W>> {
         let options = TraceOptions {
             filters: trace.filter.filters()?,
-            ring_size: trace.ring_size,
-            earlier_time_waits: !trace.no_snapshot,
+            ring_size: trace.run.ring_size,
+            earlier_time_waits: !trace.run.no_snapshot,
         };
         let (tracer, ring) = Tracer::attach(&options)?;
         for degraded in &tracer.degraded {
@@ -355,7 +355,7 @@ impl<W: Write> Session<W> {
             health,
         };
         // Attached already: every socket the snapshot misses, an event shows.
-        let snapshot = (!trace.no_snapshot).then(|| {
+        let snapshot = (!trace.run.no_snapshot).then(|| {
             let began_ns = monotonic_now_ns();
             live.pipeline.snapshot_began(began_ns);
             let filters = options.filters.clone();
@@ -381,7 +381,7 @@ impl<W: Write> Session<W> {
             tick,
             interrupt: signal(SignalKind::interrupt())?,
             terminate: signal(SignalKind::terminate())?,
-            deadline: trace.duration.map(|duration| tokio::time::Instant::now() + duration),
+            deadline: trace.run.duration.map(|duration| tokio::time::Instant::now() + duration),
         })
     }
 

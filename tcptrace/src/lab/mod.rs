@@ -17,7 +17,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 use crate::{
-    cli::{DEFAULT_RING_SIZE, FilterArgs, LabArgs, TraceArgs},
+    cli::{FilterArgs, LabArgs, RunArgs, TraceArgs},
     clock::WallClock,
     engine::{Connection, EngineOptions, TimeWaitEnd, TimeWaitKind},
     event::{Errno, TableRow, TcpState},
@@ -59,9 +59,8 @@ pub async fn run(args: &LabArgs) -> Result<()> {
     let namespace = LabNamespace::create()?;
     let trace = TraceArgs {
         filter: FilterArgs { netns: vec![namespace.inode().to_string()], ..FilterArgs::default() },
-        ring_size: DEFAULT_RING_SIZE,
         // A namespace made a moment ago holds no socket yet.
-        no_snapshot: true,
+        run: RunArgs { no_snapshot: true, ..RunArgs::default() },
         ..TraceArgs::default()
     };
     let engine = EngineOptions {

@@ -186,19 +186,11 @@ pub const AGE_BUCKETS: [(u64, &str); 7] = [
     (u64::MAX, "60+"),
 ];
 
-/// The states `ss -s` counts, in its order.
-const STATES: [TcpState; 10] = [
-    TcpState::Established,
-    TcpState::SynSent,
-    TcpState::SynReceived,
-    TcpState::FinWait1,
-    TcpState::FinWait2,
-    TcpState::TimeWait,
-    TcpState::CloseWait,
-    TcpState::LastAck,
-    TcpState::Closing,
-    TcpState::Listen,
-];
+/// The states shown, as `ss -s` counts them: all but CLOSED and the kernel's own
+/// NEW_SYN_RECV (counted as SYN-RECV); five a row.
+fn shown_states() -> impl Iterator<Item = TcpState> {
+    TcpState::ALL.into_iter().filter(|s| !matches!(s, TcpState::Closed | TcpState::NewSynRecv))
+}
 
 /// One picture of what is traced.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -291,9 +283,8 @@ impl View {
             (by(counts), std::cmp::Reverse(counts.all), owner.map(|o| o.pid))
         });
         View {
-            states: STATES
-                .iter()
-                .map(|&state| (state, states.get(&state).copied().unwrap_or(0)))
+            states: shown_states()
+                .map(|state| (state, states.get(&state).copied().unwrap_or(0)))
                 .collect(),
             time_wait_ages: ages,
             endpoints,
@@ -369,8 +360,9 @@ fn state_lines(view: &View) -> Paragraph<'static> {
         ]
     };
     let line =
-        |states: &[TcpState]| Line::from(states.iter().flat_map(|&s| cell(s)).collect::<Vec<_>>());
-    Paragraph::new(vec![line(&STATES[..5]), line(&STATES[5..])])
+        |states: Vec<TcpState>| Line::from(states.into_iter().flat_map(cell).collect::<Vec<_>>());
+    let (first, second) = (shown_states().take(5).collect(), shown_states().skip(5).collect());
+    Paragraph::new(vec![line(first), line(second)])
 }
 
 fn rate_lines(view: &View) -> Paragraph<'static> {
@@ -598,7 +590,7 @@ mod tests {
     fn everything_fits_in_80_by_24() {
         let view = View {
             traced: " (port 8080)".into(),
-            states: STATES.iter().map(|&s| (s, 12_345)).collect(),
+            states: shown_states().map(|s| (s, 12_345)).collect(),
             ..View::default()
         };
         let lines = screen(&view, 80, 24);
