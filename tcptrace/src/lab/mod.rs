@@ -90,7 +90,7 @@ pub async fn run(args: &LabArgs) -> Result<()> {
     drop(peers);
     drop(namespace);
     result?;
-    println!("{}", text::the_end(lang));
+    writeln!(std::io::stdout(), "{}", text::the_end(lang))?;
     Ok(())
 }
 
@@ -141,7 +141,8 @@ impl Lab<'_> {
     /// Prints lab text after whatever the trace has written so far.
     fn say(&mut self, words: impl std::fmt::Display) -> Result<()> {
         self.session.pipeline().flush()?;
-        println!("{words}");
+        // Through `?`, not println!: a reader that went away (`lab | head`) ends the lab.
+        writeln!(std::io::stdout(), "{words}")?;
         Ok(())
     }
 
@@ -279,11 +280,11 @@ impl Lab<'_> {
                     lab.session.pipeline().flush()?;
                     let line = text::countdown(lang, left);
                     if interactive {
-                        print!("\r{line}   ");
+                        write!(std::io::stdout(), "\r{line}   ")?;
                         std::io::stdout().flush()?;
                         next_report = Instant::now() + Duration::from_secs(1);
                     } else {
-                        println!("{line}");
+                        writeln!(std::io::stdout(), "{line}")?;
                         next_report = Instant::now() + Duration::from_secs(10);
                     }
                 }
@@ -292,7 +293,7 @@ impl Lab<'_> {
         })
         .await?;
         if interactive {
-            println!();
+            writeln!(std::io::stdout())?;
         }
         let ended = self.session.pipeline().finished().iter().find(|c| c.id == id).cloned();
         let ended = ended.context("the exercise's connection record")?;
