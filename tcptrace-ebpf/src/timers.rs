@@ -128,9 +128,18 @@ fn try_timer_cancel(ctx: &TracePointContext) -> Result<(), i32> {
     }
     let timer =
         timer_field::<{ BuiltInTimerLayout::TIMER }>(ctx, config, config.timer.cancel_timer)?;
+    // Eight cancelled timers in nine are not time-wait timers (retransmit, delayed ACK,
+    // keepalive…): one read of the timer's own `function` tells, before any map lookup.
+    // Without the BTF offset, the table lookup alone tells.
+    let by_function = config.time_wait_sock.valid != 0;
+    if by_function && !is_time_wait_timer(config, timer) {
+        return Ok(());
+    }
     // SAFETY: the value is copied out at once; an entry is only ever replaced whole.
     let Some(&sk) = (unsafe { TIME_WAIT_TIMERS.get(&timer) }) else {
-        meet_time_wait(ctx, config, timer);
+        if by_function {
+            meet_time_wait(ctx, config, timer);
+        }
         return Ok(());
     };
     let _ = TIME_WAIT_TIMERS.remove(&timer);
@@ -142,22 +151,28 @@ fn try_timer_cancel(ctx: &TracePointContext) -> Result<(), i32> {
     Ok(())
 }
 
-/// A cancelled timer the table does not know: while [`MEET_TIME_WAITS_UNTIL`] says so,
-/// one of a time-wait socket from before tcptrace started is reported with the socket's
-/// addresses (read from beside its timer), and noted for the expiry or re-arm that follows.
+/// Whether the `timer_list` at `timer` runs `tw_timer_handler` (set once, when the
+/// time-wait socket is made: it reads the same at every cancel).
+#[inline(always)]
+fn is_time_wait_timer(config: &Config, timer: u64) -> bool {
+    read::<u64>(timer + u64::from(config.time_wait_sock.timer_function)) == config.tw_timer_handler
+}
+
+/// A cancelled time-wait timer the table does not know: while [`MEET_TIME_WAITS_UNTIL`]
+/// says so, one of a time-wait socket from before tcptrace started is reported with the
+/// socket's addresses (read from beside its timer), and noted for the expiry or re-arm
+/// that follows.
 #[inline(always)]
 fn meet_time_wait(ctx: &TracePointContext, config: &Config, timer: u64) {
     let offsets = &config.time_wait_sock;
     let until = MEET_TIME_WAITS_UNTIL.get(0).copied().unwrap_or(0);
     // A time-wait socket has no process and no cgroup: `--pid` and `--cgroup` keep none.
-    if until == 0 || offsets.valid == 0 || config.pid != 0 || config.cgroup != 0 {
+    if until == 0 || config.pid != 0 || config.cgroup != 0 {
         return;
     }
     // SAFETY: the helper has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    if now >= until
-        || read::<u64>(timer + u64::from(offsets.timer_function)) != config.tw_timer_handler
-    {
+    if now >= until {
         return;
     }
     let tw = timer - u64::from(offsets.tw_timer);
