@@ -117,6 +117,11 @@ impl<W: Write> Pipeline<W> {
         &self.engine
     }
 
+    /// What the namespace and cgroup numbers in events stand for.
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
     /// What the trace counted so far (events, lost, undecodable).
     pub fn counts(&self) -> &TraceCounts {
         &self.counts

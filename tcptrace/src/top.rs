@@ -128,6 +128,16 @@ async fn show(
                 then = (now_ns, totals);
             }
             fresh.traced = traced.clone();
+            let mut namespaces: Vec<u32> =
+                fresh.endpoints.iter().filter_map(|(endpoint, _)| endpoint.netns()).collect();
+            namespaces.sort_unstable();
+            namespaces.dedup();
+            // Only real names: an unnamed one is shown by its inode's last digits.
+            let named = |n: u32| {
+                Some((n, pipeline.names().netns_label(n)))
+                    .filter(|(n, label)| *label != n.to_string())
+            };
+            fresh.netns_labels = namespaces.into_iter().filter_map(named).collect();
             fresh.events = pipeline.counts().events;
             fresh.lost = pipeline.counts().lost;
             view = Some(fresh);

@@ -56,6 +56,11 @@ type Out = std::io::BufWriter<sink::Named<std::io::StdoutLock<'static>>>;
 
 pub async fn run(args: &LabArgs) -> Result<()> {
     let lang = args.lang;
+    // The exports are written at the end: a path that can't be is said before the 70 s.
+    for (path, _) in &args.export {
+        std::fs::File::create(path)
+            .with_context(|| format!("cannot create the export {}", path.display()))?;
+    }
     let namespace = LabNamespace::create()?;
     let trace = TraceArgs {
         filter: FilterArgs { netns: vec![namespace.inode().to_string()], ..FilterArgs::default() },

@@ -167,11 +167,20 @@ impl Counts {
 }
 
 /// A row of the endpoint table: a server's (or listener's) local endpoint, or the remote
-/// endpoint a client's sockets go to (their local ports are ephemeral, one each).
+/// endpoint a client's sockets go to (their local ports are ephemeral, one each), in its
+/// network namespace (two containers' 127.0.0.1:8080 are two rows).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Endpoint {
-    Local(SocketAddr),
-    Toward(SocketAddr),
+    Local(SocketAddr, Option<u32>),
+    Toward(SocketAddr, Option<u32>),
+}
+
+impl Endpoint {
+    pub fn netns(&self) -> Option<u32> {
+        match *self {
+            Endpoint::Local(_, netns) | Endpoint::Toward(_, netns) => netns,
+        }
+    }
 }
 
 /// TIME-WAIT ages are counted in these buckets, in seconds (the last: 60 s and more,
@@ -197,6 +206,8 @@ fn shown_states() -> impl Iterator<Item = TcpState> {
 pub struct View {
     /// What is traced (the filters), for the title.
     pub traced: String,
+    /// Names of the namespaces (`ip netns`), where there are any.
+    pub netns_labels: Vec<(u32, String)>,
     pub states: Vec<(TcpState, usize)>,
     pub time_wait_ages: [u64; 7],
     pub endpoints: Vec<(Endpoint, Counts)>,
@@ -259,11 +270,11 @@ impl View {
             // port is taken for a client's: its local port says nothing.
             let ephemeral = (ports.0..=ports.1).contains(&socket.local.port());
             let endpoint = match socket.role {
-                Role::Client => Endpoint::Toward(socket.remote),
+                Role::Client => Endpoint::Toward(socket.remote, socket.netns),
                 Role::Unknown if ephemeral && socket.state != TcpState::Listen => {
-                    Endpoint::Toward(socket.remote)
+                    Endpoint::Toward(socket.remote, socket.netns)
                 }
-                _ => Endpoint::Local(socket.local),
+                _ => Endpoint::Local(socket.local, socket.netns),
             };
             endpoints.entry(endpoint).or_default().add(state);
             // A TIME-WAIT (or orphaned FIN_WAIT2) is the kernel's alone: no process holds
@@ -320,7 +331,7 @@ pub fn draw(frame: &mut Frame, view: &View) {
     frame.render_widget(rate_lines(view), rates);
     draw_ages(frame, view, ages);
     let [endpoints, processes] =
-        Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(tables);
+        Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)]).areas(tables);
     frame.render_widget(endpoint_table(view), endpoints);
     frame.render_widget(process_table(view), processes);
     frame.render_widget(stuck_table(view), stuck);
@@ -422,11 +433,22 @@ fn count_cells<const N: usize>(counts: [usize; N]) -> [Cell<'static>; N] {
 const COUNT: Constraint = Constraint::Length(4);
 
 fn endpoint_table(view: &View) -> Table<'static> {
-    let rows = view.endpoints.iter().map(|(endpoint, counts)| {
-        let name = match endpoint {
-            Endpoint::Local(local) => local.to_string(),
-            Endpoint::Toward(remote) => format!("→{remote}"),
+    // Once rows come from more than one namespace, each says which (`ip netns` name or
+    // inode, as the other outputs name them).
+    let mut namespaces = view.endpoints.iter().map(|(endpoint, _)| endpoint.netns());
+    let first = namespaces.next().flatten();
+    let many = namespaces.any(|netns| netns != first);
+    let rows = view.endpoints.iter().map(move |(endpoint, counts)| {
+        let mut name = match endpoint {
+            Endpoint::Local(local, _) => local.to_string(),
+            Endpoint::Toward(remote, _) => format!("→{remote}"),
         };
+        if let (true, Some(netns)) = (many, endpoint.netns()) {
+            let label = view.netns_labels.iter().find(|(inode, _)| *inode == netns);
+            // An unnamed one by its inode's last digits: the column is narrow at 80.
+            let short = || format!("…{:04}", netns % 10_000);
+            name += &format!(" [{}]", label.map_or_else(short, |(_, l)| l.clone()));
+        }
         let counts = [counts.established, counts.time_wait, counts.close_wait, counts.all];
         Row::new([Cell::from(name)].into_iter().chain(count_cells(counts)))
     });
@@ -543,8 +565,8 @@ mod tests {
         );
         // The TIME-WAIT began at 1300.002 s: 34 s old.
         assert_eq!(view.time_wait_ages, [0, 0, 0, 1, 0, 0, 0]);
-        let server = Endpoint::Local("127.0.0.1:18084".parse().unwrap());
-        let toward = Endpoint::Toward("127.0.0.1:18084".parse().unwrap());
+        let server = Endpoint::Local("127.0.0.1:18084".parse().unwrap(), None);
+        let toward = Endpoint::Toward("127.0.0.1:18084".parse().unwrap(), None);
         let counts =
             |endpoint| view.endpoints.iter().find(|(e, _)| *e == endpoint).map(|(_, c)| *c);
         assert_eq!(
@@ -569,6 +591,31 @@ mod tests {
         assert!(screen.contains("127.0.0.1:18084"), "{screen}");
         assert!(screen.contains("→127.0.0.1:18084"), "{screen}");
         assert!(screen.contains(" 34 s ") || screen.contains("1743"), "{screen}");
+    }
+
+    #[test]
+    fn the_same_endpoint_in_two_namespaces_is_two_rows_each_named() {
+        let mut r = Recording::default();
+        let listen = ("127.0.0.1:8080", "0.0.0.0:0");
+        r.in_netns(4026532001).transition(10.0, 1, Closed, Listen, listen, Some(7));
+        r.in_netns(4026532002).transition(10.0, 2, Closed, Listen, listen, Some(8));
+        let mut engine = Engine::new(EngineOptions::default());
+        r.events.iter().for_each(|event| engine.push(*event));
+        engine.advance(11 * S, &mut |_| {});
+        let mut view = View::of(&engine, 11 * S, SortBy::All);
+        let rows: Vec<Endpoint> = view.endpoints.iter().map(|(endpoint, _)| *endpoint).collect();
+        let address = "127.0.0.1:8080".parse().unwrap();
+        assert_eq!(
+            rows,
+            [
+                Endpoint::Local(address, Some(4026532001)),
+                Endpoint::Local(address, Some(4026532002))
+            ]
+        );
+        view.netns_labels = vec![(4026532001, "blue".into())];
+        let screen = screen(&view, 80, 24).join("\n");
+        assert!(screen.contains("127.0.0.1:8080 [blue]"), "{screen}");
+        assert!(screen.contains("127.0.0.1:8080 […2002]"), "{screen}");
     }
 
     #[test]
