@@ -1,5 +1,6 @@
 //! Live tracing: attach, stream events through the lifecycle engine until Ctrl-C, SIGTERM
-//! or `--duration`, detach, and print the summary.
+//! or `--duration`, detach, and print the summary. The loop is a [`Session`], which
+//! `tcptrace lab` and `tcptrace top` drive too, a step at a time.
 
 use std::{
     fs::File,

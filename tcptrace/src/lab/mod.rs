@@ -103,6 +103,8 @@ pub async fn run(args: &LabArgs) -> Result<()> {
 struct Peer {
     child: Child,
     lines: mpsc::Receiver<String>,
+    /// The thread that reads its output, to its end.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Peer {
@@ -117,6 +119,15 @@ impl Peer {
 
     fn exited(&mut self) -> Result<bool> {
         Ok(self.child.try_wait()?.is_some())
+    }
+
+    /// Every line it printed that [`Peer::lines`] did not give yet, once it has exited: its
+    /// output is read to the end first (the reader may still be behind the exit).
+    fn last_lines(&mut self) -> Vec<String> {
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        self.lines()
     }
 }
 
@@ -180,14 +191,14 @@ impl Lab<'_> {
             .with_context(|| format!("starting {what}"))?;
         let (send, lines) = mpsc::channel();
         let stdout = child.stdout.take().context("the peer's output")?;
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if send.send(line).is_err() {
                     break;
                 }
             }
         });
-        self.peers.push(Peer { child, lines });
+        self.peers.push(Peer { child, lines, reader: Some(reader) });
         Ok(self.peers.len() - 1)
     }
 
@@ -411,7 +422,7 @@ impl Lab<'_> {
         let client = self.start_peer(PeerRole::CloseFirstClient, DRAIN_PORT, &extra)?;
         self.until(PATIENCE, "the client to finish", |lab| lab.peers[client].exited()).await?;
         let (mut ports, mut failure) = (Vec::new(), None);
-        for line in self.peers[client].lines() {
+        for line in self.peers[client].last_lines() {
             if let Some(port) = line.strip_prefix("connected ") {
                 ports.extend(port.parse::<u16>());
             } else if let Some(error) = line.strip_prefix("failed ") {
