@@ -265,8 +265,6 @@ pub struct SocketHomeOffsets {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TimeWaitSockOffsets {
-    /// `timer_list.function`: what runs when the timer expires.
-    pub timer_function: u16,
     /// `inet_timewait_sock.tw_timer`: the timer's place in its time-wait socket.
     pub tw_timer: u16,
     /// The members of `inet_timewait_sock.__tw_common` (a `struct sock_common`), from the
@@ -283,43 +281,16 @@ pub struct TimeWaitSockOffsets {
     pub _pad: u32,
 }
 
+/// Where a `struct timer_list` keeps what the timer programs read (from BTF). They run as
+/// BTF tracepoints, which get the timer's own pointer, and load these straight from it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TimerOffsets {
-    /// `timer` in timer_start, timer_cancel and timer_expire_entry (same offset in all three
-    /// on every kernel we know, but read from each format file all the same).
-    pub start_timer: u16,
-    pub start_function: u16,
-    pub start_expires: u16,
-    pub start_now: u16,
-    pub cancel_timer: u16,
-    pub expire_timer: u16,
-    pub expire_function: u16,
-    /// 1 when the fields every timer event reads sit where [`BuiltInTimerLayout`] says: the
-    /// programs then load them straight from the record instead of through a helper call.
-    pub built_in_layout: u16,
-}
-
-/// Offsets of `timer` (all three timer tracepoints) and `function` (`timer_start`,
-/// `timer_expire_entry`) as recent kernels lay them out. The timer programs run for every
-/// timer on the machine, under the timer base's lock with interrupts off, so their common
-/// path loads these at constant offsets (the only kind the verifier accepts for a
-/// tracepoint record) when the loader finds this layout in tracefs.
-pub struct BuiltInTimerLayout;
-
-impl BuiltInTimerLayout {
-    pub const TIMER: u16 = 8;
-    pub const START_FUNCTION: u16 = 16;
-    pub const EXPIRE_FUNCTION: u16 = 24;
-
-    /// Whether `offsets`, read from tracefs, match this layout.
-    pub fn matches(offsets: &TimerOffsets) -> bool {
-        offsets.start_timer == Self::TIMER
-            && offsets.cancel_timer == Self::TIMER
-            && offsets.expire_timer == Self::TIMER
-            && offsets.start_function == Self::START_FUNCTION
-            && offsets.expire_function == Self::EXPIRE_FUNCTION
-    }
+    /// `timer_list.function`: what runs when the timer expires.
+    pub function: u16,
+    /// `timer_list.expires`, in jiffies.
+    pub expires: u16,
+    pub _pad: u32,
 }
 
 /// Read-only configuration of the kernel program, set by the loader before load.
@@ -424,11 +395,11 @@ mod tests {
         assert_eq!(core::mem::size_of::<AddressOffsets>(), 16);
         assert_eq!(core::mem::size_of::<SetStateOffsets>(), 24);
         assert_eq!(core::mem::size_of::<SendResetOffsets>(), 8);
-        assert_eq!(core::mem::size_of::<TimerOffsets>(), 16);
+        assert_eq!(core::mem::size_of::<TimerOffsets>(), 8);
         assert_eq!(core::mem::size_of::<SocketHomeOffsets>(), 16);
         assert_eq!(core::mem::size_of::<TimeWaitSockOffsets>(), 24);
         let filters = 8 + 4 + 4 * MAX_NETNS + 4 + 16 + 16;
-        let offsets = 24 + 8 + 16 + 16 + 24 + 16 + 24;
+        let offsets = 24 + 8 + 16 + 8 + 24 + 16 + 24;
         assert_eq!(core::mem::size_of::<Config>(), offsets + 16 + filters);
     }
 }

@@ -11,8 +11,6 @@
 use aya_ebpf::{helpers::bpf_get_smp_processor_id, programs::TracePointContext};
 use aya_log_ebpf::debug;
 
-use crate::{CPU_STATE, record::field};
-
 /// Learns `regs` as this CPU's process-context pointer, from an event that only happens in
 /// process context. A change is said under `--verbose` (once per CPU, or when perf moves
 /// its buffers), never per event.
@@ -24,20 +22,6 @@ pub fn learn_process_context(ctx: &TracePointContext, regs: u64, known: &mut u64
         let cpu = unsafe { bpf_get_smp_processor_id() };
         debug!(ctx, "cpu {}: learned the process-context marker", cpu);
     }
-}
-
-/// For the programs that don't copy the record: reads the pointer and compares it.
-#[inline(always)]
-pub fn in_process_context(ctx: &TracePointContext) -> bool {
-    let Ok(regs) = field::<u64>(ctx, 0) else {
-        return false;
-    };
-    let Some(state) = CPU_STATE.get_ptr_mut(0) else {
-        return false;
-    };
-    // SAFETY: this CPU's map value, valid while the program is loaded and used by one
-    // program at a time on this CPU.
-    same_as_process_context(regs, unsafe { &(*state).process_context_regs })
 }
 
 /// Compares `regs` with this CPU's process-context pointer.

@@ -1,8 +1,10 @@
 //! Kernel side of tcptrace.
 //!
-//! Tracepoint programs only (no kprobes, no fentry): they read the fields they need at
-//! offsets the loader took from tracefs, drop what the filters exclude as early as possible,
-//! and push fixed-size [`Event`](tcptrace_common::Event)s into one ring buffer. Everything else happens in userspace.
+//! Tracepoint programs only (no kprobes, no fentry): perf tracepoints for the socket events,
+//! BTF tracepoints for the timers. They read the fields they need at offsets the loader took
+//! from tracefs and BTF, drop what the filters exclude as early as possible, and push
+//! fixed-size [`Event`](tcptrace_common::Event)s into one ring buffer. Everything else
+//! happens in userspace.
 //!
 //! - [`record`]: the tracepoint record, copied once, and its fields.
 //! - [`filter`]: `-4`/`-6`, `--netns`; `--port`, `--pid`, `--cgroup` sticky per socket.

@@ -3,36 +3,9 @@
 
 use aya_ebpf::{EbpfContext, helpers::bpf_probe_read_kernel_buf, programs::TracePointContext};
 use aya_log_ebpf::error;
-use tcptrace_common::{AF_INET, AddressOffsets, Config, Event, RECORD_BYTES};
+use tcptrace_common::{AF_INET, AddressOffsets, Event, RECORD_BYTES};
 
 use crate::{CPU_STATE, CpuState};
-
-/// A field of type `T` at `offset`, read from the record with a helper call (for the
-/// programs that read a field or two and need no copy).
-#[inline(always)]
-pub fn field<T>(ctx: &TracePointContext, offset: u16) -> Result<T, i32> {
-    // SAFETY: `read_at` reads through `bpf_probe_read`, which checks the address itself and
-    // fails rather than faulting; `T` is a plain integer type at every call site.
-    unsafe { ctx.read_at::<T>(offset as usize) }
-}
-
-/// A pointer-sized timer tracepoint field: one load at the built-in offset `AT` when the
-/// loader found that layout, else a helper call at the offset tracefs gave.
-#[inline(always)]
-pub fn timer_field<const AT: u16>(
-    ctx: &TracePointContext,
-    config: &Config,
-    offset: u16,
-) -> Result<u64, i32> {
-    if config.timer.built_in_layout != 0 {
-        // SAFETY: the loader set `built_in_layout` only after tracefs showed an 8-byte field
-        // at offset `AT` of this tracepoint's record, which the context points to; the
-        // verifier accepts constant-offset loads from it and checks the bounds itself.
-        Ok(unsafe { *(ctx.as_ptr() as *const u8).add(AT as usize).cast::<u64>() })
-    } else {
-        field(ctx, offset)
-    }
-}
 
 /// The current record, copied once. Fields are read from the copy at offsets masked to the
 /// buffer, which is what lets the verifier accept offsets only known at load time.

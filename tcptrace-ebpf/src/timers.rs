@@ -5,38 +5,59 @@
 //! on the machine, under the timer base's lock with interrupts off, so they give up on
 //! anything that is not a time-wait timer as early as they can.
 //!
+//! They are BTF tracepoints (raw tracepoints typed by the kernel's BTF): the kernel builds
+//! no perf record for them, and they read the timer through its own pointer with plain
+//! loads the verifier checks against BTF, where a perf tracepoint's program needs a helper
+//! call (the timer programs run about 18 times a connection; most of their cost was that).
+//! Their events carry no task: the kernel does not say, here, whether it runs in process
+//! context, and a time-wait socket's owner is its connection's anyway.
+//!
 //! A time-wait socket from before tcptrace started was never seen starting: for about a
 //! minute after start, a cancelled timer the table does not know is checked for being a
 //! time-wait timer, and if it is, its socket is read next to it and followed from there.
 
 use aya_ebpf::{
-    helpers::bpf_ktime_get_ns, macros::tracepoint, maps::PerCpuArray, programs::TracePointContext,
+    EbpfContext,
+    helpers::{bpf_jiffies64, bpf_ktime_get_ns},
+    macros::btf_tracepoint,
+    maps::PerCpuArray,
+    programs::BtfTracePointContext,
 };
 use aya_log_ebpf::warn;
 use tcptrace_common::{
-    AF_INET, BuiltInTimerLayout, Config, EXPIRE_AFTER_CANCEL_TTL_NS, REARM_AFTER_CANCEL_TTL_NS,
-    TimerSlot, counter, kind,
+    AF_INET, Config, EXPIRE_AFTER_CANCEL_TTL_NS, REARM_AFTER_CANCEL_TTL_NS, TimerSlot, counter,
+    kind,
 };
 
 use crate::{
     CANCELLED_TIMER, MEET_TIME_WAITS_UNTIL, STARTED_TIMER, TIME_WAIT_TIMERS,
-    context::in_process_context,
     emit::{count, emit},
     filter::{family_kept, ports_match},
     home::{netns, netns_kept, read},
-    record::{field, timer_field},
 };
 
-/// Whether the timer of this `timer_start` or `timer_expire_entry` record is a time-wait
-/// timer: its `function` field (built-in offset `AT`, else `offset`) is `tw_timer_handler`.
+/// The `struct timer_list *` every timer tracepoint gets first.
 #[inline(always)]
-fn runs_time_wait_handler<const AT: u16>(
-    ctx: &TracePointContext,
-    config: &Config,
-    offset: u16,
-) -> Result<bool, i32> {
-    Ok(config.tw_timer_handler != 0
-        && timer_field::<AT>(ctx, config, offset)? == config.tw_timer_handler)
+fn timer_of(ctx: &BtfTracePointContext) -> *const u8 {
+    // Argument 0 of timer_start, timer_cancel and timer_expire_entry (their prototypes in
+    // include/trace/events/timer.h); the verifier types it from BTF.
+    ctx.arg(0)
+}
+
+/// The timer's `u64` member at `offset`: one load, which the verifier checks against the
+/// timer's BTF type (the offset comes from read-only config, so it is known at load time).
+#[inline(always)]
+fn timer_member(timer: *const u8, offset: u16) -> u64 {
+    // SAFETY: `offset` is that of an 8-byte member of `struct timer_list` (the loader took
+    // it from BTF); loads through a BTF pointer can't fault (the kernel handles them).
+    unsafe { timer.add(usize::from(offset)).cast::<u64>().read() }
+}
+
+/// Whether `timer` runs `tw_timer_handler`: set once, when its time-wait socket is made.
+#[inline(always)]
+fn is_time_wait_timer(config: &Config, timer: *const u8) -> bool {
+    config.tw_timer_handler != 0
+        && timer_member(timer, config.timer.function) == config.tw_timer_handler
 }
 
 /// Takes this CPU's noted timer if it is younger than `ttl_ns` (and is `timer`, if given).
@@ -64,7 +85,7 @@ pub fn take_slot(
 /// A time-wait timer that can't be tracked (the table is full): counted, and said under
 /// `--verbose`.
 #[inline(always)]
-pub fn table_full(ctx: &TracePointContext, timer: u64) {
+pub fn table_full<C: EbpfContext>(ctx: &C, timer: u64) {
     count(counter::TW_TABLE_FULL);
     warn!(ctx, "the time-wait timer table is full: timer {:x} is not followed", timer);
 }
@@ -77,85 +98,57 @@ fn put_slot(slot_map: &PerCpuArray<TimerSlot>, slot: TimerSlot) {
     }
 }
 
-#[tracepoint]
-pub fn timer_start(ctx: TracePointContext) -> u32 {
-    let _ = try_timer_start(&ctx);
-    0
-}
-
-fn try_timer_start(ctx: &TracePointContext) -> Result<(), i32> {
+#[btf_tracepoint(function = "timer_start")]
+pub fn timer_start(ctx: BtfTracePointContext) -> i32 {
     let config = crate::config();
-    let offsets = &config.timer;
-    if !runs_time_wait_handler::<{ BuiltInTimerLayout::START_FUNCTION }>(
-        ctx,
-        config,
-        offsets.start_function,
-    )? {
-        return Ok(());
+    let timer = timer_of(&ctx);
+    if !is_time_wait_timer(config, timer) {
+        return 0;
     }
-    let timer = timer_field::<{ BuiltInTimerLayout::TIMER }>(ctx, config, offsets.start_timer)?;
+    let address = timer as u64;
     // SAFETY: the helper has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     // mod_timer() on a pending timer shows as cancel + start: a re-arm of a live time-wait.
-    let Some(cancelled) = take_slot(&CANCELLED_TIMER, now, REARM_AFTER_CANCEL_TTL_NS, Some(timer))
+    let Some(cancelled) =
+        take_slot(&CANCELLED_TIMER, now, REARM_AFTER_CANCEL_TTL_NS, Some(address))
     else {
-        put_slot(&STARTED_TIMER, TimerSlot { timer, sk: 0, ts_ns: now });
-        return Ok(());
+        put_slot(&STARTED_TIMER, TimerSlot { timer: address, sk: 0, ts_ns: now });
+        return 0;
     };
-    if TIME_WAIT_TIMERS.insert(&timer, &cancelled.sk, 0).is_err() {
-        table_full(ctx, timer);
+    if TIME_WAIT_TIMERS.insert(&address, &cancelled.sk, 0).is_err() {
+        table_full(&ctx, address);
     }
-    let expires: u64 = field(ctx, offsets.start_expires)?;
-    let jiffies_now: u64 = field(ctx, offsets.start_now)?;
-    let process_context = in_process_context(ctx);
-    emit(config, now, kind::TW_REARM, cancelled.sk, process_context, true, |event| {
-        event.timer = timer;
+    let expires = timer_member(timer, config.timer.expires);
+    // SAFETY: the helper has no preconditions.
+    let jiffies_now = unsafe { bpf_jiffies64() };
+    emit(config, now, kind::TW_REARM, cancelled.sk, false, true, |event| {
+        event.timer = address;
         event.timeout_jiffies = expires.wrapping_sub(jiffies_now) as u32;
     });
-    Ok(())
-}
-
-#[tracepoint]
-pub fn timer_cancel(ctx: TracePointContext) -> u32 {
-    let _ = try_timer_cancel(&ctx);
     0
 }
 
-fn try_timer_cancel(ctx: &TracePointContext) -> Result<(), i32> {
+#[btf_tracepoint(function = "timer_cancel")]
+pub fn timer_cancel(ctx: BtfTracePointContext) -> i32 {
     let config = crate::config();
-    if config.tw_timer_handler == 0 {
-        return Ok(());
-    }
-    let timer =
-        timer_field::<{ BuiltInTimerLayout::TIMER }>(ctx, config, config.timer.cancel_timer)?;
+    let timer = timer_of(&ctx);
     // Eight cancelled timers in nine are not time-wait timers (retransmit, delayed ACK,
-    // keepalive…): one read of the timer's own `function` tells, before any map lookup.
-    // Without the BTF offset, the table lookup alone tells.
-    let by_function = config.time_wait_sock.valid != 0;
-    if by_function && !is_time_wait_timer(config, timer) {
-        return Ok(());
+    // keepalive…): one load of the timer's own `function` tells, before any map lookup.
+    if !is_time_wait_timer(config, timer) {
+        return 0;
     }
+    let address = timer as u64;
     // SAFETY: the value is copied out at once; an entry is only ever replaced whole.
-    let Some(&sk) = (unsafe { TIME_WAIT_TIMERS.get(&timer) }) else {
-        if by_function {
-            meet_time_wait(ctx, config, timer);
-        }
-        return Ok(());
+    let Some(&sk) = (unsafe { TIME_WAIT_TIMERS.get(&address) }) else {
+        meet_time_wait(config, address);
+        return 0;
     };
-    let _ = TIME_WAIT_TIMERS.remove(&timer);
+    let _ = TIME_WAIT_TIMERS.remove(&address);
     // SAFETY: the helper has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    put_slot(&CANCELLED_TIMER, TimerSlot { timer, sk, ts_ns: now });
-    let process_context = in_process_context(ctx);
-    emit(config, now, kind::TW_CANCEL, sk, process_context, true, |event| event.timer = timer);
-    Ok(())
-}
-
-/// Whether the `timer_list` at `timer` runs `tw_timer_handler` (set once, when the
-/// time-wait socket is made: it reads the same at every cancel).
-#[inline(always)]
-fn is_time_wait_timer(config: &Config, timer: u64) -> bool {
-    read::<u64>(timer + u64::from(config.time_wait_sock.timer_function)) == config.tw_timer_handler
+    put_slot(&CANCELLED_TIMER, TimerSlot { timer: address, sk, ts_ns: now });
+    emit(config, now, kind::TW_CANCEL, sk, false, true, |event| event.timer = address);
+    0
 }
 
 /// A cancelled time-wait timer the table does not know: while [`MEET_TIME_WAITS_UNTIL`]
@@ -163,11 +156,11 @@ fn is_time_wait_timer(config: &Config, timer: u64) -> bool {
 /// socket's addresses (read from beside its timer), and noted for the expiry or re-arm
 /// that follows.
 #[inline(always)]
-fn meet_time_wait(ctx: &TracePointContext, config: &Config, timer: u64) {
+fn meet_time_wait(config: &Config, timer: u64) {
     let offsets = &config.time_wait_sock;
     let until = MEET_TIME_WAITS_UNTIL.get(0).copied().unwrap_or(0);
     // A time-wait socket has no process and no cgroup: `--pid` and `--cgroup` keep none.
-    if until == 0 || config.pid != 0 || config.cgroup != 0 {
+    if until == 0 || offsets.valid == 0 || config.pid != 0 || config.cgroup != 0 {
         return;
     }
     // SAFETY: the helper has no preconditions.
@@ -187,8 +180,7 @@ fn meet_time_wait(ctx: &TracePointContext, config: &Config, timer: u64) {
         return;
     }
     put_slot(&CANCELLED_TIMER, TimerSlot { timer, sk: tw, ts_ns: now });
-    let process_context = in_process_context(ctx);
-    emit(config, now, kind::TW_CANCEL, tw, process_context, true, |event| {
+    emit(config, now, kind::TW_CANCEL, tw, false, true, |event| {
         event.timer = timer;
         event.family = family as u8;
         event.sport = sport;
@@ -206,29 +198,21 @@ fn meet_time_wait(ctx: &TracePointContext, config: &Config, timer: u64) {
     });
 }
 
-#[tracepoint]
-pub fn timer_expire_entry(ctx: TracePointContext) -> u32 {
-    let _ = try_timer_expire_entry(&ctx);
-    0
-}
-
-fn try_timer_expire_entry(ctx: &TracePointContext) -> Result<(), i32> {
+#[btf_tracepoint(function = "timer_expire_entry")]
+pub fn timer_expire_entry(ctx: BtfTracePointContext) -> i32 {
     let config = crate::config();
-    let offsets = &config.timer;
-    if !runs_time_wait_handler::<{ BuiltInTimerLayout::EXPIRE_FUNCTION }>(
-        ctx,
-        config,
-        offsets.expire_function,
-    )? {
-        return Ok(());
+    let timer = timer_of(&ctx);
+    if !is_time_wait_timer(config, timer) {
+        return 0;
     }
-    let timer = timer_field::<{ BuiltInTimerLayout::TIMER }>(ctx, config, offsets.expire_timer)?;
+    let address = timer as u64;
     // SAFETY: the helper has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let Some(cancelled) = take_slot(&CANCELLED_TIMER, now, EXPIRE_AFTER_CANCEL_TTL_NS, Some(timer))
+    let Some(cancelled) =
+        take_slot(&CANCELLED_TIMER, now, EXPIRE_AFTER_CANCEL_TTL_NS, Some(address))
     else {
-        return Ok(());
+        return 0;
     };
-    emit(config, now, kind::TW_EXPIRE, cancelled.sk, false, true, |event| event.timer = timer);
-    Ok(())
+    emit(config, now, kind::TW_EXPIRE, cancelled.sk, false, true, |event| event.timer = address);
+    0
 }

@@ -233,7 +233,7 @@ fn a_connect_whose_syns_are_dropped_times_out_after_its_retries() {
 fn the_btf_reader_agrees_with_btfparse_on_this_kernel() {
     use tcptrace::kernel::btf::{
         Btf, CGROUP_MEMBERS, Member, NETNS_MEMBERS, TCP_SOCK_MEMBERS, TIME_WAIT_SOCK_MEMBERS,
-        VMLINUX,
+        TIMER_MEMBERS, VMLINUX,
     };
     struct Bytes(Vec<u8>);
     impl btfparse::Readable for Bytes {
@@ -269,6 +269,7 @@ fn the_btf_reader_agrees_with_btfparse_on_this_kernel() {
     check(&theirs, &ours, &NETNS_MEMBERS);
     check(&theirs, &ours, &CGROUP_MEMBERS);
     check(&theirs, &ours, &TIME_WAIT_SOCK_MEMBERS);
+    check(&theirs, &ours, &TIMER_MEMBERS);
     let tw = tcptrace::kernel::btf::time_wait_sock_offsets(&ours).unwrap();
     assert_eq!(tw.valid, 1);
     // A time-wait socket's namespace is read at a socket's offset: both start alike.

@@ -10,7 +10,7 @@
 //! for: a few MiB, a few ms. The kernel tests check it against btfparse member by member.
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
-use tcptrace_common::{SocketHomeOffsets, TcpSockOffsets, TimeWaitSockOffsets};
+use tcptrace_common::{SocketHomeOffsets, TcpSockOffsets, TimeWaitSockOffsets, TimerOffsets};
 
 pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 
@@ -264,9 +264,14 @@ pub const CGROUP_MEMBERS: [Member<SocketHomeOffsets>; 5] = [
     member("cgroup", "ancestors", 0, |o| &mut o.cgroup_ancestors),
 ];
 
+/// What the timer programs load from a timer: which function it runs, and when.
+pub const TIMER_MEMBERS: [Member<TimerOffsets>; 2] = [
+    member("timer_list", "function", 8, |o| &mut o.function),
+    member("timer_list", "expires", 8, |o| &mut o.expires),
+];
+
 /// Where a time-wait socket keeps its timer and its two ends (for one from before start).
-pub const TIME_WAIT_SOCK_MEMBERS: [Member<TimeWaitSockOffsets>; 9] = [
-    member("timer_list", "function", 8, |o| &mut o.timer_function),
+pub const TIME_WAIT_SOCK_MEMBERS: [Member<TimeWaitSockOffsets>; 8] = [
     // Its first member: the timer's own offset, which `fill` needs a sized member for.
     member("inet_timewait_sock", "tw_timer.entry", 16, |o| &mut o.tw_timer),
     member("inet_timewait_sock", "__tw_common.skc_daddr", 4, |o| &mut o.daddr),
@@ -311,6 +316,13 @@ pub fn tcp_sock_offsets(btf: &Btf) -> Result<TcpSockOffsets> {
     let mut offsets = TcpSockOffsets::default();
     btf.fill(&TCP_SOCK_MEMBERS, &mut offsets)?;
     offsets.valid = 1;
+    Ok(offsets)
+}
+
+/// Where a timer keeps its function and expiry.
+pub fn timer_offsets(btf: &Btf) -> Result<TimerOffsets> {
+    let mut offsets = TimerOffsets::default();
+    btf.fill(&TIMER_MEMBERS, &mut offsets)?;
     Ok(offsets)
 }
 

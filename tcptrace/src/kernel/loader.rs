@@ -6,12 +6,12 @@ use anyhow::{Context, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData, PerCpuArray, RingBuf},
-    programs::{ProgramError, TracePoint},
+    programs::{BtfTracePoint, ProgramError, TracePoint},
 };
 use aya_log::EbpfLogger;
 use tcptrace_common::{
-    AddressOffsets, BuiltInTimerLayout, Config, FAMILY_IPV4, FAMILY_IPV6, MAX_NETNS, MAX_PORTS,
-    RING_RECORD_BYTES, SendResetOffsets, SetStateOffsets, TimerOffsets, counter,
+    AddressOffsets, Config, FAMILY_IPV4, FAMILY_IPV6, MAX_NETNS, MAX_PORTS, RING_RECORD_BYTES,
+    SendResetOffsets, SetStateOffsets, counter,
 };
 
 use crate::{
@@ -102,21 +102,6 @@ fn send_reset_offsets(format: &Format) -> Result<SendResetOffsets> {
     })
 }
 
-fn timer_offsets(start: &Format, cancel: &Format, expire: &Format) -> Result<TimerOffsets> {
-    let mut offsets = TimerOffsets {
-        start_timer: start.offset("timer")?,
-        start_function: start.offset("function")?,
-        start_expires: start.offset("expires")?,
-        start_now: start.offset("now")?,
-        cancel_timer: cancel.offset("timer")?,
-        expire_timer: expire.offset("timer")?,
-        expire_function: expire.offset("function")?,
-        built_in_layout: 0,
-    };
-    offsets.built_in_layout = u16::from(BuiltInTimerLayout::matches(&offsets));
-    Ok(offsets)
-}
-
 /// An optional tracepoint group that could not be used, and why.
 #[derive(Debug)]
 pub struct Degraded {
@@ -182,8 +167,10 @@ impl Tracer {
         let counters = "TCP counters at close (bytes, segments, retransmits, RTT, errors)";
         let homes = "network namespaces and cgroups of sockets";
         let earlier = "following TIME-WAITs from before start to their end";
+        let mut timer_offsets = Err(anyhow!("no BTF"));
         match btf::Btf::read(btf::VMLINUX) {
             Ok(kernel_btf) => {
+                timer_offsets = btf::timer_offsets(&kernel_btf);
                 match btf::tcp_sock_offsets(&kernel_btf) {
                     Ok(offsets) => config.tcp_sock = offsets,
                     Err(error) => {
@@ -236,6 +223,8 @@ impl Tracer {
                 false
             }
         };
+        // The timer programs are BTF tracepoints: they need the kernel's BTF (aya reads it
+        // again to find each tracepoint's type; dropped once they are loaded).
         let timers = (|| -> Result<_> {
             let kallsyms =
                 std::fs::read_to_string("/proc/kallsyms").context("cannot read /proc/kallsyms")?;
@@ -243,22 +232,19 @@ impl Tracer {
                 tracefs::kernel_symbol(&kallsyms, "tw_timer_handler").ok_or_else(|| {
                     anyhow!("tw_timer_handler is not in /proc/kallsyms (or addresses are hidden)")
                 })?;
-            let offsets = timer_offsets(
-                &Format::read(&tracefs, "timer", "timer_start")?,
-                &Format::read(&tracefs, "timer", "timer_cancel")?,
-                &Format::read(&tracefs, "timer", "timer_expire_entry")?,
-            )?;
-            Ok((handler, offsets))
+            let offsets = timer_offsets.context("reading struct timer_list from BTF")?;
+            let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
+            Ok((handler, offsets, btf))
         })();
-        let timers_on = match timers {
-            Ok((handler, offsets)) => {
+        let (timers_btf, timers_on) = match timers {
+            Ok((handler, offsets, btf)) => {
                 config.tw_timer_handler = handler;
                 config.timer = offsets;
-                true
+                (Some(btf), true)
             }
             Err(error) => {
                 degraded.push(Degraded { what: "TIME-WAIT tracking", why: format!("{error:#}") });
-                false
+                (None, false)
             }
         };
 
@@ -285,15 +271,14 @@ impl Tracer {
             None
         };
         for (category, name) in PROGRAMS {
-            let wanted = match category {
-                "tcp" => resets_on,
-                "timer" => timers_on,
-                _ => true,
-            };
-            if wanted {
-                attach(&mut ebpf, category, name)?;
+            match (category, &timers_btf) {
+                ("timer", Some(btf)) => attach_btf(&mut ebpf, name, btf)?,
+                ("timer", None) => {}
+                ("tcp", _) if !resets_on => {}
+                _ => attach(&mut ebpf, category, name)?,
             }
         }
+        drop(timers_btf);
         calibrate_process_context();
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
         let counters =
@@ -453,21 +438,37 @@ fn apply_filters(config: &mut Config, filters: &Filters) {
 }
 
 fn attach(ebpf: &mut Ebpf, category: &str, name: &str) -> Result<()> {
-    let program: &mut TracePoint = ebpf
-        .program_mut(name)
-        .with_context(|| format!("program {name} missing from the eBPF object"))?
-        .try_into()?;
-    program.load().map_err(|error| match error {
-        ProgramError::LoadError { io_error, verifier_log } => anyhow!(
-            "the kernel's verifier rejected the {name} program ({io_error}):\n{verifier_log}"
-        ),
-        other => explain_permission(other.into()),
-    })?;
+    let program: &mut TracePoint = program(ebpf, name)?.try_into()?;
+    program.load().map_err(|error| load_error(name, error))?;
     program
         .attach(category, name)
         .map_err(|error| explain_permission(error.into()))
         .with_context(|| format!("attaching to tracepoint {category}:{name} failed"))?;
     Ok(())
+}
+
+/// Loads and attaches a BTF tracepoint program, named after its tracepoint.
+fn attach_btf(ebpf: &mut Ebpf, name: &str, btf: &aya::Btf) -> Result<()> {
+    let program: &mut BtfTracePoint = program(ebpf, name)?.try_into()?;
+    program.load(name, btf).map_err(|error| load_error(name, error))?;
+    program
+        .attach()
+        .map_err(|error| explain_permission(error.into()))
+        .with_context(|| format!("attaching to BTF tracepoint {name} failed"))?;
+    Ok(())
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {
+    ebpf.program_mut(name).with_context(|| format!("program {name} missing from the eBPF object"))
+}
+
+fn load_error(name: &str, error: ProgramError) -> anyhow::Error {
+    match error {
+        ProgramError::LoadError { io_error, verifier_log } => anyhow!(
+            "the kernel's verifier rejected the {name} program ({io_error}):\n{verifier_log}"
+        ),
+        other => explain_permission(other.into()),
+    }
 }
 
 /// Turns a permission error anywhere in the chain into advice a person can act on.
@@ -546,15 +547,6 @@ fn raise_memlock_limit() {
 mod tests {
     use super::*;
 
-    /// A timer tracepoint's format file with the given `(name, offset)` fields.
-    fn timer_format(name: &str, fields: &[(&str, u16)]) -> Format {
-        let text: String = fields
-            .iter()
-            .map(|(field, offset)| format!("\tfield:void * {field};\toffset:{offset};\tsize:8;\n"))
-            .collect();
-        Format::parse(&format!("timer:{name}"), &text)
-    }
-
     #[test]
     fn the_fill_level_is_checked_often_enough_for_small_rings() {
         assert_eq!(wakeup_check_every(4 << 20, 2), 16, "the default ring");
@@ -563,24 +555,6 @@ mod tests {
         assert_eq!(wakeup_check_every(4096, 2), 1);
         assert_eq!(wakeup_check_every(4096, 64), 1, "every event, never less");
         assert_eq!(wakeup_check_every(4096, 0), 2);
-    }
-
-    #[test]
-    fn timer_fields_are_loaded_directly_only_from_the_built_in_layout() {
-        let start = |function| {
-            let fields = [("timer", 8), ("function", function), ("expires", 24), ("now", 40)];
-            timer_format("timer_start", &fields)
-        };
-        let cancel = timer_format("timer_cancel", &[("timer", 8)]);
-        let expire =
-            timer_format("timer_expire_entry", &[("timer", 8), ("now", 16), ("function", 24)]);
-        // Linux 6.18's layout.
-        let offsets = timer_offsets(&start(16), &cancel, &expire).unwrap();
-        assert_eq!(offsets.built_in_layout, 1);
-        assert_eq!((offsets.start_expires, offsets.start_now), (24, 40));
-        // Any field elsewhere: read at the offsets tracefs gave, through the helper.
-        let offsets = timer_offsets(&start(32), &cancel, &expire).unwrap();
-        assert_eq!((offsets.built_in_layout, offsets.start_function), (0, 32));
     }
 
     #[test]
