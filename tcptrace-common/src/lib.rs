@@ -189,15 +189,34 @@ pub struct AddressOffsets {
     pub daddr_v6: u16,
 }
 
-/// `sock:inet_sock_set_state`: the socket and its ends, then what changed.
+/// Where a `struct sock` keeps what `inet_sock_set_state` reads, from the kernel's BTF. The
+/// program is a BTF tracepoint: it gets the socket's own pointer and loads these straight
+/// from it (the members of its `__sk_common`, and `sk_lock.owned`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SetStateOffsets {
-    pub addresses: AddressOffsets,
-    pub oldstate: u16,
-    pub newstate: u16,
+pub struct SockOffsets {
+    /// `sk_protocol`: u16.
     pub protocol: u16,
-    pub _pad: u16,
+    /// `skc_family`: u16.
+    pub family: u16,
+    /// `skc_num`: the local port, in host order.
+    pub num: u16,
+    /// `skc_dport`: the remote port, in network order.
+    pub dport: u16,
+    /// `skc_rcv_saddr` and `skc_daddr`: the IPv4 addresses.
+    pub rcv_saddr: u16,
+    pub daddr: u16,
+    /// `skc_v6_rcv_saddr` and `skc_v6_daddr`: the IPv6 addresses.
+    pub v6_rcv_saddr: u16,
+    pub v6_daddr: u16,
+    /// `sk_lock.owned`: nonzero while a task holds the socket (`lock_sock`), in a system
+    /// call of the socket's user. Softirq never changes a socket's state then (it queues
+    /// to the backlog, which that task processes), so it tells process context.
+    pub lock_owned: u16,
+    /// `inet_sock.inet_sport` (network order, past the end of `struct sock`, so read with a
+    /// helper): the local port, which a closing socket keeps after `skc_num` is cleared.
+    pub inet_sport: u16,
+    pub _pad: [u16; 2],
 }
 
 /// `tcp:tcp_send_reset` carries its addresses as `struct sockaddr_in6`-sized blobs, already
@@ -207,9 +226,10 @@ pub struct SetStateOffsets {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SendResetOffsets {
     pub skaddr: u16,
+    /// The socket's state (int), 0 without one.
+    pub state: u16,
     pub saddr: u16,
     pub daddr: u16,
-    pub _pad: u16,
 }
 
 /// Offsets, from a socket's address, of what [`TcpCounters`] holds: members of `struct
@@ -297,7 +317,7 @@ pub struct TimerOffsets {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
-    pub set_state: SetStateOffsets,
+    pub sock: SockOffsets,
     pub send_reset: SendResetOffsets,
     pub receive_reset: AddressOffsets,
     pub timer: TimerOffsets,
@@ -393,7 +413,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<TcpCounters>(), 56);
         assert_eq!(core::mem::size_of::<TcpSockOffsets>(), 24);
         assert_eq!(core::mem::size_of::<AddressOffsets>(), 16);
-        assert_eq!(core::mem::size_of::<SetStateOffsets>(), 24);
+        assert_eq!(core::mem::size_of::<SockOffsets>(), 24);
         assert_eq!(core::mem::size_of::<SendResetOffsets>(), 8);
         assert_eq!(core::mem::size_of::<TimerOffsets>(), 8);
         assert_eq!(core::mem::size_of::<SocketHomeOffsets>(), 16);

@@ -6,16 +6,14 @@
 //! fixed-size [`Event`](tcptrace_common::Event)s into one ring buffer. Everything else
 //! happens in userspace.
 //!
-//! - [`record`]: the tracepoint record, copied once, and its fields.
+//! - [`record`]: a reset tracepoint's record, copied once, and its fields.
 //! - [`filter`]: `-4`/`-6`, `--netns`; `--port`, `--pid`, `--cgroup` sticky per socket.
 //! - [`home`]: a socket's network namespace and cgroup.
-//! - [`context`]: whether an event fired in process context (and its task is the owner).
 //! - [`emit`]: writing an event into the ring buffer; [`counters`]: a closing socket's.
 //! - one module per job: [`set_state`], [`timers`] (time-wait sockets), [`resets`].
 #![no_std]
 #![no_main]
 
-mod context;
 mod counters;
 mod emit;
 mod filter;
@@ -69,17 +67,16 @@ static STARTED_TIMER: PerCpuArray<TimerSlot> = PerCpuArray::with_max_entries(1, 
 #[map]
 static CANCELLED_TIMER: PerCpuArray<TimerSlot> = PerCpuArray::with_max_entries(1, 0);
 
-/// What `inet_sock_set_state` keeps per CPU, in one map value so that one lookup finds it.
+/// What the programs keep per CPU.
 #[repr(C)]
 struct CpuState {
-    /// A copy of the current tracepoint record: one helper call instead of one per field.
-    /// The loader checks that every field read from it is inside it and aligned.
+    /// A copy of the current reset tracepoint's record: one helper call instead of one per
+    /// field. The loader checks that every field read from it is inside it and aligned.
     record: [u8; RECORD_BYTES],
-    /// The `pt_regs` pointer perf hands to programs run in process context on this CPU.
-    process_context_regs: u64,
     /// Transitions this CPU sends before it looks at the ring's fill level again.
     until_fill_check: u32,
-    _pad: u32,
+    /// Whether this CPU sent a transition yet (said once, under `--verbose`).
+    sent_one: u32,
 }
 
 #[map]

@@ -1,5 +1,5 @@
-//! The tracepoint record: copied once per event into this CPU's state, and read from there
-//! at the offsets the loader found in tracefs.
+//! A reset tracepoint's record: copied once per event into this CPU's state, and read from
+//! there at the offsets the loader found in tracefs.
 
 use aya_ebpf::{EbpfContext, helpers::bpf_probe_read_kernel_buf, programs::TracePointContext};
 use aya_log_ebpf::error;
@@ -12,9 +12,9 @@ use crate::{CPU_STATE, CpuState};
 pub struct Record(&'static [u8; RECORD_BYTES]);
 
 impl Record {
-    /// Copies the record into this CPU's state; returns it with the rest of that state.
+    /// Copies the record into this CPU's state.
     #[inline(always)]
-    pub fn copy(ctx: &TracePointContext) -> Option<(Record, &'static mut u64, &'static mut u32)> {
+    pub fn copy(ctx: &TracePointContext) -> Option<Record> {
         // SAFETY: the per-CPU map value lives as long as the program is loaded, and only
         // this CPU touches it, one program at a time (tracepoint programs don't nest on a
         // CPU), so this is the only reference to it while the program runs.
@@ -29,8 +29,8 @@ impl Record {
             error!(ctx, "the tracepoint record is shorter than {} bytes", RECORD_BYTES);
             return None;
         }
-        let CpuState { record, process_context_regs, until_fill_check, .. } = state;
-        Some((Record(record), process_context_regs, until_fill_check))
+        let CpuState { record, .. } = state;
+        Some(Record(record))
     }
 
     /// The field of type `T` at `offset`. Masking the offset with `RECORD_BYTES - size`

@@ -1,16 +1,27 @@
 //! `tcp:tcp_send_reset` and `tcp:tcp_receive_reset`: RSTs, with both ends as the socket
-//! sees them.
+//! sees them. Rare, so perf tracepoints, which copy the addresses out of the packet when
+//! there is no socket.
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
-use tcptrace_common::kind;
+use tcptrace_common::{Config, kind, tcp_state};
 
 use crate::{
-    context::same_as_process_context,
     emit::emit,
     filter::{family_kept, keep_reset},
-    home::{netns, netns_kept},
+    home::{netns, netns_kept, read},
     record::Record,
 };
+
+/// Whether a task holds full socket `sk` (in `state`): the reset comes from a system call
+/// of its user (a close with unread data, an abort). A time-wait or request socket has no
+/// lock to read.
+#[inline(always)]
+fn in_process_context(config: &Config, sk: u64, state: u8) -> bool {
+    sk != 0
+        && state != tcp_state::TIME_WAIT
+        && state != tcp_state::NEW_SYN_RECV
+        && read::<u32>(sk + u64::from(config.sock.lock_owned)) != 0
+}
 
 #[tracepoint]
 pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
@@ -24,7 +35,7 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
 fn try_tcp_send_reset(ctx: &TracePointContext) -> Result<(), i32> {
     let config = crate::config();
     let offsets = &config.send_reset;
-    let (record, process_context_regs, _) = Record::copy(ctx).ok_or(0)?;
+    let record = Record::copy(ctx).ok_or(0)?;
     let family: u16 = record.get(offsets.saddr);
     if !family_kept(config, family) {
         return Ok(());
@@ -40,7 +51,8 @@ fn try_tcp_send_reset(ctx: &TracePointContext) -> Result<(), i32> {
     if !keep_reset(config, sk, sport, dport) {
         return Ok(());
     }
-    let process_context = same_as_process_context(record.get(0), process_context_regs);
+    let state = record.get::<i32>(offsets.state) as u8;
+    let process_context = in_process_context(config, sk, state);
     // SAFETY: the helper has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     // Each address is a `sockaddr_in` or `sockaddr_in6`: the IP after the family and port.
@@ -62,7 +74,7 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
 fn try_tcp_receive_reset(ctx: &TracePointContext) -> Result<(), i32> {
     let config = crate::config();
     let offsets = &config.receive_reset;
-    let (record, process_context_regs, _) = Record::copy(ctx).ok_or(0)?;
+    let record = Record::copy(ctx).ok_or(0)?;
     let family: u16 = record.get(offsets.family);
     if !family_kept(config, family) {
         return Ok(());
@@ -77,7 +89,8 @@ fn try_tcp_receive_reset(ctx: &TracePointContext) -> Result<(), i32> {
     if !keep_reset(config, sk, sport, dport) {
         return Ok(());
     }
-    let process_context = same_as_process_context(record.get(0), process_context_regs);
+    // The socket a RST reaches is a full one (`tcp_reset`).
+    let process_context = in_process_context(config, sk, tcp_state::ESTABLISHED);
     // SAFETY: the helper has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     emit(config, now, kind::RESET_RECEIVED, sk, process_context, true, |event| {

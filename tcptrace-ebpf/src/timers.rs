@@ -85,9 +85,11 @@ pub fn take_slot(
 /// A time-wait timer that can't be tracked (the table is full): counted, and said under
 /// `--verbose`.
 #[inline(always)]
-pub fn table_full<C: EbpfContext>(ctx: &C, timer: u64) {
+pub fn table_full<C: EbpfContext>(ctx: &C) {
     count(counter::TW_TABLE_FULL);
-    warn!(ctx, "the time-wait timer table is full: timer {:x} is not followed", timer);
+    // Not the timer's address: in a BTF tracepoint it is a typed pointer, which can't be
+    // formatted (the verifier allows no shifts on pointers).
+    warn!(ctx, "the time-wait timer table is full: a time-wait socket is not followed");
 }
 
 #[inline(always)]
@@ -116,7 +118,7 @@ pub fn timer_start(ctx: BtfTracePointContext) -> i32 {
         return 0;
     };
     if TIME_WAIT_TIMERS.insert(&address, &cancelled.sk, 0).is_err() {
-        table_full(&ctx, address);
+        table_full(&ctx);
     }
     let expires = timer_member(timer, config.timer.expires);
     // SAFETY: the helper has no preconditions.

@@ -26,7 +26,7 @@ use crate::{
     event::{Home, TcpState, decode},
     kernel::{
         host::HomeResolver,
-        loader::{TraceOptions, Tracer, drain, is_own_event},
+        loader::{TraceOptions, Tracer, drain},
         snapshot::{self, Snapshot},
     },
     metrics_server,
@@ -43,12 +43,11 @@ const TIMER_SLACK_NS: u64 = 3_050_000_000;
 /// The kernel wakes the reader only when the ring fills up; this tick picks up the rest.
 const POLL_INTERVAL: Duration = Duration::from_millis(10);
 
-/// The ring buffer's side of the pipeline: decoding, dropping our own calibration
-/// sockets, naming namespaces and cgroups, recording, and lost-event checks.
+/// The ring buffer's side of the pipeline: decoding, naming namespaces and cgroups,
+/// recording, and lost-event checks.
 struct Live<W: Write> {
     pipeline: Pipeline<W>,
     recorder: Option<Recorder<BufWriter<Named<File>>>>,
-    own_pid: u32,
     resolver: HomeResolver,
     /// Numbers looked up already (most events repeat the last one's).
     known_netns: std::collections::HashSet<u32>,
@@ -90,7 +89,6 @@ impl Health {
 impl<W: Write> Live<W> {
     fn record(&mut self, bytes: &[u8]) -> io::Result<()> {
         match decode(bytes) {
-            Ok(event) if is_own_event(&event, self.own_pid) => Ok(()),
             Ok(event) => {
                 self.learn_home(event.home)?;
                 if let Some(recorder) = &mut self.recorder {
@@ -348,7 +346,6 @@ impl<W: Write> Session<W> {
         let mut live = Live {
             pipeline,
             recorder,
-            own_pid: std::process::id(),
             resolver: HomeResolver::new(),
             known_netns: Default::default(),
             known_cgroups: Default::default(),

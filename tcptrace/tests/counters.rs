@@ -232,8 +232,8 @@ fn a_connect_whose_syns_are_dropped_times_out_after_its_retries() {
 #[test]
 fn the_btf_reader_agrees_with_btfparse_on_this_kernel() {
     use tcptrace::kernel::btf::{
-        Btf, CGROUP_MEMBERS, Member, NETNS_MEMBERS, TCP_SOCK_MEMBERS, TIME_WAIT_SOCK_MEMBERS,
-        TIMER_MEMBERS, VMLINUX,
+        Btf, CGROUP_MEMBERS, Member, NETNS_MEMBERS, SOCK_MEMBERS, TCP_SOCK_MEMBERS,
+        TIME_WAIT_SOCK_MEMBERS, TIMER_MEMBERS, VMLINUX,
     };
     struct Bytes(Vec<u8>);
     impl btfparse::Readable for Bytes {
@@ -270,6 +270,7 @@ fn the_btf_reader_agrees_with_btfparse_on_this_kernel() {
     check(&theirs, &ours, &CGROUP_MEMBERS);
     check(&theirs, &ours, &TIME_WAIT_SOCK_MEMBERS);
     check(&theirs, &ours, &TIMER_MEMBERS);
+    check(&theirs, &ours, &SOCK_MEMBERS);
     let tw = tcptrace::kernel::btf::time_wait_sock_offsets(&ours).unwrap();
     assert_eq!(tw.valid, 1);
     // A time-wait socket's namespace is read at a socket's offset: both start alike.

@@ -304,27 +304,45 @@ fn a_full_recording_is_named_in_the_error() {
     );
 }
 
-/// The kernel program's own diagnostics (aya-log) reach stderr with `--verbose` only: its
-/// start-up calibration on every CPU says so.
+/// The kernel program's own diagnostics (aya-log) reach stderr with `--verbose` only: each
+/// CPU says when it sends its first state change (a `listen()` on every CPU in turn here).
 #[test]
 fn kernel_diagnostics_show_with_verbose_and_only_then() {
-    support::require_root();
-    let run = |extra: &[&str]| {
-        let output = Command::new(env!("CARGO_BIN_EXE_tcptrace"))
-            .args(["--port", "9", "--duration", "0.5"])
-            .args(extra)
-            .output()
-            .unwrap();
-        assert!(output.status.success());
-        String::from_utf8_lossy(&output.stderr).into_owned()
-    };
-    let verbose = run(&["--verbose"]);
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port_arg = port.to_string();
     // SAFETY: sysconf has no preconditions.
-    let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) } as usize;
+
+    let mut verbose = Tracer::start(&["--port", &port_arg, "--verbose"]);
+    listen_on_every_cpu(port, cpus);
     for cpu in 0..cpus {
-        let said = format!("tcptrace: kernel: cpu {cpu}: learned the process-context marker");
-        assert!(verbose.contains(&said), "{verbose}");
+        verbose
+            .wait_for_stderr(&format!("kernel: cpu {cpu}: the first state change is on its way"));
     }
-    let quiet = run(&[]);
-    assert!(!quiet.contains("kernel:"), "{quiet}");
+    verbose.stop();
+
+    let mut quiet = Tracer::start(&["--port", &port_arg]);
+    listen_on_every_cpu(port, cpus);
+    std::thread::sleep(Duration::from_millis(300));
+    let said = quiet.stderr_so_far();
+    let listens = quiet.stop().iter().filter(|line| line["new"] == "LISTEN").count();
+    assert_eq!(listens, cpus, "the events came");
+    assert!(!said.contains("kernel:"), "{said}");
+}
+
+/// A `listen()` on 127.0.0.1:`port` from a thread pinned to each CPU in turn.
+fn listen_on_every_cpu(port: u16, cpus: usize) {
+    std::thread::spawn(move || {
+        for cpu in 0..cpus {
+            // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET stays within it.
+            unsafe {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(cpu, &mut set);
+                assert_eq!(libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set), 0);
+            }
+            drop(std::net::TcpListener::bind(("127.0.0.1", port)).unwrap());
+        }
+    })
+    .join()
+    .unwrap();
 }

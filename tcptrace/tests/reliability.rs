@@ -35,6 +35,21 @@ fn our_programs_loaded() -> usize {
         .count()
 }
 
+/// How many are loaded once the count is `expected`, or after 5 s. The kernel frees a BTF
+/// tracepoint's program only after an RCU grace period, a little after its process is gone
+/// (also an earlier test binary's).
+fn programs_loaded_once(expected: usize) -> usize {
+    let mut loaded = our_programs_loaded();
+    for _ in 0..50 {
+        if loaded == expected {
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+        loaded = our_programs_loaded();
+    }
+    loaded
+}
+
 fn server_closes(listener: &TcpListener) {
     let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
     drop(listener.accept().unwrap().0);
@@ -72,15 +87,15 @@ fn a_full_ring_with_a_stalled_reader_is_reported_and_marks_connections_incomplet
 #[test]
 fn nothing_stays_attached_after_sigterm_sigint_duration_or_sigkill() {
     let _serial = SERIAL.lock().unwrap();
-    let before = our_programs_loaded();
+    let before = programs_loaded_once(0);
     for signal in [libc::SIGTERM, libc::SIGINT] {
         let tracer = Tracer::start(&["--port", "9"]);
         assert_eq!(our_programs_loaded(), before + PROGRAM_NAMES.len(), "all programs attached");
         tracer.stop_with(signal);
-        assert_eq!(our_programs_loaded(), before, "detached after signal {signal}");
+        assert_eq!(programs_loaded_once(before), before, "detached after signal {signal}");
     }
     Tracer::start(&["--port", "9", "--duration", "0.5"]).wait();
-    assert_eq!(our_programs_loaded(), before, "detached after --duration");
+    assert_eq!(programs_loaded_once(before), before, "detached after --duration");
 
     // SIGKILL gives tcptrace no chance to clean up: the kernel frees its programs with it.
     let mut child = Command::new(env!("CARGO_BIN_EXE_tcptrace"))
@@ -95,13 +110,5 @@ fn nothing_stays_attached_after_sigterm_sigint_duration_or_sigkill() {
     assert_eq!(our_programs_loaded(), before + PROGRAM_NAMES.len());
     child.kill().unwrap();
     child.wait().unwrap();
-    let mut freed = false;
-    for _ in 0..50 {
-        if our_programs_loaded() == before {
-            freed = true;
-            break;
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
-    assert!(freed, "programs still loaded after SIGKILL");
+    assert_eq!(programs_loaded_once(before), before, "programs still loaded after SIGKILL");
 }

@@ -10,7 +10,9 @@
 //! for: a few MiB, a few ms. The kernel tests check it against btfparse member by member.
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
-use tcptrace_common::{SocketHomeOffsets, TcpSockOffsets, TimeWaitSockOffsets, TimerOffsets};
+use tcptrace_common::{
+    SockOffsets, SocketHomeOffsets, TcpSockOffsets, TimeWaitSockOffsets, TimerOffsets,
+};
 
 pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 
@@ -264,6 +266,21 @@ pub const CGROUP_MEMBERS: [Member<SocketHomeOffsets>; 5] = [
     member("cgroup", "ancestors", 0, |o| &mut o.cgroup_ancestors),
 ];
 
+/// What `inet_sock_set_state` loads from a socket: its protocol, both ends, and whether a
+/// task holds it.
+pub const SOCK_MEMBERS: [Member<SockOffsets>; 10] = [
+    member("sock", "sk_protocol", 2, |o| &mut o.protocol),
+    member("sock", "__sk_common.skc_family", 2, |o| &mut o.family),
+    member("sock", "__sk_common.skc_num", 2, |o| &mut o.num),
+    member("sock", "__sk_common.skc_dport", 2, |o| &mut o.dport),
+    member("sock", "__sk_common.skc_rcv_saddr", 4, |o| &mut o.rcv_saddr),
+    member("sock", "__sk_common.skc_daddr", 4, |o| &mut o.daddr),
+    member("sock", "__sk_common.skc_v6_rcv_saddr", 16, |o| &mut o.v6_rcv_saddr),
+    member("sock", "__sk_common.skc_v6_daddr", 16, |o| &mut o.v6_daddr),
+    member("sock", "sk_lock.owned", 4, |o| &mut o.lock_owned),
+    member("inet_sock", "inet_sport", 2, |o| &mut o.inet_sport),
+];
+
 /// What the timer programs load from a timer: which function it runs, and when.
 pub const TIMER_MEMBERS: [Member<TimerOffsets>; 2] = [
     member("timer_list", "function", 8, |o| &mut o.function),
@@ -316,6 +333,13 @@ pub fn tcp_sock_offsets(btf: &Btf) -> Result<TcpSockOffsets> {
     let mut offsets = TcpSockOffsets::default();
     btf.fill(&TCP_SOCK_MEMBERS, &mut offsets)?;
     offsets.valid = 1;
+    Ok(offsets)
+}
+
+/// Where a socket keeps what the state-change program reads.
+pub fn sock_offsets(btf: &Btf) -> Result<SockOffsets> {
+    let mut offsets = SockOffsets::default();
+    btf.fill(&SOCK_MEMBERS, &mut offsets)?;
     Ok(offsets)
 }
 

@@ -11,7 +11,7 @@ use aya::{
 use aya_log::EbpfLogger;
 use tcptrace_common::{
     AddressOffsets, Config, FAMILY_IPV4, FAMILY_IPV6, MAX_NETNS, MAX_PORTS, RING_RECORD_BYTES,
-    SendResetOffsets, SetStateOffsets, counter,
+    SendResetOffsets, counter,
 };
 
 use crate::{
@@ -82,23 +82,13 @@ fn address_offsets(format: &Format) -> Result<AddressOffsets> {
     })
 }
 
-fn set_state_offsets(format: &Format) -> Result<SetStateOffsets> {
-    Ok(SetStateOffsets {
-        addresses: address_offsets(format)?,
-        oldstate: format.record_field("oldstate", 4, 4)?,
-        newstate: format.record_field("newstate", 4, 4)?,
-        protocol: format.record_field("protocol", 2, 2)?,
-        _pad: 0,
-    })
-}
-
 /// Each address is a `struct sockaddr_in6`-sized blob (28 bytes), read 2 bytes at a time.
 fn send_reset_offsets(format: &Format) -> Result<SendResetOffsets> {
     Ok(SendResetOffsets {
         skaddr: format.record_field("skaddr", 8, 8)?,
+        state: format.record_field("state", 4, 4)?,
         saddr: format.record_field("saddr", 2, 28)?,
         daddr: format.record_field("daddr", 2, 28)?,
-        _pad: 0,
     })
 }
 
@@ -157,43 +147,39 @@ impl Tracer {
         let tracefs = tracefs::ensure_mounted()?;
         let mut degraded = Vec::new();
         let mut config = Config {
-            set_state: set_state_offsets(&Format::read(&tracefs, "sock", "inet_sock_set_state")?)?,
             wakeup_bytes: u64::from(options.ring_size / 8),
             wakeup_check_every: wakeup_check_every(options.ring_size, configured_cpus()),
             ..Config::default()
         };
         apply_filters(&mut config, &options.filters);
 
-        let counters = "TCP counters at close (bytes, segments, retransmits, RTT, errors)";
-        let homes = "network namespaces and cgroups of sockets";
-        let earlier = "following TIME-WAITs from before start to their end";
-        let mut timer_offsets = Err(anyhow!("no BTF"));
-        match btf::Btf::read(btf::VMLINUX) {
-            Ok(kernel_btf) => {
-                timer_offsets = btf::timer_offsets(&kernel_btf);
-                match btf::tcp_sock_offsets(&kernel_btf) {
-                    Ok(offsets) => config.tcp_sock = offsets,
-                    Err(error) => {
-                        degraded.push(Degraded { what: counters, why: format!("{error:#}") })
-                    }
-                }
-                let (offsets, errors) = btf::socket_home_offsets(&kernel_btf);
-                config.socket_home = offsets;
-                for error in errors {
-                    degraded.push(Degraded { what: homes, why: format!("{error:#}") });
-                }
-                match btf::time_wait_sock_offsets(&kernel_btf) {
-                    Ok(offsets) => config.time_wait_sock = offsets,
-                    Err(error) => {
-                        degraded.push(Degraded { what: earlier, why: format!("{error:#}") })
-                    }
-                }
-            }
-            Err(error) => {
-                for what in [counters, homes, earlier] {
-                    degraded.push(Degraded { what, why: format!("{error:#}") });
-                }
-            }
+        // The state-change and timer programs are BTF tracepoints: without the kernel's
+        // BTF there is nothing to attach them to, nor offsets to read sockets at.
+        let kernel_btf = btf::Btf::read(btf::VMLINUX).context(
+            "tcptrace needs the kernel's BTF (CONFIG_DEBUG_INFO_BTF, /sys/kernel/btf/vmlinux)",
+        )?;
+        config.sock = btf::sock_offsets(&kernel_btf)?;
+        match btf::tcp_sock_offsets(&kernel_btf) {
+            Ok(offsets) => config.tcp_sock = offsets,
+            Err(error) => degraded.push(Degraded {
+                what: "TCP counters at close (bytes, segments, retransmits, RTT, errors)",
+                why: format!("{error:#}"),
+            }),
+        }
+        let (offsets, errors) = btf::socket_home_offsets(&kernel_btf);
+        config.socket_home = offsets;
+        for error in errors {
+            degraded.push(Degraded {
+                what: "network namespaces and cgroups of sockets",
+                why: format!("{error:#}"),
+            });
+        }
+        match btf::time_wait_sock_offsets(&kernel_btf) {
+            Ok(offsets) => config.time_wait_sock = offsets,
+            Err(error) => degraded.push(Degraded {
+                what: "following TIME-WAITs from before start to their end",
+                why: format!("{error:#}"),
+            }),
         }
         let home = config.socket_home;
         if !options.filters.netns.is_empty() && home.netns_valid == 0 {
@@ -223,8 +209,6 @@ impl Tracer {
                 false
             }
         };
-        // The timer programs are BTF tracepoints: they need the kernel's BTF (aya reads it
-        // again to find each tracepoint's type; dropped once they are loaded).
         let timers = (|| -> Result<_> {
             let kallsyms =
                 std::fs::read_to_string("/proc/kallsyms").context("cannot read /proc/kallsyms")?;
@@ -232,21 +216,24 @@ impl Tracer {
                 tracefs::kernel_symbol(&kallsyms, "tw_timer_handler").ok_or_else(|| {
                     anyhow!("tw_timer_handler is not in /proc/kallsyms (or addresses are hidden)")
                 })?;
-            let offsets = timer_offsets.context("reading struct timer_list from BTF")?;
-            let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
-            Ok((handler, offsets, btf))
+            let offsets = btf::timer_offsets(&kernel_btf)?;
+            Ok((handler, offsets))
         })();
-        let (timers_btf, timers_on) = match timers {
-            Ok((handler, offsets, btf)) => {
+        drop(kernel_btf);
+        let timers_on = match timers {
+            Ok((handler, offsets)) => {
                 config.tw_timer_handler = handler;
                 config.timer = offsets;
-                (Some(btf), true)
+                true
             }
             Err(error) => {
                 degraded.push(Degraded { what: "TIME-WAIT tracking", why: format!("{error:#}") });
-                (None, false)
+                false
             }
         };
+        // aya reads the BTF again to find each BTF tracepoint's type; dropped once they
+        // are loaded.
+        let aya_btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
 
         // The kernel program's log statements are compiled in, and off unless --verbose:
         // with level 0 each costs one compare, on paths that are not the per-event one.
@@ -271,15 +258,14 @@ impl Tracer {
             None
         };
         for (category, name) in PROGRAMS {
-            match (category, &timers_btf) {
-                ("timer", Some(btf)) => attach_btf(&mut ebpf, name, btf)?,
-                ("timer", None) => {}
-                ("tcp", _) if !resets_on => {}
-                _ => attach(&mut ebpf, category, name)?,
+            match category {
+                "sock" => attach_btf(&mut ebpf, name, &aya_btf)?,
+                "timer" if timers_on => attach_btf(&mut ebpf, name, &aya_btf)?,
+                "tcp" if resets_on => attach(&mut ebpf, category, name)?,
+                _ => {}
             }
         }
-        drop(timers_btf);
-        calibrate_process_context();
+        drop(aya_btf);
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
         let counters =
             PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("COUNTERS map missing")?)?;
@@ -384,36 +370,6 @@ fn configured_cpus() -> u32 {
 /// another eighth of the ring past the wake-up level before one looks.
 fn wakeup_check_every(ring_size: u32, cpus: u32) -> u32 {
     (ring_size / 8 / RING_RECORD_BYTES.saturating_mul(cpus.max(1))).clamp(1, 16)
-}
-
-/// Shows the kernel program one process-context event on every CPU: a `listen()` and
-/// `close()` on 127.0.0.1, from a thread pinned to each CPU in turn. (See
-/// `in_process_context` in the eBPF program.) Their events carry tcptrace's own pid, so the
-/// output drops them with [`is_own_event`].
-fn calibrate_process_context() {
-    let result = std::thread::spawn(|| {
-        for cpu in 0..(configured_cpus() as usize).min(libc::CPU_SETSIZE as usize) {
-            // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET stays within it.
-            let pinned = unsafe {
-                let mut set: libc::cpu_set_t = std::mem::zeroed();
-                libc::CPU_SET(cpu, &mut set);
-                libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) == 0
-            };
-            if pinned {
-                drop(std::net::TcpListener::bind(("127.0.0.1", 0)));
-            }
-        }
-    })
-    .join();
-    if result.is_err() {
-        crate::debug(format_args!("process-context calibration failed"));
-    }
-}
-
-/// Whether `event` is one of tcptrace's own calibration sockets (`own_pid`: ours, looked
-/// up once: `std::process::id()` is a system call).
-pub fn is_own_event(event: &crate::event::TcpEvent, own_pid: u32) -> bool {
-    event.task.process_context && event.task.pid == own_pid
 }
 
 fn apply_filters(config: &mut Config, filters: &Filters) {

@@ -78,6 +78,12 @@ impl Tracer {
         self.child.id()
     }
 
+    /// Everything tcptrace printed on stderr so far.
+    pub fn stderr_so_far(&mut self) -> String {
+        self.stderr_seen.extend(self.stderr_lines.try_iter());
+        self.stderr_seen.join("\n")
+    }
+
     /// Sends `signal`, waits for a clean exit and returns every JSON line it printed.
     pub fn stop_with(self, signal: libc::c_int) -> Vec<Value> {
         // Let the kernel's last events reach the ring buffer and the 10 ms poll tick.
