@@ -3,7 +3,7 @@
 //! time-wait timer of a socket that hands over to a time-wait socket, and a
 //! closing socket's counters.
 //!
-//! A BTF tracepoint: the kernel builds no perf record for it (about 7% of the machine in
+//! A BTF tracepoint: the kernel builds no perf record for it (about 8% of the machine in
 //! the bench's churn, with the program doing nothing), and it reads the socket through its
 //! own pointer with plain loads that the verifier checks against `struct sock`.
 
@@ -13,7 +13,7 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use aya_log_ebpf::debug;
-use tcptrace_common::{AF_INET, Event, IPPROTO_TCP, STARTED_TIMER_TTL_NS, kind, tcp_state};
+use tcptrace_common::{AF_INET, Config, Event, IPPROTO_TCP, STARTED_TIMER_TTL_NS, kind, tcp_state};
 
 use crate::{
     CPU_STATE, CpuState, STARTED_TIMER, TIME_WAIT_TIMERS, counters,
@@ -129,7 +129,7 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
 /// Both addresses, as the tracepoint's own record has them: the bound local address and
 /// the peer's, IPv4 or IPv6 by family.
 #[inline(always)]
-fn fill_addresses(event: &mut Event, sk: *const u8, config: &tcptrace_common::Config, family: u16) {
+fn fill_addresses(event: &mut Event, sk: *const u8, config: &Config, family: u16) {
     let offsets = &config.sock;
     if family == AF_INET {
         event.saddr[..4].copy_from_slice(&member::<[u8; 4]>(sk, offsets.rcv_saddr));
