@@ -158,7 +158,7 @@ impl Tracer {
         let kernel_btf = btf::Btf::read(btf::VMLINUX).context(
             "tcptrace needs the kernel's BTF (CONFIG_DEBUG_INFO_BTF, /sys/kernel/btf/vmlinux)",
         )?;
-        config.sock = btf::sock_offsets(&kernel_btf)?;
+        config.sock = btf::sock_offsets(&kernel_btf).context("reading struct sock from BTF")?;
         match btf::tcp_sock_offsets(&kernel_btf) {
             Ok(offsets) => config.tcp_sock = offsets,
             Err(error) => degraded.push(Degraded {
