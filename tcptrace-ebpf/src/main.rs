@@ -1,8 +1,8 @@
 //! Kernel side of tcptrace.
 //!
-//! Tracepoint programs only (no kprobes, no fentry): perf tracepoints for the socket events,
-//! BTF tracepoints for the timers. They read the fields they need at offsets the loader took
-//! from tracefs and BTF, drop what the filters exclude as early as possible, and push
+//! Tracepoint programs only (no kprobes, no fentry): BTF tracepoints for the state changes
+//! and the timers, perf tracepoints for the (rare) resets. They read the fields they need at
+//! offsets the loader took from BTF and tracefs, drop what the filters exclude as early as possible, and push
 //! fixed-size [`Event`](tcptrace_common::Event)s into one ring buffer. Everything else
 //! happens in userspace.
 //!
