@@ -278,18 +278,23 @@ pub struct SocketHomeOffsets {
     pub cgroup_valid: u8,
 }
 
-/// Where a time-wait socket keeps its timer and its two ends, from the kernel's BTF: for a
-/// time-wait socket that was there before tcptrace (its timer's start was never seen), the
-/// kernel program tells it from its timer when the timer leaves the wheel. `valid == 0`
-/// (no BTF, or a member missing) turns that off.
+/// Where a time-wait socket keeps its timer and its two ends, and how it is found, from the
+/// kernel's BTF. It takes the place of the socket that hands over to it at the head of that
+/// socket's bucket in the established hash (`inet_twsk_hashdance_schedule`), before that
+/// socket's CLOSE event: the CLOSE event looks there and knows it by its hash, ports,
+/// addresses and state. A time-wait socket from before tcptrace is told from its timer
+/// instead, when the timer leaves the wheel. `valid == 0` (no BTF, or a member missing)
+/// turns TIME-WAIT tracking off.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TimeWaitSockOffsets {
     /// `inet_timewait_sock.tw_timer`: the timer's place in its time-wait socket.
     pub tw_timer: u16,
-    /// The members of `inet_timewait_sock.__tw_common` (a `struct sock_common`), from the
-    /// time-wait socket's address: remote and local IPv4 addresses, remote port (network
-    /// order), local port (host order), family, and the IPv6 addresses.
+    /// The members of `inet_timewait_sock.__tw_common` (a `struct sock_common`, the start
+    /// of every socket), from the socket's address: remote and local IPv4 addresses
+    /// (together: `skc_addrpair`), remote port (network order), local port (host order),
+    /// family, the IPv6 addresses, both ports together (`skc_portpair`), the hash, the
+    /// state, and the established hash's chain link (`skc_nulls_node`).
     pub daddr: u16,
     pub rcv_saddr: u16,
     pub dport: u16,
@@ -297,9 +302,34 @@ pub struct TimeWaitSockOffsets {
     pub family: u16,
     pub v6_daddr: u16,
     pub v6_rcv_saddr: u16,
+    pub portpair: u16,
+    pub hash: u16,
+    pub state: u16,
+    pub nulls_node: u16,
+    /// `net.ipv4.tcp_death_row.hashinfo`: the namespace's TCP hash tables; their
+    /// `inet_hashinfo.ehash` (the established buckets) and `ehash_mask`; and the size of
+    /// one bucket (`struct inet_ehash_bucket`).
+    pub net_hashinfo: u16,
+    pub ehash: u16,
+    pub ehash_mask: u16,
+    pub bucket_size: u16,
     pub valid: u16,
-    pub _pad: u32,
+    pub _pad: [u16; 3],
 }
+
+/// A function's code in the kernel: from its address to the next symbol's (/proc/kallsyms).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TextRange {
+    pub start: u64,
+    pub end: u64,
+}
+
+/// The most functions [`Config::timer_callers`] names.
+pub const MAX_TIMER_CALLERS: usize = 12;
+/// How many 8-byte words of the kernel stack above a time-wait timer's cancel are looked
+/// at for its callers' return addresses (the cancel is 4 or 5 calls deep in them).
+pub const STACK_SCAN_WORDS: usize = 32;
 
 /// Where a `struct timer_list` keeps what the timer programs read (from BTF). They run as
 /// BTF tracepoints, which get the timer's own pointer, and load these straight from it.
@@ -326,6 +356,18 @@ pub struct Config {
     pub time_wait_sock: TimeWaitSockOffsets,
     /// Address of `tw_timer_handler` (from /proc/kallsyms); 0 turns time-wait tracking off.
     pub tw_timer_handler: u64,
+    /// Why a time-wait timer left the wheel, told by the first of these functions whose
+    /// return address is on the stack above the cancel: the first `rearm_callers` re-arm a
+    /// timer (`__mod_timer` and its callers: a segment arrived, and TIME-WAIT starts over),
+    /// the rest delete it or run it (a kill, or the natural end).
+    pub timer_callers: [TextRange; MAX_TIMER_CALLERS],
+    pub timer_caller_count: u32,
+    pub rearm_callers: u32,
+    /// The text all of `timer_callers` lie in: a return address outside it is none of them.
+    pub timer_callers_span: TextRange,
+    /// TIME-WAIT's length (`TCP_TIMEWAIT_LEN`, 60 s) in jiffies: what a re-arm sets.
+    pub time_wait_jiffies: u32,
+    pub _pad: u32,
     /// Ring-buffer fill level, in bytes, from which a submit wakes the reader at once.
     /// Below it the reader is not woken and picks events up on its next poll tick.
     pub wakeup_bytes: u64,
@@ -364,8 +406,7 @@ impl Config {
 }
 
 /// A per-CPU note about a time-wait timer, kept for the event that follows it on the same
-/// CPU: a CLOSE event after `timer_start` (a new time-wait socket), or `timer_expire_entry`
-/// / `timer_start` after `timer_cancel` (a natural end / a re-arm).
+/// CPU: `timer_expire_entry` after `timer_cancel` (a natural end).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TimerSlot {
@@ -375,13 +416,6 @@ pub struct TimerSlot {
     pub ts_ns: u64,
 }
 
-/// How long a just-started timer waits for its CLOSE event: they run back to back in one
-/// kernel function on one CPU (`tcp_time_wait` then `tcp_done`).
-pub const STARTED_TIMER_TTL_NS: u64 = 1_000_000;
-/// A re-arm is `mod_timer()` on a pending timer: cancel and start follow each other with
-/// interrupts off, within microseconds. A start of the same address later than this is a
-/// new time-wait socket that reuses the memory of one killed just before.
-pub const REARM_AFTER_CANCEL_TTL_NS: u64 = 20_000;
 /// An expiry is cancel (the timer leaves the wheel), then the handler: interrupts may run
 /// in between, and nothing else calls the handler, so this can be generous.
 pub const EXPIRE_AFTER_CANCEL_TTL_NS: u64 = 1_000_000;

@@ -41,16 +41,10 @@ fn kept(sk: u64) -> bool {
 }
 
 /// The `--port`/`--pid`/`--cgroup` filter for a socket's state change. A socket is kept
-/// once all of them match, and from then on until it closes.
+/// once all of them match, and from then on until it closes. `pid` is its task's, or 0
+/// where the task running is not the socket's.
 #[inline(always)]
-pub fn keep_socket(
-    config: &Config,
-    sk: u64,
-    sport: u16,
-    dport: u16,
-    pid: Option<u32>,
-    new: u8,
-) -> bool {
+pub fn keep_socket(config: &Config, sk: u64, sport: u16, dport: u16, pid: u32, new: u8) -> bool {
     let closing = new == tcp_state::CLOSE;
     if kept(sk) {
         if closing {
@@ -58,7 +52,7 @@ pub fn keep_socket(
         }
         return true;
     }
-    let pid_matches = config.pid == 0 || pid == Some(config.pid);
+    let pid_matches = config.pid == 0 || pid == config.pid;
     if !(pid_matches && ports_match(config, sport, dport)) {
         return false;
     }

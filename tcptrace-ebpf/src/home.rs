@@ -1,10 +1,25 @@
 //! Where a socket lives: its network namespace and its cgroup, followed from its `struct
-//! sock` through pointers at the offsets the loader found in the kernel's BTF.
+//! sock` through pointers at the offsets the loader found in the kernel's BTF; and the two
+//! ways of reading kernel memory the programs use ([`load`] and [`read`]).
 
 use aya_ebpf::helpers::bpf_probe_read_kernel;
 use tcptrace_common::{Config, MAX_NETNS, SocketHomeOffsets};
 
-/// The value of type `T` at `address`; 0 if it can't be read.
+/// The `T` at `offset` in the struct that the BTF tracepoint argument (or a pointer loaded
+/// from one) `base` points to: one load, which the verifier checks against that struct's
+/// BTF type (the offset comes from read-only config, so it is known at load time). A load
+/// of a pointer member gives a pointer of the member's type, which can be loaded from in
+/// turn: no helper call.
+#[inline(always)]
+pub fn load<T: Copy>(base: *const u8, offset: u16) -> T {
+    // SAFETY: `offset` is that of a member of `base`'s struct at least `size_of::<T>()` long
+    // (the loader took it from BTF); loads through a BTF pointer can't fault (the kernel
+    // turns a fault, or a null `base`, into zeroes).
+    unsafe { base.add(usize::from(offset)).cast::<T>().read() }
+}
+
+/// The value of type `T` at `address`; 0 if it can't be read. For addresses the verifier
+/// has no type for (a perf tracepoint's, or one computed back from a member's).
 #[inline(always)]
 pub fn read<T: Default>(address: u64) -> T {
     // SAFETY: the helper checks the kernel address itself and fails instead of faulting; `T`
@@ -23,13 +38,24 @@ fn through<T: Default>(address: u64, member: u16) -> T {
     read(pointer + u64::from(member))
 }
 
-/// The inode of the socket's network namespace (two loads); 0 if unknown.
+/// The inode of the socket's network namespace (two helper reads); 0 if unknown.
 #[inline(always)]
 pub fn netns(sk: u64, offsets: &SocketHomeOffsets) -> u32 {
     if offsets.netns_valid == 0 || sk == 0 {
         return 0;
     }
     through(sk + u64::from(offsets.sock_net), offsets.net_inum)
+}
+
+/// [`netns`] of a socket the verifier has a BTF type for: two plain loads (every state
+/// change pays for this, and a helper call costs several times a load).
+#[inline(always)]
+pub fn netns_of_typed(sk: *const u8, offsets: &SocketHomeOffsets) -> u32 {
+    if offsets.netns_valid == 0 {
+        return 0;
+    }
+    let net: *const u8 = load(sk, offsets.sock_net);
+    load(net, offsets.net_inum)
 }
 
 /// The socket's `struct cgroup`; 0 if unknown.

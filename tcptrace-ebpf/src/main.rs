@@ -27,9 +27,10 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use tcptrace_common::{Config, RECORD_BYTES, TimerSlot, counter};
+use tcptrace_common::{Config, RECORD_BYTES, STACK_SCAN_WORDS, TimerSlot, counter};
 
-/// Set by the loader before load (field offsets, filters, `tw_timer_handler`).
+/// Set by the loader before load (field offsets, filters, `tw_timer_handler` and the
+/// timer functions).
 #[unsafe(no_mangle)]
 // SAFETY: `Config` is plain data for which all-zero bytes are a valid value.
 static CONFIG: Config = unsafe { core::mem::zeroed() };
@@ -59,13 +60,14 @@ static TIME_WAIT_TIMERS: HashMap<u64, u64> = HashMap::with_max_entries(65536, 0)
 #[map]
 static MEET_TIME_WAITS_UNTIL: Array<u64> = Array::with_max_entries(1, 0);
 
-/// The time-wait timer just started on this CPU, for the CLOSE event that follows it.
-#[map]
-static STARTED_TIMER: PerCpuArray<TimerSlot> = PerCpuArray::with_max_entries(1, 0);
-
-/// The live time-wait timer just cancelled on this CPU, for the expiry or re-arm that may follow.
+/// The live time-wait timer just cancelled on this CPU, for the expiry that may follow.
 #[map]
 static CANCELLED_TIMER: PerCpuArray<TimerSlot> = PerCpuArray::with_max_entries(1, 0);
+
+/// A copy of the kernel stack above a time-wait timer's cancel, to find out who cancels it
+/// (`timer_cancel` does not nest on a CPU: the kernel runs one program once at a time there).
+#[map]
+static STACK_WORDS: PerCpuArray<[u64; STACK_SCAN_WORDS]> = PerCpuArray::with_max_entries(1, 0);
 
 /// What the programs keep per CPU.
 #[repr(C)]

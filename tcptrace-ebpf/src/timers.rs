@@ -1,16 +1,18 @@
 //! Time-wait sockets never pass `inet_sock_set_state`: their life is their timer
-//! (`tw_timer_handler`). `timer_start` names a new one for the CLOSE event that follows it
-//! on the same CPU, `timer_cancel` sees it leave the wheel, and `timer_expire_entry` sees
-//! it run out; a cancel followed at once by a start is a re-arm. These run for every timer
-//! on the machine, under the timer base's lock with interrupts off, so they give up on
-//! anything that is not a time-wait timer as early as they can.
+//! (`tw_timer_handler`). The CLOSE event of the socket that hands over names it (see
+//! [`crate::set_state`]); `timer_cancel` sees it leave the wheel, and `timer_expire_entry`
+//! sees it run out. A cancel is a re-arm when `__mod_timer` is what cancels (a segment
+//! arrived, and TIME-WAIT starts over): the return addresses on the kernel stack above the
+//! cancel say which function that is. These run for every timer on the machine, under the
+//! timer base's lock with interrupts off, so they give up on anything that is not a
+//! time-wait timer as early as they can. No program runs on `timer_start`: it ran about nine
+//! times a connection, for one time-wait timer.
 //!
 //! They are BTF tracepoints (raw tracepoints typed by the kernel's BTF): the kernel builds
 //! no perf record for them, and they read the timer through its own pointer with plain
 //! loads the verifier checks against BTF, where a perf tracepoint's program needs a helper
-//! call (the timer programs run about 18 times a connection; most of their cost was that).
-//! Their events carry no task: the kernel does not say, here, whether it runs in process
-//! context, and a time-wait socket's owner is its connection's anyway.
+//! call. Their events carry no task: the kernel does not say, here, whether it runs in
+//! process context, and a time-wait socket's owner is its connection's anyway.
 //!
 //! A time-wait socket from before tcptrace started was never seen starting: for about a
 //! minute after start, a cancelled timer the table does not know is checked for being a
@@ -18,22 +20,21 @@
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::{bpf_jiffies64, bpf_ktime_get_ns},
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel_buf},
     macros::btf_tracepoint,
     maps::PerCpuArray,
     programs::BtfTracePointContext,
 };
 use aya_log_ebpf::warn;
 use tcptrace_common::{
-    AF_INET, Config, EXPIRE_AFTER_CANCEL_TTL_NS, REARM_AFTER_CANCEL_TTL_NS, TimerSlot, counter,
-    kind,
+    AF_INET, Config, EXPIRE_AFTER_CANCEL_TTL_NS, MAX_TIMER_CALLERS, TimerSlot, counter, kind,
 };
 
 use crate::{
-    CANCELLED_TIMER, MEET_TIME_WAITS_UNTIL, STARTED_TIMER, TIME_WAIT_TIMERS,
+    CANCELLED_TIMER, MEET_TIME_WAITS_UNTIL, STACK_WORDS, TIME_WAIT_TIMERS,
     emit::{count, emit},
     filter::{family_kept, ports_match},
-    home::{netns, netns_kept, read},
+    home::{load, netns, netns_kept, read},
 };
 
 /// The `struct timer_list *` every timer tracepoint gets first.
@@ -44,36 +45,25 @@ fn timer_of(ctx: &BtfTracePointContext) -> *const u8 {
     ctx.arg(0)
 }
 
-/// The timer's `u64` member at `offset`: one load, which the verifier checks against the
-/// timer's BTF type (the offset comes from read-only config, so it is known at load time).
-#[inline(always)]
-fn timer_member(timer: *const u8, offset: u16) -> u64 {
-    // SAFETY: `offset` is that of an 8-byte member of `struct timer_list` (the loader took
-    // it from BTF); loads through a BTF pointer can't fault (the kernel handles them).
-    unsafe { timer.add(usize::from(offset)).cast::<u64>().read() }
-}
-
 /// Whether `timer` runs `tw_timer_handler`: set once, when its time-wait socket is made.
 #[inline(always)]
 fn is_time_wait_timer(config: &Config, timer: *const u8) -> bool {
     config.tw_timer_handler != 0
-        && timer_member(timer, config.timer.function) == config.tw_timer_handler
+        && load::<u64>(timer, config.timer.function) == config.tw_timer_handler
 }
 
-/// Takes this CPU's noted timer if it is younger than `ttl_ns` (and is `timer`, if given).
+/// Takes this CPU's noted timer if it is `timer` and younger than `ttl_ns`.
 #[inline(always)]
-pub fn take_slot(
+fn take_slot(
     slot_map: &PerCpuArray<TimerSlot>,
     now: u64,
     ttl_ns: u64,
-    timer: Option<u64>,
+    timer: u64,
 ) -> Option<TimerSlot> {
     // SAFETY: this CPU's slot, valid while the program is loaded; the programs that use it
     // run one at a time on a CPU (with interrupts off, or in the tracepoint they follow).
     let slot = unsafe { &mut *slot_map.get_ptr_mut(0)? };
-    let fresh = slot.timer != 0
-        && now.wrapping_sub(slot.ts_ns) < ttl_ns
-        && timer.is_none_or(|t| t == slot.timer);
+    let fresh = slot.timer == timer && now.wrapping_sub(slot.ts_ns) < ttl_ns;
     if !fresh {
         return None;
     }
@@ -100,34 +90,43 @@ fn put_slot(slot_map: &PerCpuArray<TimerSlot>, slot: TimerSlot) {
     }
 }
 
-#[btf_tracepoint(function = "timer_start")]
-pub fn timer_start(ctx: BtfTracePointContext) -> i32 {
-    let config = crate::config();
-    let timer = timer_of(&ctx);
-    if !is_time_wait_timer(config, timer) {
-        return 0;
-    }
-    let address = timer as u64;
-    // SAFETY: the helper has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    // mod_timer() on a pending timer shows as cancel + start: a re-arm of a live time-wait.
-    let Some(cancelled) =
-        take_slot(&CANCELLED_TIMER, now, REARM_AFTER_CANCEL_TTL_NS, Some(address))
-    else {
-        put_slot(&STARTED_TIMER, TimerSlot { timer: address, sk: 0, ts_ns: now });
-        return 0;
+/// Whether the time-wait timer cancelled now is being re-armed (`mod_timer` on a pending
+/// timer detaches it, then files it again with TIME-WAIT's full length): the first return
+/// address into one of [`Config::timer_callers`] above the tracepoint's arguments (which
+/// lie on the stack of the code that cancels) says. None found: not a re-arm.
+#[inline(always)]
+fn cancelled_for_a_rearm<C: EbpfContext>(ctx: &C, config: &Config) -> bool {
+    let Some(words) = STACK_WORDS.get_ptr_mut(0) else {
+        return false;
     };
-    if TIME_WAIT_TIMERS.insert(&address, &cancelled.sk, 0).is_err() {
-        table_full(&ctx);
+    // SAFETY: this CPU's map value, valid while the program is loaded; `timer_cancel` runs
+    // once at a time on a CPU, and nothing else uses it.
+    let words = unsafe { &mut *words };
+    // SAFETY: `[u64; N]` has no invalid bit patterns; the helper writes at most its size.
+    let bytes = unsafe {
+        core::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), size_of_val(words))
+    };
+    // SAFETY: the helper reads kernel memory and fails, instead of faulting, where it can't.
+    if unsafe { bpf_probe_read_kernel_buf(ctx.as_ptr() as *const u8, bytes) }.is_err() {
+        return false;
     }
-    let expires = timer_member(timer, config.timer.expires);
-    // SAFETY: the helper has no preconditions.
-    let jiffies_now = unsafe { bpf_jiffies64() };
-    emit(config, now, kind::TW_REARM, cancelled.sk, false, true, |event| {
-        event.timer = address;
-        event.timeout_jiffies = expires.wrapping_sub(jiffies_now) as u32;
-    });
-    0
+    let span = &config.timer_callers_span;
+    for &word in words.iter() {
+        // Most words are data, and most return addresses are in other code: one range
+        // check each before the callers are looked at one by one.
+        if word < span.start || word >= span.end {
+            continue;
+        }
+        for (index, caller) in config.timer_callers.iter().enumerate().take(MAX_TIMER_CALLERS) {
+            if index as u32 >= config.timer_caller_count {
+                break;
+            }
+            if caller.start <= word && word < caller.end {
+                return (index as u32) < config.rearm_callers;
+            }
+        }
+    }
+    false
 }
 
 #[btf_tracepoint(function = "timer_cancel")]
@@ -140,25 +139,40 @@ pub fn timer_cancel(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     let address = timer as u64;
+    let rearm = cancelled_for_a_rearm(&ctx, config);
     // SAFETY: the value is copied out at once; an entry is only ever replaced whole.
     let Some(&sk) = (unsafe { TIME_WAIT_TIMERS.get(&address) }) else {
-        meet_time_wait(config, address);
+        meet_time_wait(&ctx, config, address, rearm);
         return 0;
     };
-    let _ = TIME_WAIT_TIMERS.remove(&address);
     // SAFETY: the helper has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
+    if rearm {
+        // Still live, and still in the table.
+        emit_rearm(config, now, sk, address);
+        return 0;
+    }
+    let _ = TIME_WAIT_TIMERS.remove(&address);
     put_slot(&CANCELLED_TIMER, TimerSlot { timer: address, sk, ts_ns: now });
     emit(config, now, kind::TW_CANCEL, sk, false, true, |event| event.timer = address);
     0
 }
 
+/// A re-armed time-wait timer: it runs for TIME-WAIT's full length from now.
+#[inline(always)]
+fn emit_rearm(config: &Config, now: u64, sk: u64, timer: u64) {
+    emit(config, now, kind::TW_REARM, sk, false, true, |event| {
+        event.timer = timer;
+        event.timeout_jiffies = config.time_wait_jiffies;
+    });
+}
+
 /// A cancelled time-wait timer the table does not know: while [`MEET_TIME_WAITS_UNTIL`]
 /// says so, one of a time-wait socket from before tcptrace started is reported with the
-/// socket's addresses (read from beside its timer), and noted for the expiry or re-arm
-/// that follows.
+/// socket's addresses (read from beside its timer), and noted for the expiry that may
+/// follow; a re-armed one is reported re-armed too, and followed in the table from then on.
 #[inline(always)]
-fn meet_time_wait(config: &Config, timer: u64) {
+fn meet_time_wait<C: EbpfContext>(ctx: &C, config: &Config, timer: u64, rearm: bool) {
     let offsets = &config.time_wait_sock;
     let until = MEET_TIME_WAITS_UNTIL.get(0).copied().unwrap_or(0);
     // A time-wait socket has no process and no cgroup: `--pid` and `--cgroup` keep none.
@@ -181,7 +195,9 @@ fn meet_time_wait(config: &Config, timer: u64) {
     if !netns_kept(config, netns) || !ports_match(config, sport, dport) {
         return;
     }
-    put_slot(&CANCELLED_TIMER, TimerSlot { timer, sk: tw, ts_ns: now });
+    if !rearm {
+        put_slot(&CANCELLED_TIMER, TimerSlot { timer, sk: tw, ts_ns: now });
+    }
     emit(config, now, kind::TW_CANCEL, tw, false, true, |event| {
         event.timer = timer;
         event.family = family as u8;
@@ -198,6 +214,13 @@ fn meet_time_wait(config: &Config, timer: u64) {
             event.daddr = read(tw + u64::from(offsets.v6_daddr));
         }
     });
+    if rearm {
+        if TIME_WAIT_TIMERS.insert(&timer, &tw, 0).is_err() {
+            table_full(ctx);
+            return;
+        }
+        emit_rearm(config, now, tw, timer);
+    }
 }
 
 #[btf_tracepoint(function = "timer_expire_entry")]
@@ -210,8 +233,7 @@ pub fn timer_expire_entry(ctx: BtfTracePointContext) -> i32 {
     let address = timer as u64;
     // SAFETY: the helper has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let Some(cancelled) =
-        take_slot(&CANCELLED_TIMER, now, EXPIRE_AFTER_CANCEL_TTL_NS, Some(address))
+    let Some(cancelled) = take_slot(&CANCELLED_TIMER, now, EXPIRE_AFTER_CANCEL_TTL_NS, address)
     else {
         return 0;
     };

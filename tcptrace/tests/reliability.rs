@@ -19,14 +19,8 @@ use support::{Tracer, connections, summary};
 static SERIAL: Mutex<()> = Mutex::new(());
 
 /// Names of tcptrace's programs as the kernel keeps them (16 bytes at most, NUL included).
-const PROGRAM_NAMES: [&str; 6] = [
-    "inet_sock_set_s",
-    "tcp_send_reset",
-    "tcp_receive_res",
-    "timer_start",
-    "timer_cancel",
-    "timer_expire_en",
-];
+const PROGRAM_NAMES: [&str; 5] =
+    ["inet_sock_set_s", "tcp_send_reset", "tcp_receive_res", "timer_cancel", "timer_expire_en"];
 
 fn our_programs_loaded() -> usize {
     aya::programs::loaded_programs()

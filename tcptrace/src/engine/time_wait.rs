@@ -1,7 +1,8 @@
 //! Following time-wait sockets. A socket entering TIME-WAIT hands over to a kernel
 //! time-wait socket whose life is its timer: `cancel` then `expire` is a natural end,
-//! `cancel` alone an early kill, `cancel` then `rearm` a restart (a FIN or a retransmission
-//! arrived). Each open one holds its ephemeral port, counted toward its remote endpoint.
+//! `cancel` alone an early kill, `rearm` a restart (a FIN or a retransmission arrived;
+//! recordings from before the kernel program told re-arms at the cancel have `cancel` then
+//! `rearm`). Each open one holds its ephemeral port, counted toward its remote endpoint.
 
 use std::net::SocketAddr;
 

@@ -130,6 +130,11 @@ impl Btf {
             .ok_or_else(|| anyhow!("the kernel's BTF has no struct {name}"))
     }
 
+    /// The size in bytes of the struct named `name`.
+    pub fn struct_size(&self, name: &str) -> Result<u32> {
+        self.size_of(self.struct_named(name)?)
+    }
+
     /// Past typedefs and qualifiers, to the type that has a layout.
     fn resolve(&self, mut id: u32) -> Result<(u32, TypeHeader)> {
         loop {
@@ -287,8 +292,9 @@ pub const TIMER_MEMBERS: [Member<TimerOffsets>; 2] = [
     member("timer_list", "expires", 8, |o| &mut o.expires),
 ];
 
-/// Where a time-wait socket keeps its timer and its two ends (for one from before start).
-pub const TIME_WAIT_SOCK_MEMBERS: [Member<TimeWaitSockOffsets>; 8] = [
+/// Where a time-wait socket keeps its timer and its two ends, and what finds it in the
+/// established hash.
+pub const TIME_WAIT_SOCK_MEMBERS: [Member<TimeWaitSockOffsets>; 15] = [
     // Its first member: the timer's own offset, which `fill` needs a sized member for.
     member("inet_timewait_sock", "tw_timer.entry", 16, |o| &mut o.tw_timer),
     member("inet_timewait_sock", "__tw_common.skc_daddr", 4, |o| &mut o.daddr),
@@ -298,6 +304,13 @@ pub const TIME_WAIT_SOCK_MEMBERS: [Member<TimeWaitSockOffsets>; 8] = [
     member("inet_timewait_sock", "__tw_common.skc_family", 2, |o| &mut o.family),
     member("inet_timewait_sock", "__tw_common.skc_v6_daddr", 16, |o| &mut o.v6_daddr),
     member("inet_timewait_sock", "__tw_common.skc_v6_rcv_saddr", 16, |o| &mut o.v6_rcv_saddr),
+    member("inet_timewait_sock", "__tw_common.skc_portpair", 4, |o| &mut o.portpair),
+    member("inet_timewait_sock", "__tw_common.skc_hash", 4, |o| &mut o.hash),
+    member("inet_timewait_sock", "__tw_common.skc_state", 1, |o| &mut o.state),
+    member("inet_timewait_sock", "__tw_common.skc_nulls_node", 16, |o| &mut o.nulls_node),
+    member("net", "ipv4.tcp_death_row.hashinfo", 8, |o| &mut o.net_hashinfo),
+    member("inet_hashinfo", "ehash", 8, |o| &mut o.ehash),
+    member("inet_hashinfo", "ehash_mask", 4, |o| &mut o.ehash_mask),
 ];
 
 impl Btf {
@@ -350,13 +363,19 @@ pub fn timer_offsets(btf: &Btf) -> Result<TimerOffsets> {
     Ok(offsets)
 }
 
-/// Where a time-wait socket keeps its timer and addresses. Its namespace is read as a
-/// socket's: both begin with a `struct sock_common`.
+/// Where a time-wait socket keeps its timer and addresses, and how it is found. Its
+/// namespace and its sock_common members are read as a socket's: both begin with a `struct
+/// sock_common`.
 pub fn time_wait_sock_offsets(btf: &Btf) -> Result<TimeWaitSockOffsets> {
     let mut offsets = TimeWaitSockOffsets::default();
     btf.fill(&TIME_WAIT_SOCK_MEMBERS, &mut offsets)?;
     let (common, _) = btf.offset_of(btf.struct_named("inet_timewait_sock")?, "__tw_common")?;
     ensure!(common == 0, "a time-wait socket does not begin with its sock_common");
+    let (common, _) = btf.offset_of(btf.struct_named("sock")?, "__sk_common")?;
+    ensure!(common == 0, "a socket does not begin with its sock_common");
+    let bucket = btf.struct_size("inet_ehash_bucket")?;
+    offsets.bucket_size =
+        u16::try_from(bucket).map_err(|_| anyhow!("struct inet_ehash_bucket is {bucket} bytes"))?;
     offsets.valid = 1;
     Ok(offsets)
 }

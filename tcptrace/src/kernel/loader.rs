@@ -2,7 +2,7 @@
 
 use std::io;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, ensure};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData, PerCpuArray, RingBuf},
@@ -18,9 +18,13 @@ use crate::{
     event::ProgramStats,
     kernel::{
         btf,
+        kallsyms::{self, Kallsyms},
         tracefs::{self, Format},
     },
 };
+
+/// `TCP_TIMEWAIT_LEN`: the length of TIME-WAIT, which a re-arm starts again.
+const TIME_WAIT_SECONDS: u32 = 60;
 
 /// The kernel program, embedded at build time; empty when it was built without one
 /// (see `build.rs`).
@@ -129,11 +133,10 @@ pub struct Tracer {
     meet_time_waits_until: u64,
 }
 
-const PROGRAMS: [(&str, &str); 6] = [
+const PROGRAMS: [(&str, &str); 5] = [
     ("sock", "inet_sock_set_state"),
     ("tcp", "tcp_send_reset"),
     ("tcp", "tcp_receive_reset"),
-    ("timer", "timer_start"),
     ("timer", "timer_cancel"),
     ("timer", "timer_expire_entry"),
 ];
@@ -174,13 +177,6 @@ impl Tracer {
                 why: format!("{error:#}"),
             });
         }
-        match btf::time_wait_sock_offsets(&kernel_btf) {
-            Ok(offsets) => config.time_wait_sock = offsets,
-            Err(error) => degraded.push(Degraded {
-                what: "following TIME-WAITs from before start to their end",
-                why: format!("{error:#}"),
-            }),
-        }
         let home = config.socket_home;
         if !options.filters.netns.is_empty() && home.netns_valid == 0 {
             anyhow::bail!(
@@ -209,21 +205,31 @@ impl Tracer {
                 false
             }
         };
+        // A time-wait socket is found from the socket it replaces, in the namespace's hash
+        // tables: through the socket's namespace.
         let timers = (|| -> Result<_> {
-            let kallsyms =
-                std::fs::read_to_string("/proc/kallsyms").context("cannot read /proc/kallsyms")?;
-            let handler =
-                tracefs::kernel_symbol(&kallsyms, "tw_timer_handler").ok_or_else(|| {
-                    anyhow!("tw_timer_handler is not in /proc/kallsyms (or addresses are hidden)")
-                })?;
-            let offsets = btf::timer_offsets(&kernel_btf)?;
-            Ok((handler, offsets))
+            ensure!(home.netns_valid != 0, "a socket's namespace can't be read");
+            let kallsyms = Kallsyms::read()?;
+            let handler = kallsyms.address("tw_timer_handler").ok_or_else(|| {
+                anyhow!("tw_timer_handler is not in /proc/kallsyms (or addresses are hidden)")
+            })?;
+            let callers = kallsyms.timer_callers()?;
+            let timer = btf::timer_offsets(&kernel_btf)?;
+            let time_wait_sock = btf::time_wait_sock_offsets(&kernel_btf)?;
+            let hz = kallsyms::kernel_hz()?;
+            Ok((handler, callers, timer, time_wait_sock, hz))
         })();
         drop(kernel_btf);
         let timers_on = match timers {
-            Ok((handler, offsets)) => {
+            Ok((handler, callers, timer, time_wait_sock, hz)) => {
                 config.tw_timer_handler = handler;
-                config.timer = offsets;
+                config.timer_callers = callers.ranges;
+                config.timer_caller_count = callers.count;
+                config.rearm_callers = callers.rearm;
+                config.timer_callers_span = callers.span;
+                config.timer = timer;
+                config.time_wait_sock = time_wait_sock;
+                config.time_wait_jiffies = TIME_WAIT_SECONDS * hz;
                 true
             }
             Err(error) => {
@@ -270,7 +276,7 @@ impl Tracer {
         let counters =
             PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("COUNTERS map missing")?)?;
         let mut tracer = Tracer { ebpf, counters, kernel_log, degraded, meet_time_waits_until: 0 };
-        if timers_on && config.time_wait_sock.valid != 0 && options.earlier_time_waits {
+        if timers_on && options.earlier_time_waits {
             // Attached already: a time-wait socket ending from now on is seen either way.
             let longest = longest_time_wait_ns();
             tracer.meet_time_waits_until(crate::clock::monotonic_now_ns() + longest)?;

@@ -6,6 +6,7 @@
 
 pub mod btf;
 pub mod host;
+pub mod kallsyms;
 pub mod loader;
 pub mod snapshot;
 pub mod tracefs;

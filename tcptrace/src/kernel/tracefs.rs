@@ -102,20 +102,6 @@ impl Format {
     }
 }
 
-/// Address of a kernel symbol from `/proc/kallsyms`; `None` when absent or hidden (shown as 0
-/// to readers without the right to see kernel addresses).
-pub fn kernel_symbol(kallsyms: &str, symbol: &str) -> Option<u64> {
-    kallsyms
-        .lines()
-        .find_map(|line| {
-            let mut parts = line.split_whitespace();
-            let address = parts.next()?;
-            let _kind = parts.next()?;
-            (parts.next()? == symbol).then(|| u64::from_str_radix(address, 16).ok()).flatten()
-        })
-        .filter(|&address| address != 0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,16 +149,5 @@ print fmt: \"family=%s\", REC->family
         let error = format.offset("protocol").unwrap_err().to_string();
         assert!(error.contains("sock:inet_sock_set_state"), "{error}");
         assert!(error.contains("protocol"), "{error}");
-    }
-
-    #[test]
-    fn finds_kernel_symbols_and_ignores_hidden_ones() {
-        let kallsyms = "ffffffff820660f0 t tw_timer_handler\nffffffff81000000 T _stext\n";
-        assert_eq!(kernel_symbol(kallsyms, "tw_timer_handler"), Some(0xffffffff820660f0));
-        assert_eq!(kernel_symbol(kallsyms, "tw_timer"), None);
-        assert_eq!(
-            kernel_symbol("0000000000000000 t tw_timer_handler\n", "tw_timer_handler"),
-            None
-        );
     }
 }
