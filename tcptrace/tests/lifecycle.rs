@@ -90,6 +90,50 @@ fn client_closes_first_leaves_time_wait_on_its_ephemeral_port() {
     assert!(time_wait(server_side).is_null());
 }
 
+/// The client's close leaves an orphaned FIN_WAIT2 time-wait socket; the server's FIN, 6 s
+/// later, makes it a real TIME-WAIT and re-arms its timer for 60 s from then. 6 s is more
+/// than the timer wheel's bucket for a 60 s timer at any HZ (5.12 s at 100), so the kernel
+/// moves the timer: the cancel that tcptrace must tell from a kill.
+#[test]
+fn a_fin_arriving_in_time_wait_re_arms_its_timer() {
+    let (listener, addr) = listener();
+    let tracer = Tracer::start(&["--port", &addr.port().to_string()]);
+    let client = TcpStream::connect(addr).unwrap();
+    let client_addr = client.local_addr().unwrap();
+    let (accepted, _) = listener.accept().unwrap();
+    drop(client);
+    thread::sleep(Duration::from_secs(6));
+    drop(accepted);
+    thread::sleep(Duration::from_millis(300));
+    let lines = tracer.stop();
+
+    let record = connection_with(&lines, client_addr);
+    assert_eq!(record["closed_first"], "client", "{record:#}");
+    let handed_over = lines
+        .iter()
+        .find(|line| line["new"] == "CLOSED" && line["local"] == client_addr.to_string())
+        .expect("the client's close");
+    let timer = &handed_over["time_wait_timer"];
+    assert!(timer.is_string(), "the close names its time-wait timer: {handed_over}");
+    let timer_events: Vec<&Value> = lines
+        .iter()
+        .filter(|line| line["type"] == "time_wait_timer" && &line["timer"] == timer)
+        .collect();
+    assert_eq!(timer_events.len(), 1, "one re-arm, no cancel: {timer_events:#?}");
+    assert_eq!(timer_events[0]["event"], "rearm");
+    let tw = time_wait(&record["client"]);
+    assert_eq!(tw["end"], "open", "re-armed, not killed: {tw}");
+    assert_eq!(tw["rearmed"], 1, "{tw}");
+    assert_eq!(tw["kind"], "time_wait", "{tw}");
+    let lasted_before = (tw["became_time_wait_ns"].as_u64().unwrap()
+        - tw["start_ns"].as_u64().unwrap()) as f64
+        / NS_PER_S;
+    assert!((5.9..7.0).contains(&lasted_before), "FIN_WAIT2 for {lasted_before} s");
+    // 60 s from the re-arm, not from the close (which would leave about 54 s).
+    let left = tw["time_left_ns"].as_u64().unwrap() as f64 / NS_PER_S;
+    assert!(left > 57.0, "{left} s left");
+}
+
 #[test]
 fn curl_against_python_http_server_is_classified_by_what_each_side_did() {
     let mut server = Command::new("python3")
