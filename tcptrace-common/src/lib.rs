@@ -328,8 +328,9 @@ pub struct TextRange {
 /// The most functions [`Config::timer_callers`] names.
 pub const MAX_TIMER_CALLERS: usize = 12;
 /// How many 8-byte words of the kernel stack above a time-wait timer's cancel are looked
-/// at for its callers' return addresses (the cancel is 4 or 5 calls deep in them).
-pub const STACK_SCAN_WORDS: usize = 32;
+/// at for its callers' return addresses. On 6.18 the caller's (`__mod_timer` for a re-arm,
+/// `timer_shutdown_sync` for a kill) is the 10th; this leaves room for other builds.
+pub const STACK_SCAN_WORDS: usize = 16;
 
 /// Where a `struct timer_list` keeps what the timer programs read (from BTF). They run as
 /// BTF tracepoints, which get the timer's own pointer, and load these straight from it.
@@ -338,9 +339,7 @@ pub const STACK_SCAN_WORDS: usize = 32;
 pub struct TimerOffsets {
     /// `timer_list.function`: what runs when the timer expires.
     pub function: u16,
-    /// `timer_list.expires`, in jiffies.
-    pub expires: u16,
-    pub _pad: u32,
+    pub _pad: [u16; 3],
 }
 
 /// Read-only configuration of the kernel program, set by the loader before load.

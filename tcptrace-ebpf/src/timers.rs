@@ -139,15 +139,14 @@ pub fn timer_cancel(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     let address = timer as u64;
-    let rearm = cancelled_for_a_rearm(&ctx, config);
     // SAFETY: the value is copied out at once; an entry is only ever replaced whole.
     let Some(&sk) = (unsafe { TIME_WAIT_TIMERS.get(&address) }) else {
-        meet_time_wait(&ctx, config, address, rearm);
+        meet_time_wait(&ctx, config, address);
         return 0;
     };
     // SAFETY: the helper has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    if rearm {
+    if cancelled_for_a_rearm(&ctx, config) {
         // Still live, and still in the table.
         emit_rearm(config, now, sk, address);
         return 0;
@@ -172,7 +171,7 @@ fn emit_rearm(config: &Config, now: u64, sk: u64, timer: u64) {
 /// socket's addresses (read from beside its timer), and noted for the expiry that may
 /// follow; a re-armed one is reported re-armed too, and followed in the table from then on.
 #[inline(always)]
-fn meet_time_wait<C: EbpfContext>(ctx: &C, config: &Config, timer: u64, rearm: bool) {
+fn meet_time_wait<C: EbpfContext>(ctx: &C, config: &Config, timer: u64) {
     let offsets = &config.time_wait_sock;
     let until = MEET_TIME_WAITS_UNTIL.get(0).copied().unwrap_or(0);
     // A time-wait socket has no process and no cgroup: `--pid` and `--cgroup` keep none.
@@ -195,6 +194,7 @@ fn meet_time_wait<C: EbpfContext>(ctx: &C, config: &Config, timer: u64, rearm: b
     if !netns_kept(config, netns) || !ports_match(config, sport, dport) {
         return;
     }
+    let rearm = cancelled_for_a_rearm(ctx, config);
     if !rearm {
         put_slot(&CANCELLED_TIMER, TimerSlot { timer, sk: tw, ts_ns: now });
     }
