@@ -450,9 +450,12 @@ mod tests {
         assert_eq!(core::mem::size_of::<SendResetOffsets>(), 8);
         assert_eq!(core::mem::size_of::<TimerOffsets>(), 8);
         assert_eq!(core::mem::size_of::<SocketHomeOffsets>(), 16);
-        assert_eq!(core::mem::size_of::<TimeWaitSockOffsets>(), 24);
+        assert_eq!(core::mem::size_of::<TimeWaitSockOffsets>(), 40);
+        assert_eq!(core::mem::size_of::<TextRange>(), 16);
         let filters = 8 + 4 + 4 * MAX_NETNS + 4 + 16 + 16;
-        let offsets = 24 + 8 + 16 + 8 + 24 + 16 + 24;
-        assert_eq!(core::mem::size_of::<Config>(), offsets + 16 + filters);
+        let offsets = 24 + 8 + 16 + 8 + 24 + 16 + 40;
+        // `tw_timer_handler`; the timer callers, their counts and span; the re-arm's length.
+        let timers = 8 + 16 * MAX_TIMER_CALLERS + 4 + 4 + 16 + 4 + 4;
+        assert_eq!(core::mem::size_of::<Config>(), offsets + timers + 8 + filters);
     }
 }
