@@ -2,9 +2,9 @@
 //!
 //! Tracepoint programs only (no kprobes, no fentry): BTF tracepoints for the state changes
 //! and the timers, perf tracepoints for the (rare) resets. They read the fields they need at
-//! offsets the loader took from BTF and tracefs, drop what the filters exclude as early as possible, and push
-//! fixed-size [`Event`](tcptrace_common::Event)s into one ring buffer. Everything else
-//! happens in userspace.
+//! offsets the loader took from BTF and tracefs, drop what the filters exclude as early as
+//! possible, and push fixed-size [`Event`](tcptrace_common::Event)s into one ring buffer.
+//! Everything else happens in userspace.
 //!
 //! - [`record`]: a reset tracepoint's record, copied once, and its fields.
 //! - [`filter`]: `-4`/`-6`, `--netns`; `--port`, `--pid`, `--cgroup` sticky per socket.

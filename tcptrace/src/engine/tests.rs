@@ -41,6 +41,36 @@ fn simultaneous_close_has_a_time_wait_on_both_sides() {
     assert_eq!(engine.tracked(), 0);
 }
 
+/// As the kernel program reports a re-arm now: `rearm` alone (it tells a re-arm from a kill
+/// at the cancel), and a later kill as `cancel` alone.
+#[test]
+fn a_rearm_reported_alone_keeps_the_time_wait_until_its_kill() {
+    let mut r = Recording::default();
+    r.transition(10.000000, CLIENT_SK, Closed, SynSent, CURL_CONNECT, Some(2910))
+        .transition(10.000080, CLIENT_SK, SynSent, Established, CURL, None)
+        .transition(10.000085, SERVER_SK, Listen, SynReceived, SERVER, None)
+        .transition(10.000090, SERVER_SK, SynReceived, Established, SERVER, None)
+        .transition(10.002000, SERVER_SK, Established, FinWait1, SERVER, Some(1743))
+        .transition(10.002010, CLIENT_SK, Established, CloseWait, CURL, None)
+        .transition(10.002020, SERVER_SK, FinWait1, FinWait2, SERVER, None)
+        .hand_over_to_time_wait(10.002021, SERVER_SK, FinWait2, SERVER, 0x26a0)
+        .transition(13.0, CLIENT_SK, CloseWait, LastAck, CURL, Some(2910))
+        .timer(
+            13.000011,
+            SERVER_SK,
+            EventKind::TimeWaitRearm { timer: 0x26a0, timeout_jiffies: 15000 },
+        )
+        .transition(13.000020, CLIENT_SK, LastAck, Closed, CURL, None)
+        .timer(30.0, SERVER_SK, EventKind::TimeWaitCancel { timer: 0x26a0 });
+    let (connections, _, _) = r.run(40.0);
+    assert_eq!(connections.len(), 1);
+    let server = connections[0].endpoint(Role::Server).unwrap();
+    let tw = server.time_wait.as_ref().unwrap();
+    assert_eq!((tw.kind, tw.rearmed), (TimeWaitKind::TimeWait, 1));
+    assert_eq!(tw.end, TimeWaitEnd::Killed);
+    assert_eq!(tw.end_ns, Some(30_000_000_000));
+}
+
 #[test]
 fn server_closes_first_and_holds_the_only_time_wait() {
     let mut r = Recording::default();
