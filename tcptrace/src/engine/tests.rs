@@ -41,11 +41,9 @@ fn simultaneous_close_has_a_time_wait_on_both_sides() {
     assert_eq!(engine.tracked(), 0);
 }
 
-/// As the kernel program reports a re-arm now: `rearm` alone (it tells a re-arm from a kill
-/// at the cancel), and a later kill as `cancel` alone.
-#[test]
-fn a_rearm_reported_alone_keeps_the_time_wait_until_its_kill() {
-    let mut r = Recording::default();
+/// curl's connection up to the server's hand-over to its time-wait socket (timer 0x26a0):
+/// the server closed first and has the client's ACK of its FIN.
+fn server_hands_over_to_time_wait(r: &mut Recording) -> &mut Recording {
     r.transition(10.000000, CLIENT_SK, Closed, SynSent, CURL_CONNECT, Some(2910))
         .transition(10.000080, CLIENT_SK, SynSent, Established, CURL, None)
         .transition(10.000085, SERVER_SK, Listen, SynReceived, SERVER, None)
@@ -54,6 +52,14 @@ fn a_rearm_reported_alone_keeps_the_time_wait_until_its_kill() {
         .transition(10.002010, CLIENT_SK, Established, CloseWait, CURL, None)
         .transition(10.002020, SERVER_SK, FinWait1, FinWait2, SERVER, None)
         .hand_over_to_time_wait(10.002021, SERVER_SK, FinWait2, SERVER, 0x26a0)
+}
+
+/// As the kernel program reports a re-arm now: `rearm` alone (it tells a re-arm from a kill
+/// at the cancel), and a later kill as `cancel` alone.
+#[test]
+fn a_rearm_reported_alone_keeps_the_time_wait_until_its_kill() {
+    let mut r = Recording::default();
+    server_hands_over_to_time_wait(&mut r)
         .transition(13.0, CLIENT_SK, CloseWait, LastAck, CURL, Some(2910))
         .timer(
             13.000011,
@@ -74,14 +80,7 @@ fn a_rearm_reported_alone_keeps_the_time_wait_until_its_kill() {
 #[test]
 fn server_closes_first_and_holds_the_only_time_wait() {
     let mut r = Recording::default();
-    r.transition(10.000000, CLIENT_SK, Closed, SynSent, CURL_CONNECT, Some(2910))
-        .transition(10.000080, CLIENT_SK, SynSent, Established, CURL, None)
-        .transition(10.000085, SERVER_SK, Listen, SynReceived, SERVER, None)
-        .transition(10.000090, SERVER_SK, SynReceived, Established, SERVER, None)
-        .transition(10.002000, SERVER_SK, Established, FinWait1, SERVER, Some(1743))
-        .transition(10.002010, CLIENT_SK, Established, CloseWait, CURL, None)
-        .transition(10.002020, SERVER_SK, FinWait1, FinWait2, SERVER, None)
-        .hand_over_to_time_wait(10.002021, SERVER_SK, FinWait2, SERVER, 0x26a0)
+    server_hands_over_to_time_wait(&mut r)
         .transition(10.002300, CLIENT_SK, CloseWait, LastAck, CURL, Some(2910))
         .timer(10.002310, SERVER_SK, EventKind::TimeWaitCancel { timer: 0x26a0 })
         .timer(
