@@ -20,6 +20,8 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
+use crate::empty_programs::EmptyPrograms;
+
 const PORT: u16 = 18090;
 /// Connections held open for the start-up snapshot's rows: 100 000 sockets.
 const SNAPSHOT_CONNECTIONS: u64 = 50_000;
@@ -34,6 +36,14 @@ const ROUNDS: usize = 5;
 /// about 28 runs per connection here, so the throughput rounds run without them.
 const KERNEL_COST_RUNS: usize = 3;
 const KERNEL_COST_CONFIGS: [Config; 3] = [Config::Json, Config::FilterNoMatch, Config::Bpftrace];
+/// Empty programs beside those runs, one on each tracepoint tcptrace's hot programs use
+/// (with the names `bpftool prog show` gives them): what they measure is the statistics' own
+/// cost per run, which the kernel-cost rows take off (see [`crate::empty_programs`]).
+const EMPTY_PROGRAMS: [(&str, &str); 3] = [
+    ("inet_sock_set_state", "empty_set_state"),
+    ("timer_cancel", "empty_cancel"),
+    ("timer_expire_entry", "empty_expire"),
+];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Config {
@@ -70,10 +80,15 @@ struct Run {
     events: Option<u64>,
     lost: Option<u64>,
     cpu_s: Option<f64>,
+    /// CPU the tracer used before it said it traces (loading and verifying its programs,
+    /// reading BTF and kallsyms): once per start, not per event.
+    start_cpu_s: Option<f64>,
     max_rss_kib: Option<u64>,
     kernel_ns_per_event: Option<f64>,
     /// The timer programs' run time, all of them together, per connection.
     timer_ns_per_connection: Option<f64>,
+    /// Runs of `timer_cancel` and of `timer_expire_entry` per connection.
+    timer_runs_per_connection: Option<(f64, f64)>,
     /// Connections/s against the untraced run just before it, in the same round.
     vs_untraced: Option<f64>,
 }
@@ -119,13 +134,32 @@ fn interrupt_and_wait(child: &mut Child) -> Result<(std::process::ExitStatus, f6
 
 /// Stops `tcptrace top` (script's child) with SIGTERM and waits for script.
 fn stop_top_under_script(script: &mut Child) -> Result<(std::process::ExitStatus, f64, u64)> {
-    let pid = script.id();
-    let children = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))?;
-    for top in children.split_whitespace().filter_map(|p| p.parse::<libc::pid_t>().ok()) {
+    for top in children_of(script.id())? {
         // SAFETY: signalling script's own child, which runs until we reap script.
         unsafe { libc::kill(top, libc::SIGTERM) };
     }
     wait_with_usage(script)
+}
+
+/// The children of process `pid`.
+fn children_of(pid: u32) -> Result<Vec<libc::pid_t>> {
+    let children = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))?;
+    Ok(children.split_whitespace().filter_map(|p| p.parse().ok()).collect())
+}
+
+/// The CPU seconds (user and system) process `pid` has used so far.
+fn cpu_so_far(pid: libc::pid_t) -> Result<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // From field 3 on, after the command name in parentheses (which may hold anything):
+    // utime and stime are fields 14 and 15, in clock ticks.
+    let (_, fields) = stat.rsplit_once(')').context("no command name in /proc/PID/stat")?;
+    let fields: Vec<&str> = fields.split_whitespace().collect();
+    let ticks = |field: usize| -> Result<f64> {
+        Ok(fields.get(field - 3).context("a short /proc/PID/stat")?.parse::<u64>()? as f64)
+    };
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok((ticks(14)? + ticks(15)?) / per_second)
 }
 
 /// `wait4` for our child with `options`: `None` while it runs (with `WNOHANG`).
@@ -310,8 +344,17 @@ impl Bench {
                 Some(child)
             }
         };
+        // What the tracer used to start (for `tcptrace top`, script's child), taken off its
+        // CPU per event.
+        let start_cpu_s = match (&tracer, config) {
+            (None, _) => None,
+            (Some(script), Config::Top) => {
+                children_of(script.id())?.first().map(|&pid| cpu_so_far(pid)).transpose()?
+            }
+            (Some(child), _) => Some(cpu_so_far(child.id() as libc::pid_t)?),
+        };
         let (connections, connections_per_s) = self.churn()?;
-        let mut run = Run { connections, connections_per_s, ..Run::default() };
+        let mut run = Run { connections, connections_per_s, start_cpu_s, ..Run::default() };
         if let Some(child) = tracer.as_mut() {
             if config == Config::Bpftrace {
                 // bpftrace has no summary: its program's statistics, while it is attached.
@@ -377,6 +420,13 @@ impl Bench {
                     .sum();
                 run.timer_ns_per_connection =
                     (timers > 0 && connections > 0).then(|| timers as f64 / connections as f64);
+                let runs_of = |name: &str| {
+                    let program = programs.iter().find(|p| p["name"] == name)?;
+                    Some(program["runs"].as_u64()? as f64 / connections as f64)
+                };
+                run.timer_runs_per_connection = run
+                    .timer_ns_per_connection
+                    .and_then(|_| Some((runs_of("timer_cancel")?, runs_of("timer_expire_entry")?)));
             }
         }
         let _ = fs::remove_file(self.dir.join(format!("record-{round}.jsonl")));
@@ -385,16 +435,19 @@ impl Bench {
     }
 }
 
-/// The BPF programs loaded on `inet_sock_set_state` (tracepoint programs whose name, cut
-/// to 15 characters by the kernel, starts so), as `bpftool prog show` describes them.
-fn set_state_programs() -> Result<Vec<serde_json::Value>> {
+/// The BPF programs loaded, as `bpftool prog show` describes them.
+fn loaded_programs() -> Result<Vec<serde_json::Value>> {
     let output = Command::new("bpftool")
         .args(["prog", "show", "--json"])
         .output()
         .context("running bpftool")?;
-    let programs: Vec<serde_json::Value> =
-        serde_json::from_slice(&output.stdout).context("reading bpftool's output")?;
-    Ok(programs
+    serde_json::from_slice(&output.stdout).context("reading bpftool's output")
+}
+
+/// The BPF programs loaded on `inet_sock_set_state` (tracepoint programs whose name, cut
+/// to 15 characters by the kernel, starts so).
+fn set_state_programs() -> Result<Vec<serde_json::Value>> {
+    Ok(loaded_programs()?
         .into_iter()
         .filter(|program| {
             program["type"] == "tracepoint"
@@ -664,6 +717,11 @@ fn summary_of(output: &str) -> Result<serde_json::Value> {
         .context("no summary from tcptrace")
 }
 
+/// The tracer's CPU per million events once it traces (its start is not per event).
+fn cpu_per_m_events(run: &Run) -> Option<f64> {
+    Some((run.cpu_s? - run.start_cpu_s?) / (run.events? as f64) * 1e6)
+}
+
 fn met(ok: bool) -> &'static str {
     if ok { "**met**" } else { "**not met**" }
 }
@@ -707,6 +765,8 @@ pub fn run(root: &Path, tcptrace: &Path, seconds: u64) -> Result<()> {
     .into();
     let mut kernel_cost: Vec<(Config, Vec<Run>)> =
         KERNEL_COST_CONFIGS.map(|c| (c, Vec::new())).into();
+    // ns a run of each of `EMPTY_PROGRAMS`, over all the kernel-cost runs.
+    let mut empty_ns = Vec::new();
     let churn = (|| -> Result<()> {
         for round in 0..ROUNDS {
             let mut untraced_before = f64::NAN;
@@ -723,6 +783,7 @@ pub fn run(root: &Path, tcptrace: &Path, seconds: u64) -> Result<()> {
             }
         }
         bpf_stats(true)?;
+        let empty = EmptyPrograms::attach(&EMPTY_PROGRAMS)?;
         for round in 0..KERNEL_COST_RUNS {
             for config in KERNEL_COST_CONFIGS {
                 eprintln!(
@@ -734,6 +795,12 @@ pub fn run(root: &Path, tcptrace: &Path, seconds: u64) -> Result<()> {
                 kernel_cost.iter_mut().find(|(c, _)| *c == config).unwrap().1.push(run);
             }
         }
+        let loaded = loaded_programs()?;
+        for (_, name) in EMPTY_PROGRAMS {
+            let program = loaded.iter().find(|p| p["name"] == name);
+            empty_ns.push(program.and_then(ns_per_run).context("an empty program's statistics")?);
+        }
+        drop(empty);
         Ok(())
     })();
     signal(&nginx, libc::SIGQUIT);
@@ -790,7 +857,7 @@ pub fn run(root: &Path, tcptrace: &Path, seconds: u64) -> Result<()> {
         let per_s = median_of(runs, |r| Some(r.connections_per_s)).unwrap_or(f64::NAN);
         let expected = median_of(runs, |r| Some(r.connections as f64 * 10.0));
         let seen = median_of(runs, |r| r.events.map(|e| e as f64));
-        let cpu = median_of(runs, |r| Some(r.cpu_s? / (r.events? as f64) * 1e6));
+        let cpu = median_of(runs, cpu_per_m_events);
         let rss = median_of(runs, |r| r.max_rss_kib.map(|k| k as f64));
         let in_kernel = kernel_cost.iter().find(|(c, _)| c == config).map(|(_, runs)| {
             (
@@ -839,10 +906,18 @@ pub fn run(root: &Path, tcptrace: &Path, seconds: u64) -> Result<()> {
         median_of(kernel_runs(Config::Json), |r| r.kernel_ns_per_event).unwrap_or(f64::NAN);
     let timer_ns =
         median_of(kernel_runs(Config::Json), |r| r.timer_ns_per_connection).unwrap_or(f64::NAN);
-    let cpu_of = |config: Config| {
-        median_of(runs_of(config), |r| Some(r.cpu_s? / (r.events? as f64) * 1e6))
-            .unwrap_or(f64::NAN)
+    let cpu_of = |config: Config| median_of(runs_of(config), cpu_per_m_events).unwrap_or(f64::NAN);
+    let start_cpu_s = median_of(runs_of(Config::Json), |r| r.start_cpu_s).unwrap_or(f64::NAN);
+    // What tcptrace's own programs cost, the statistics' own cost per run taken off.
+    let [empty_set_state, empty_cancel, empty_expire] = empty_ns[..] else {
+        bail!("no statistics of the empty programs");
     };
+    let own_kernel_ns = kernel_ns - empty_set_state;
+    let own_timer_ns = median_of(kernel_runs(Config::Json), |r| {
+        let (cancels, expiries) = r.timer_runs_per_connection?;
+        Some(r.timer_ns_per_connection? - cancels * empty_cancel - expiries * empty_expire)
+    })
+    .unwrap_or(f64::NAN);
     let cpu_per_m = cpu_of(Config::Json);
     let lost_total: u64 = results
         .iter()
@@ -853,7 +928,7 @@ pub fn run(root: &Path, tcptrace: &Path, seconds: u64) -> Result<()> {
     let rss_growth = rss_1m as f64 / rss_100k as f64 - 1.0;
     writeln!(
         md,
-        "\nExpected events are 10 transitions per connection (5 per side); the kernel adds the odd same-state event (FIN_WAIT1 → FIN_WAIT1), so a little more than expected is normal. Kernel ns per event is `run_time_ns / run_cnt` of the `inet_sock_set_state` program (bpftrace's read with `bpftool prog show` while it runs), and the timer programs' cost is the `run_time_ns` of `timer_cancel` and `timer_expire_entry` together over the connections made (there is no `timer_start` program); both are medians of {KERNEL_COST_RUNS} more runs each of `--json`, `--port 9` and bpftrace after the throughput rounds, with `kernel.bpf_stats_enabled=1`. The throughput runs are made without those statistics, which add two clock reads to every program run. bpftrace prints what a tcptrace event line says (time, socket, both addresses with `ntop`, both states, pid, comm) to a file with `-o`, so both tools do the same work per event. Every tcptrace run has the per-event fields on: the namespace on every event, the cgroup where a socket starts, the TCP counters at every close.\n"
+        "\nExpected events are 10 transitions per connection (5 per side); the kernel adds the odd same-state event (FIN_WAIT1 → FIN_WAIT1), so a little more than expected is normal. Kernel ns per event is `run_time_ns / run_cnt` of the `inet_sock_set_state` program (bpftrace's read with `bpftool prog show` while it runs), and the timer programs' cost is the `run_time_ns` of `timer_cancel` and `timer_expire_entry` together over the connections made (there is no `timer_start` program); both are medians of {KERNEL_COST_RUNS} more runs each of `--json`, `--port 9` and bpftrace after the throughput rounds, with `kernel.bpf_stats_enabled=1`. The throughput runs are made without those statistics, which add two clock reads to every program run: during the same runs, empty programs (`r0 = 0; exit`, loaded by the bench as raw tracepoint programs) measured {empty_set_state:.0} ns a run on `inet_sock_set_state`, {empty_cancel:.0} on `timer_cancel` and {empty_expire:.0} on `timer_expire_entry`, which is the statistics' own cost and no program's, and the kernel targets below take it off (the columns are as measured). Tracer CPU is counted from when the tracer says it traces, to the end: loading and verifying its programs, reading the kernel's BTF and `/proc/kallsyms` come before, once per start ({start_cpu_s:.2} s for `--json`, median). bpftrace prints what a tcptrace event line says (time, socket, both addresses with `ntop`, both states, pid, comm) to a file with `-o`, so both tools do the same work per event. Every tcptrace run has the per-event fields on: the namespace on every event, the cgroup where a socket starts, the TCP counters at every close.\n"
     )?;
     writeln!(md, "## Targets\n")?;
     writeln!(md, "| target | measured | |\n|---|---|---|")?;
@@ -888,17 +963,17 @@ pub fn run(root: &Path, tcptrace: &Path, seconds: u64) -> Result<()> {
     )?;
     writeln!(
         md,
-        "| in-kernel cost ≤ 400 ns per state-change event | {kernel_ns:.0} ns | {} |",
-        met(kernel_ns <= 400.0)
+        "| in-kernel cost ≤ 400 ns per state-change event | {own_kernel_ns:.0} ns: {kernel_ns:.0} ns a run measured, less the statistics' own {empty_set_state:.0} ns (an empty program on `inet_sock_set_state`) | {} |",
+        met(own_kernel_ns <= 400.0)
     )?;
     writeln!(
         md,
-        "| the timer programs' cost ≤ 1 µs per connection in total | {timer_ns:.0} ns | {} |",
-        met(timer_ns <= 1000.0)
+        "| the timer programs' cost ≤ 1 µs per connection in total | {own_timer_ns:.0} ns: {timer_ns:.0} ns measured, less the statistics' own for each run ({empty_cancel:.0} ns on `timer_cancel`, {empty_expire:.0} ns on `timer_expire_entry`, from empty programs there) | {} |",
+        met(own_timer_ns <= 1000.0)
     )?;
     writeln!(
         md,
-        "| tracer CPU ≤ 0.7 s per million events (`--json`) | {cpu_per_m:.2} s | {} |",
+        "| tracer CPU ≤ 0.7 s per million events (`--json`), while tracing | {cpu_per_m:.2} s (and {start_cpu_s:.2} s once, to start) | {} |",
         met(cpu_per_m <= 0.7)
     )?;
     writeln!(

@@ -5,6 +5,7 @@
 //! this installs them into the project-local `.tools/` folder before building.
 
 mod bench;
+mod empty_programs;
 mod tools;
 
 use std::{
