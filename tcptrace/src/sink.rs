@@ -37,7 +37,7 @@ impl<W: Write> Write for Named<W> {
 
 /// Standard output, buffered, named in its errors.
 pub fn stdout() -> io::BufWriter<Named<io::StdoutLock<'static>>> {
-    io::BufWriter::with_capacity(1 << 16, Named::new(io::stdout().lock(), "standard output"))
+    io::BufWriter::with_capacity(1 << 18, Named::new(io::stdout().lock(), "standard output"))
 }
 
 /// Whether `error` is standard output's reader having gone away.
