@@ -35,9 +35,11 @@ impl<W: Write> Write for Named<W> {
     }
 }
 
-/// Standard output, buffered, named in its errors.
+/// Standard output, buffered, named in its errors. 256 KiB: replaying the bench's churn
+/// to a file on ext4 took less system time with it than with 64 KiB (fewer, larger
+/// page-cache writes); it still fits the L2 cache, which 1 MiB did not on an earlier machine.
 pub fn stdout() -> io::BufWriter<Named<io::StdoutLock<'static>>> {
-    io::BufWriter::with_capacity(1 << 18, Named::new(io::stdout().lock(), "standard output"))
+    io::BufWriter::with_capacity(256 << 10, Named::new(io::stdout().lock(), "standard output"))
 }
 
 /// Whether `error` is standard output's reader having gone away.
