@@ -15,7 +15,8 @@
 //! - [`names`]: what the namespace and cgroup numbers in events stand for.
 //!
 //! On top: [`pipeline`] joins events → engine → rendering; [`live`] feeds it from the
-//! kernel and [`replay`] from a recording; [`lab`] runs the TIME-WAIT exercise in a
+//! kernel (in the time the traced programs leave idle: [`yielding`]) and [`replay`] from a
+//! recording; [`lab`] runs the TIME-WAIT exercise in a
 //! namespace of its own, [`top`] keeps a full screen current; [`metrics_server`] serves `--metrics`; [`cli`]
 //! is the command line. The engine and rendering use nothing of aya, clap or tokio.
 
@@ -37,6 +38,7 @@ pub mod sink;
 #[cfg(test)]
 mod testing;
 pub mod top;
+pub mod yielding;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

@@ -35,6 +35,7 @@ use crate::{
     recording::{FORMAT_VERSION, Recorder, RecordingHeader},
     render::metrics::Metrics,
     sink::{self, Named},
+    yielding::Yielding,
 };
 
 /// A time-wait timer runs up to the timer wheel's 2.05 s after it is due; a second more.
@@ -55,6 +56,8 @@ struct Live<W: Write> {
     last_netns: Option<u32>,
     /// With `--metrics`: the tracer's own health, measured here.
     health: Option<Health>,
+    /// Live tracing's yielding to the traced programs (not `top`'s or the lab's).
+    yielding: Option<Yielding>,
 }
 
 /// What `--metrics` says about the tracer itself: events read per second, and how full
@@ -145,6 +148,9 @@ impl<W: Write> Live<W> {
         result?;
         if let Some(health) = &mut self.health {
             health.read(records);
+        }
+        if let Some(yielding) = &mut self.yielding {
+            yielding.drained(records as u64 * u64::from(RING_RECORD_BYTES));
         }
         self.pipeline.advance(monotonic_now_ns())?;
         self.flush()
@@ -237,7 +243,8 @@ pub fn ephemeral_port_range() -> (u16, u16) {
 /// the threads it starts after, which inherit it): its wake-ups then no longer preempt the
 /// programs being traced. It still gets its fair share of the CPU, so it
 /// keeps up with the ring buffer; it only waits for the running task's turn to end, which
-/// costs nothing shown, since every event carries its kernel time.
+/// costs nothing shown, since every event carries its kernel time. Once attached, the
+/// thread that drains the ring yields further while it keeps up ([`Yielding`]).
 fn run_as_batch_job() {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: `param` is a valid sched_param for the duration of the call.
@@ -280,6 +287,7 @@ pub async fn run(trace: &TraceArgs, output: &OutputArgs) -> Result<()> {
     });
     let pipeline = Pipeline::new(sink::stdout(), clock, pipeline_options);
     let mut session = Session::attach(trace, pipeline, recorder, health)?;
+    session.yield_to_traced(trace.run.ring_size)?;
     eprintln!("tcptrace: tracing TCP state transitions{}; Ctrl-C to stop", describe(&trace.filter));
     let streamed = session.run_to_end().await;
     session.end(streamed)
@@ -351,6 +359,7 @@ impl<W: Write> Session<W> {
             known_cgroups: Default::default(),
             last_netns: None,
             health,
+            yielding: None,
         };
         // Attached already: every socket the snapshot misses, an event shows.
         let snapshot = (!trace.run.no_snapshot).then(|| {
@@ -385,6 +394,15 @@ impl<W: Write> Session<W> {
 
     pub fn pipeline(&mut self) -> &mut Pipeline<W> {
         &mut self.live.pipeline
+    }
+
+    /// From now on the calling thread, which drains the ring, runs in the time the traced
+    /// programs leave idle, for as long as it keeps up with a ring of `ring_size` bytes
+    /// (see [`Yielding`]).
+    pub fn yield_to_traced(&mut self, ring_size: u32) -> Result<()> {
+        let yielding = Yielding::start(u64::from(ring_size)).context("starting the watchdog")?;
+        self.live.yielding = Some(yielding);
+        Ok(())
     }
 
     /// The column header, then every step until stopped.
@@ -448,6 +466,8 @@ impl<W: Write> Session<W> {
     /// kernel queued is still shown, then the summary and the exports. When the output's
     /// reader went away, the recording still gets its losses and its end.
     pub fn end(mut self, streamed: Result<()>) -> Result<()> {
+        // Not yielding any more: what is left comes at once.
+        self.live.yielding = None;
         let streamed = streamed.and_then(|()| Ok(self.live.drain(self.ring.get_mut())?));
         let Session { tracer, mut live, .. } = self;
         match streamed {

@@ -227,20 +227,71 @@ fn stops_cleanly_on_ctrl_c_and_after_duration() {
     assert_eq!(steps(&socket_transitions(&lines, client_addr)).len(), 5, "flushed at exit");
 }
 
-/// Every thread of the tracer is a SCHED_BATCH task (docs/sizing.md says why).
+/// The scheduling policy of thread `tid`.
+fn policy(tid: libc::pid_t) -> i32 {
+    // SAFETY: asks about a thread of our own child, which is alive until it is stopped.
+    unsafe { libc::sched_getscheduler(tid) }
+}
+
+/// Polls `tid`'s policy for up to 5 s until it is `wanted`.
+fn becomes(tid: libc::pid_t, wanted: i32) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if policy(tid) == wanted {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+/// The thread that drains the ring yields to the traced programs (SCHED_IDLE) while it
+/// keeps up; with every core kept busy it stops yielding (SCHED_BATCH) whenever the ring
+/// goes undrained too long, so nothing is lost; once the cores are free it yields again.
+/// Its other threads are SCHED_BATCH throughout (docs/sizing.md says why).
 #[test]
-fn every_thread_of_the_tracer_runs_as_sched_batch() {
-    let tracer = Tracer::start(&["--port", "9"]);
-    let threads: Vec<libc::pid_t> = std::fs::read_dir(format!("/proc/{}/task", tracer.pid()))
+fn the_tracer_yields_while_it_keeps_up_and_stops_before_anything_is_lost() {
+    let (watched, port) = listener();
+    let args = ["--port", &port.to_string(), "--quiet", "--verbose"];
+    let mut tracer = Tracer::start(&args);
+    let pid = tracer.pid() as libc::pid_t;
+    assert!(becomes(pid, libc::SCHED_IDLE), "the draining thread yields once attached");
+    let threads: Vec<libc::pid_t> = std::fs::read_dir(format!("/proc/{pid}/task"))
         .unwrap()
         .map(|entry| entry.unwrap().file_name().to_str().unwrap().parse().unwrap())
+        .filter(|&tid| tid != pid)
         .collect();
-    // SAFETY: asks about threads of our own child, which is alive until `stop`.
-    let policies: Vec<i32> =
-        threads.iter().map(|&tid| unsafe { libc::sched_getscheduler(tid) }).collect();
-    tracer.stop();
-    assert!(!threads.is_empty());
-    assert!(policies.iter().all(|&policy| policy == libc::SCHED_BATCH), "{policies:?}");
+    let others: Vec<i32> = threads.iter().map(|&tid| policy(tid)).collect();
+    assert!(!others.is_empty(), "the watchdog is a thread of its own");
+    assert!(others.iter().all(|&p| p == libc::SCHED_BATCH), "{others:?}");
+
+    // Every core busy with normal tasks: an idle task would hardly run now.
+    let busy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let hogs: Vec<_> = (0..std::thread::available_parallelism().unwrap().get())
+        .map(|_| {
+            let busy = busy.clone();
+            std::thread::spawn(move || {
+                while busy.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        })
+        .collect();
+    let (started, mut made) = (Instant::now(), 0);
+    while started.elapsed() < Duration::from_secs(2) {
+        one_connection(&watched);
+        made += 1;
+    }
+    busy.store(false, std::sync::atomic::Ordering::Relaxed);
+    hogs.into_iter().for_each(|hog| hog.join().unwrap());
+    let said = tracer.stderr_so_far();
+    assert!(said.contains("stopped yielding: the ring went"), "starved, it stopped: {said}");
+    assert!(becomes(pid, libc::SCHED_IDLE), "and it yields again once the cores are free");
+
+    let lines = tracer.stop();
+    let summary = summary(&lines);
+    assert_eq!(summary["lost"], 0, "{summary:#}");
+    assert_eq!(summary["connections"], made, "{summary:#}");
 }
 
 /// `tcptrace --record FILE | head -1`: when the reader of standard output goes away, live

@@ -1,0 +1,172 @@
+//! The live tracer's place in the scheduler. On a busy host every bit of CPU the tracer
+//! takes is taken from the programs it traces, so the thread that drains the ring runs in
+//! the time they leave idle (`SCHED_IDLE`) for as long as that is safe. It becomes a batch
+//! task again (`SCHED_BATCH`: its fair share, but its wake-ups still don't preempt) the moment
+//! it falls behind: when a drain finds the ring half full (the kernel wakes it at an eighth),
+//! or when a watchdog thread sees that it has not drained for [`STARVED_AFTER`], as on a
+//! host with no idle time, where an idle task hardly runs at all. It yields only while the
+//! ring can hold what arrives until the watchdog acts, at the rate of the last
+//! [`RATE_WINDOW`], with three quarters of it to spare ([`may_yield`]), and a drain finds the
+//! ring less than a quarter full. A small ring at a high rate never yields.
+use std::{
+    io,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread::{self, JoinHandle},
+    time::Duration,
+};
+
+use crate::clock::monotonic_now_ns;
+
+/// How long the ring may go undrained before the watchdog stops the tracer yielding. It
+/// drains at least every 10 ms while it gets to run: at 25 MB/s of events (the bench's
+/// churn), 20 ms more is half a MiB of the default 4 MiB ring.
+pub const STARVED_AFTER: Duration = Duration::from_millis(20);
+/// How often the watchdog looks.
+const WATCH_EVERY: Duration = Duration::from_millis(5);
+/// How long the event rate is measured over, for [`may_yield`].
+pub const RATE_WINDOW: Duration = Duration::from_millis(100);
+
+/// Whether the draining thread may yield: a ring of `ring_size` bytes takes what arrives at
+/// `bytes_per_s` until the watchdog makes it a batch task again ([`STARVED_AFTER`], and
+/// twice the watchdog's interval for it to look and be scheduled) in a quarter of it.
+pub fn may_yield(ring_size: u64, bytes_per_s: u64) -> bool {
+    let waited_ns = (STARVED_AFTER + 2 * WATCH_EVERY).as_nanos();
+    u128::from(bytes_per_s) * waited_ns / 1_000_000_000 < u128::from(ring_size / 4)
+}
+
+/// The draining thread's yielding, and its watchdog; the watchdog stops when dropped.
+pub struct Yielding {
+    shared: Arc<Shared>,
+    /// The ring's size: a drain of half of it or more means the tracer is behind; of less
+    /// than a quarter, that it keeps up.
+    ring_size: u64,
+    /// Bytes drained since `window_since_ns`, for the rate.
+    window_bytes: u64,
+    window_since_ns: u64,
+    /// [`may_yield`] at the rate of the last whole window (not before one was measured).
+    may_yield: bool,
+    watchdog: Option<JoinHandle<()>>,
+}
+
+struct Shared {
+    /// The draining thread.
+    tid: libc::pid_t,
+    last_drain_ns: AtomicU64,
+    /// Whether it is `SCHED_IDLE` now.
+    idle: AtomicBool,
+    stop: AtomicBool,
+}
+
+/// Sets thread `tid`'s scheduling policy (`SCHED_IDLE` or `SCHED_BATCH`).
+fn set_policy(tid: libc::pid_t, policy: libc::c_int) -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid sched_param for the duration of the call.
+    if unsafe { libc::sched_setscheduler(tid, policy, &param) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+impl Shared {
+    /// Moves the draining thread to the other policy, if it is not there already.
+    fn become_idle(&self, idle: bool) {
+        if self.idle.compare_exchange(!idle, idle, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+            return;
+        }
+        let policy = if idle { libc::SCHED_IDLE } else { libc::SCHED_BATCH };
+        if let Err(error) = set_policy(self.tid, policy) {
+            crate::debug(format_args!("scheduling policy {policy} refused: {error}"));
+        }
+    }
+}
+
+impl Yielding {
+    /// Lets the calling thread, the one that drains a ring of `ring_size` bytes, yield
+    /// from the first [`RATE_WINDOW`] on, as the rate allows, and starts its watchdog (which
+    /// keeps the calling thread's policy, and never yields itself).
+    pub fn start(ring_size: u64) -> io::Result<Yielding> {
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() };
+        let shared = Arc::new(Shared {
+            tid,
+            last_drain_ns: AtomicU64::new(monotonic_now_ns()),
+            idle: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+        });
+        let watched = shared.clone();
+        let watchdog = thread::Builder::new().name("tcptrace-watch".into()).spawn(move || {
+            let starved_ns = STARVED_AFTER.as_nanos() as u64;
+            while !watched.stop.load(Ordering::Relaxed) {
+                thread::sleep(WATCH_EVERY);
+                let since = monotonic_now_ns()
+                    .saturating_sub(watched.last_drain_ns.load(Ordering::Relaxed));
+                if since > starved_ns && watched.idle.load(Ordering::Relaxed) {
+                    watched.become_idle(false);
+                    crate::debug(format_args!(
+                        "stopped yielding: the ring went {} ms undrained",
+                        since / 1_000_000
+                    ));
+                }
+            }
+        })?;
+        Ok(Yielding {
+            shared,
+            ring_size,
+            window_bytes: 0,
+            window_since_ns: monotonic_now_ns(),
+            may_yield: false,
+            watchdog: Some(watchdog),
+        })
+    }
+
+    /// The ring was just drained of `bytes`: yield while that is little and the rate
+    /// allows, stop while the tracer is behind.
+    pub fn drained(&mut self, bytes: u64) {
+        let now_ns = monotonic_now_ns();
+        self.shared.last_drain_ns.store(now_ns, Ordering::Relaxed);
+        self.window_bytes += bytes;
+        let window_ns = now_ns.saturating_sub(self.window_since_ns);
+        if window_ns >= RATE_WINDOW.as_nanos() as u64 {
+            let bytes_per_s = u128::from(self.window_bytes) * 1_000_000_000 / u128::from(window_ns);
+            self.may_yield = may_yield(self.ring_size, bytes_per_s.try_into().unwrap_or(u64::MAX));
+            (self.window_bytes, self.window_since_ns) = (0, now_ns);
+        }
+        if !self.may_yield || bytes >= self.ring_size / 2 {
+            self.shared.become_idle(false);
+        } else if bytes < self.ring_size / 4 {
+            self.shared.become_idle(true);
+        }
+    }
+}
+
+impl Drop for Yielding {
+    /// The end of the trace (the last drain, the summary, the exports) comes at once.
+    fn drop(&mut self) {
+        self.shared.become_idle(false);
+        self.shared.stop.store(true, Ordering::Relaxed);
+        if let Some(watchdog) = self.watchdog.take() {
+            let _ = watchdog.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yields_only_while_a_quarter_of_the_ring_takes_what_comes_before_the_watchdog_acts() {
+        const MIB: u64 = 1 << 20;
+        // The bench's churn, about 31 MB/s of events, in the default 4 MiB ring: 30 ms of it
+        // is 0.9 MiB, under a quarter.
+        assert!(may_yield(4 * MIB, 31_000_000));
+        assert!(!may_yield(4 * MIB, 40 * MIB));
+        // A 64 KiB ring takes 16 KiB in a quarter: 30 ms of 500 kB/s at most.
+        assert!(may_yield(64 << 10, 500_000));
+        assert!(!may_yield(64 << 10, 1_000_000));
+        assert!(may_yield(4 * MIB, 0));
+    }
+}
