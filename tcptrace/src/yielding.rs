@@ -7,7 +7,10 @@
 //! host with no idle time, where an idle task hardly runs at all. It yields only while the
 //! ring can hold what arrives until the watchdog acts, at the rate of the last
 //! [`RATE_WINDOW`], with three quarters of it to spare ([`may_yield`]), and a drain finds the
-//! ring less than a quarter full. A small ring at a high rate never yields.
+//! ring less than a quarter full. A small ring at a high rate never yields, and neither
+//! does a tracer that could not stop yielding: leaving `SCHED_IDLE` needs `CAP_SYS_NICE`,
+//! which a tracer given only `CAP_BPF` and `CAP_PERFMON` lacks.
+
 use std::{
     io,
     sync::{
@@ -48,6 +51,7 @@ pub struct Yielding {
     window_since_ns: u64,
     /// [`may_yield`] at the rate of the last whole window (not before one was measured).
     may_yield: bool,
+    /// The watchdog; none where the thread could not stop yielding again.
     watchdog: Option<JoinHandle<()>>,
 }
 
@@ -71,8 +75,8 @@ fn set_policy(tid: libc::pid_t, policy: libc::c_int) -> io::Result<()> {
 }
 
 impl Shared {
-    /// Moves the draining thread to the other policy, if it is not there already.
-    fn become_idle(&self, idle: bool) {
+    /// Moves the draining thread to `SCHED_IDLE` (or back), if it is not there already.
+    fn set_yielding(&self, idle: bool) {
         if self.idle.compare_exchange(!idle, idle, Ordering::AcqRel, Ordering::Relaxed).is_err() {
             return;
         }
@@ -83,20 +87,53 @@ impl Shared {
     }
 }
 
+/// The calling thread's id.
+fn gettid() -> libc::pid_t {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::gettid() }
+}
+
+/// Whether a thread may leave `SCHED_IDLE` once in it: tried on a thread of its own, which
+/// ends either way.
+fn can_stop_yielding() -> bool {
+    let tried = thread::spawn(|| {
+        let tid = gettid();
+        set_policy(tid, libc::SCHED_IDLE).and_then(|()| set_policy(tid, libc::SCHED_BATCH))
+    });
+    match tried.join() {
+        Ok(Ok(())) => true,
+        Ok(Err(error)) => {
+            crate::debug(format_args!("not yielding the CPU: could not stop again ({error})"));
+            false
+        }
+        Err(_) => false,
+    }
+}
+
 impl Yielding {
     /// Lets the calling thread, the one that drains a ring of `ring_size` bytes, yield
     /// from the first [`RATE_WINDOW`] on, as the rate allows, and starts its watchdog (which
-    /// keeps the calling thread's policy, and never yields itself).
+    /// keeps the calling thread's policy, and never yields itself); where the thread could
+    /// not stop yielding again, it never yields.
     pub fn start(ring_size: u64) -> io::Result<Yielding> {
-        // SAFETY: gettid has no preconditions.
-        let tid = unsafe { libc::gettid() };
         let shared = Arc::new(Shared {
-            tid,
+            tid: gettid(),
             last_drain_ns: AtomicU64::new(monotonic_now_ns()),
             idle: AtomicBool::new(false),
             stop: AtomicBool::new(false),
         });
-        let watched = shared.clone();
+        let mut yielding = Yielding {
+            shared: shared.clone(),
+            ring_size,
+            window_bytes: 0,
+            window_since_ns: monotonic_now_ns(),
+            may_yield: false,
+            watchdog: None,
+        };
+        if !can_stop_yielding() {
+            return Ok(yielding);
+        }
+        let watched = shared;
         let watchdog = thread::Builder::new().name("tcptrace-watch".into()).spawn(move || {
             let starved_ns = STARVED_AFTER.as_nanos() as u64;
             while !watched.stop.load(Ordering::Relaxed) {
@@ -104,7 +141,7 @@ impl Yielding {
                 let since = monotonic_now_ns()
                     .saturating_sub(watched.last_drain_ns.load(Ordering::Relaxed));
                 if since > starved_ns && watched.idle.load(Ordering::Relaxed) {
-                    watched.become_idle(false);
+                    watched.set_yielding(false);
                     crate::debug(format_args!(
                         "stopped yielding: the ring went {} ms undrained",
                         since / 1_000_000
@@ -112,19 +149,16 @@ impl Yielding {
                 }
             }
         })?;
-        Ok(Yielding {
-            shared,
-            ring_size,
-            window_bytes: 0,
-            window_since_ns: monotonic_now_ns(),
-            may_yield: false,
-            watchdog: Some(watchdog),
-        })
+        yielding.watchdog = Some(watchdog);
+        Ok(yielding)
     }
 
     /// The ring was just drained of `bytes`: yield while that is little and the rate
     /// allows, stop while the tracer is behind.
     pub fn drained(&mut self, bytes: u64) {
+        if self.watchdog.is_none() {
+            return;
+        }
         let now_ns = monotonic_now_ns();
         self.shared.last_drain_ns.store(now_ns, Ordering::Relaxed);
         self.window_bytes += bytes;
@@ -135,9 +169,9 @@ impl Yielding {
             (self.window_bytes, self.window_since_ns) = (0, now_ns);
         }
         if !self.may_yield || bytes >= self.ring_size / 2 {
-            self.shared.become_idle(false);
+            self.shared.set_yielding(false);
         } else if bytes < self.ring_size / 4 {
-            self.shared.become_idle(true);
+            self.shared.set_yielding(true);
         }
     }
 }
@@ -145,7 +179,7 @@ impl Yielding {
 impl Drop for Yielding {
     /// The end of the trace (the last drain, the summary, the exports) comes at once.
     fn drop(&mut self) {
-        self.shared.become_idle(false);
+        self.shared.set_yielding(false);
         self.shared.stop.store(true, Ordering::Relaxed);
         if let Some(watchdog) = self.watchdog.take() {
             let _ = watchdog.join();

@@ -5,14 +5,14 @@ mod support;
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
-    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpListener, TcpStream},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use support::{
-    Peer, Tracer, connection_with, endpoint_states, find, socket_transitions, steps, summary,
-    transitions,
+    Peer, Tracer, connection_with, endpoint_states, find, listener, one_connection,
+    socket_transitions, steps, summary, transitions,
 };
 
 #[derive(Clone, Copy, PartialEq)]
@@ -133,24 +133,6 @@ fn ipv6_client_closes_first() {
     traced_connection("ipv6", Closer::Client);
 }
 
-fn listener() -> (TcpListener, u16) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    (listener, port)
-}
-
-/// Connects, lets the server close, and waits for both sides to finish.
-fn one_connection(listener: &TcpListener) -> SocketAddr {
-    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-    let (accepted, _) = listener.accept().unwrap();
-    let client_addr = client.local_addr().unwrap();
-    drop(accepted);
-    let mut rest = Vec::new();
-    (&client).read_to_end(&mut rest).unwrap();
-    client.shutdown(Shutdown::Both).ok();
-    client_addr
-}
-
 #[test]
 fn port_filter_drops_other_ports_in_the_kernel_and_keeps_port_zero_events() {
     let (watched, watched_port) = listener();
@@ -225,73 +207,6 @@ fn stops_cleanly_on_ctrl_c_and_after_duration() {
     let lines = tracer.wait();
     assert!(started.elapsed() < Duration::from_secs(20));
     assert_eq!(steps(&socket_transitions(&lines, client_addr)).len(), 5, "flushed at exit");
-}
-
-/// The scheduling policy of thread `tid`.
-fn policy(tid: libc::pid_t) -> i32 {
-    // SAFETY: asks about a thread of our own child, which is alive until it is stopped.
-    unsafe { libc::sched_getscheduler(tid) }
-}
-
-/// Polls `tid`'s policy for up to 5 s until it is `wanted`.
-fn becomes(tid: libc::pid_t, wanted: i32) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        if policy(tid) == wanted {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    false
-}
-
-/// The thread that drains the ring yields to the traced programs (SCHED_IDLE) while it
-/// keeps up; with every core kept busy it stops yielding (SCHED_BATCH) whenever the ring
-/// goes undrained too long, so nothing is lost; once the cores are free it yields again.
-/// Its other threads are SCHED_BATCH throughout (docs/sizing.md says why).
-#[test]
-fn the_tracer_yields_while_it_keeps_up_and_stops_before_anything_is_lost() {
-    let (watched, port) = listener();
-    let args = ["--port", &port.to_string(), "--quiet", "--verbose"];
-    let mut tracer = Tracer::start(&args);
-    let pid = tracer.pid() as libc::pid_t;
-    assert!(becomes(pid, libc::SCHED_IDLE), "the draining thread yields once attached");
-    let threads: Vec<libc::pid_t> = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .map(|entry| entry.unwrap().file_name().to_str().unwrap().parse().unwrap())
-        .filter(|&tid| tid != pid)
-        .collect();
-    let others: Vec<i32> = threads.iter().map(|&tid| policy(tid)).collect();
-    assert!(!others.is_empty(), "the watchdog is a thread of its own");
-    assert!(others.iter().all(|&p| p == libc::SCHED_BATCH), "{others:?}");
-
-    // Every core busy with normal tasks: an idle task would hardly run now.
-    let busy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let hogs: Vec<_> = (0..std::thread::available_parallelism().unwrap().get())
-        .map(|_| {
-            let busy = busy.clone();
-            std::thread::spawn(move || {
-                while busy.load(std::sync::atomic::Ordering::Relaxed) {
-                    std::hint::spin_loop();
-                }
-            })
-        })
-        .collect();
-    let (started, mut made) = (Instant::now(), 0);
-    while started.elapsed() < Duration::from_secs(2) {
-        one_connection(&watched);
-        made += 1;
-    }
-    busy.store(false, std::sync::atomic::Ordering::Relaxed);
-    hogs.into_iter().for_each(|hog| hog.join().unwrap());
-    let said = tracer.stderr_so_far();
-    assert!(said.contains("stopped yielding: the ring went"), "starved, it stopped: {said}");
-    assert!(becomes(pid, libc::SCHED_IDLE), "and it yields again once the cores are free");
-
-    let lines = tracer.stop();
-    let summary = summary(&lines);
-    assert_eq!(summary["lost"], 0, "{summary:#}");
-    assert_eq!(summary["connections"], made, "{summary:#}");
 }
 
 /// `tcptrace --record FILE | head -1`: when the reader of standard output goes away, live

@@ -2,8 +2,8 @@
 #![allow(dead_code)] // each test file uses its own subset
 
 use std::{
-    io::{BufRead, BufReader, Write},
-    net::SocketAddr,
+    io::{BufRead, BufReader, Read, Write},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
     path::Path,
     process::{Child, ChildStdin, Command, Stdio},
     sync::mpsc::{Receiver, channel},
@@ -20,6 +20,25 @@ pub fn require_root() {
         0,
         "the kernel tests load eBPF programs and need root: run `sudo cargo xtask test`"
     );
+}
+
+/// A listener on a free loopback port, and the port.
+pub fn listener() -> (TcpListener, u16) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    (listener, port)
+}
+
+/// Connects, lets the server close, and waits for both sides to finish.
+pub fn one_connection(listener: &TcpListener) -> SocketAddr {
+    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (accepted, _) = listener.accept().unwrap();
+    let client_addr = client.local_addr().unwrap();
+    drop(accepted);
+    let mut rest = Vec::new();
+    (&client).read_to_end(&mut rest).unwrap();
+    client.shutdown(Shutdown::Both).ok();
+    client_addr
 }
 
 /// A running `tcptrace --json …`.
