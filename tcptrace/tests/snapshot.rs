@@ -31,17 +31,20 @@ fn wait_for_time_waits_to_end(netns: &Netns) {
     std::thread::sleep(Duration::from_millis(300));
 }
 
-fn endpoint_with_port(lines: &[Value], port: u64) -> (&Value, &Value) {
+/// The connection with an endpoint at `host`:`port`, and that endpoint. The host too: an
+/// IPv4 and an IPv6 connection may have the same ephemeral port.
+fn endpoint_at<'a>(lines: &'a [Value], host: &str, port: u64) -> (&'a Value, &'a Value) {
+    let addr =
+        if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
     connections(lines)
         .into_iter()
         .find_map(|record| {
             ["client", "server"].into_iter().find_map(|key| {
                 let endpoint = &record[key];
-                let addr = endpoint["addr"].as_str()?;
-                addr.ends_with(&format!(":{port}")).then_some((record, endpoint))
+                (endpoint["addr"].as_str()? == addr).then_some((record, endpoint))
             })
         })
-        .unwrap_or_else(|| panic!("no endpoint on port {port}"))
+        .unwrap_or_else(|| panic!("no endpoint at {addr}"))
 }
 
 fn u64_at(value: &Value) -> u64 {
@@ -91,7 +94,7 @@ fn sockets_from_before_start_are_followed_to_their_end() {
     for host in ["127.0.0.1", "::1"] {
         let made = &ports[host];
         for pair in made["pairs"].as_array().unwrap() {
-            let (record, _) = endpoint_with_port(&lines, u64_at(pair));
+            let (record, _) = endpoint_at(&lines, host, u64_at(pair));
             assert_eq!(record["closed_first"], "server", "{record}");
             assert_eq!(record["incomplete"], false, "{record}");
             for key in ["client", "server"] {
@@ -109,7 +112,7 @@ fn sockets_from_before_start_are_followed_to_their_end() {
             assert!((60.0..62.1).contains(&lasted), "{lasted} s: {record}");
         }
         for (name, end) in [("natural", "expired"), ("reused", "killed")] {
-            let (record, endpoint) = endpoint_with_port(&lines, u64_at(&made[name]));
+            let (record, endpoint) = endpoint_at(&lines, host, u64_at(&made[name]));
             // The first connection on the port: the TIME-WAIT from before start.
             let tw = &endpoint["time_wait"];
             assert_eq!(endpoint["seen_at_start"], true, "{record}");
@@ -126,7 +129,7 @@ fn sockets_from_before_start_are_followed_to_their_end() {
     // which the client closed first.
     for host in ["127.0.0.1", "::1"] {
         for port in ports[host]["close_wait"].as_array().unwrap() {
-            let (record, _) = endpoint_with_port(&lines, u64_at(port));
+            let (record, _) = endpoint_at(&lines, host, u64_at(port));
             assert_eq!(record["closed_first"], "client", "{record}");
             assert_eq!(record["server"]["states"][0]["state"], "CLOSE_WAIT", "{record}");
             assert_eq!(record["server"]["pid"], owner, "{record}");
@@ -138,7 +141,7 @@ fn sockets_from_before_start_are_followed_to_their_end() {
     // The natural ones ended when their timers said, give or take the wheel's 2.05 s.
     let began = recorded_snapshot_began(&recording);
     for host in ["127.0.0.1", "::1"] {
-        let (_, endpoint) = endpoint_with_port(&lines, u64_at(&ports[host]["natural"]));
+        let (_, endpoint) = endpoint_at(&lines, host, u64_at(&ports[host]["natural"]));
         let tw = &endpoint["time_wait"];
         let due = began + u64_at(&tw["remaining_at_start_ns"]);
         let late = u64_at(&tw["end_ns"]) as f64 / S as f64 - due as f64 / S as f64;
