@@ -24,8 +24,8 @@ use std::{
 use crate::clock::monotonic_now_ns;
 
 /// How long the ring may go undrained before the watchdog stops the tracer yielding. It
-/// drains at least every 10 ms while it gets to run: at 25 MB/s of events (the bench's
-/// churn), 20 ms more is half a MiB of the default 4 MiB ring.
+/// drains at least every 10 ms while it gets to run: at 30 MB/s of events (the bench's
+/// churn), 20 ms more is 0.6 MB of the default 4 MiB ring.
 pub const STARVED_AFTER: Duration = Duration::from_millis(20);
 /// How often the watchdog looks.
 const WATCH_EVERY: Duration = Duration::from_millis(5);
