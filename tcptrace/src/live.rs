@@ -35,7 +35,7 @@ use crate::{
     recording::{FORMAT_VERSION, Recorder, RecordingHeader},
     render::metrics::Metrics,
     sink::{self, Named},
-    yielding::Yielding,
+    yielding::{self, Yielding},
 };
 
 /// A time-wait timer runs up to the timer wheel's 2.05 s after it is due; a second more.
@@ -149,10 +149,11 @@ impl<W: Write> Live<W> {
         if let Some(health) = &mut self.health {
             health.read(records);
         }
+        let now_ns = monotonic_now_ns();
         if let Some(yielding) = &mut self.yielding {
-            yielding.drained(records as u64 * u64::from(RING_RECORD_BYTES));
+            yielding.drained(records as u64 * u64::from(RING_RECORD_BYTES), now_ns);
         }
-        self.pipeline.advance(monotonic_now_ns())?;
+        self.pipeline.advance(now_ns)?;
         self.flush()
     }
 
@@ -239,25 +240,8 @@ pub fn ephemeral_port_range() -> (u16, u16) {
         .unwrap_or(EngineOptions::default().ephemeral_ports)
 }
 
-/// Makes the tracer a batch job for the scheduler (`SCHED_BATCH`; the calling thread, and
-/// the threads it starts after, which inherit it): its wake-ups then no longer preempt the
-/// programs being traced. It still gets its fair share of the CPU, so it
-/// keeps up with the ring buffer; it only waits for the running task's turn to end, which
-/// costs nothing shown, since every event carries its kernel time. Once attached, the
-/// thread that drains the ring yields further while it keeps up ([`Yielding`]).
-fn run_as_batch_job() {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: `param` is a valid sched_param for the duration of the call.
-    if unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) } != 0 {
-        crate::debug(format_args!(
-            "staying a normal task (SCHED_BATCH refused: {})",
-            io::Error::last_os_error()
-        ));
-    }
-}
-
 pub async fn run(trace: &TraceArgs, output: &OutputArgs) -> Result<()> {
-    run_as_batch_job();
+    yielding::run_as_batch_job();
     // Bound before attaching: a port in use fails before any tracing.
     let metrics_listener = trace.metrics.map(metrics_server::bind).transpose()?;
     let ephemeral_ports = ephemeral_port_range();

@@ -64,7 +64,20 @@ struct Shared {
     stop: AtomicBool,
 }
 
-/// Sets thread `tid`'s scheduling policy (`SCHED_IDLE` or `SCHED_BATCH`).
+/// Makes the tracer a batch job for the scheduler (`SCHED_BATCH`; the calling thread, and
+/// the threads it starts after, which inherit it): its wake-ups then no longer preempt the
+/// programs being traced. It still gets its fair share of the CPU, so it keeps up with the
+/// ring buffer; it only waits for the running task's turn to end, which costs nothing
+/// shown, since every event carries its kernel time. Once attached, the thread that drains
+/// the ring yields further while it keeps up ([`Yielding`]).
+pub fn run_as_batch_job() {
+    if let Err(error) = set_policy(0, libc::SCHED_BATCH) {
+        crate::debug(format_args!("staying a normal task (SCHED_BATCH refused: {error})"));
+    }
+}
+
+/// Sets thread `tid`'s scheduling policy (`SCHED_IDLE` or `SCHED_BATCH`; 0: the calling
+/// thread).
 fn set_policy(tid: libc::pid_t, policy: libc::c_int) -> io::Result<()> {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: `param` is a valid sched_param for the duration of the call.
@@ -153,13 +166,12 @@ impl Yielding {
         Ok(yielding)
     }
 
-    /// The ring was just drained of `bytes`: yield while that is little and the rate
-    /// allows, stop while the tracer is behind.
-    pub fn drained(&mut self, bytes: u64) {
+    /// The ring was just drained of `bytes`, at `now_ns`: yield while that is little and
+    /// the rate allows, stop while the tracer is behind.
+    pub fn drained(&mut self, bytes: u64, now_ns: u64) {
         if self.watchdog.is_none() {
             return;
         }
-        let now_ns = monotonic_now_ns();
         self.shared.last_drain_ns.store(now_ns, Ordering::Relaxed);
         self.window_bytes += bytes;
         let window_ns = now_ns.saturating_sub(self.window_since_ns);
