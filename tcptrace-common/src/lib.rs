@@ -339,7 +339,9 @@ pub const STACK_SCAN_WORDS: usize = 16;
 pub struct TimerOffsets {
     /// `timer_list.function`: what runs when the timer expires.
     pub function: u16,
-    pub _pad: [u16; 3],
+    /// `timer_list.expires`: when it runs out, in jiffies.
+    pub expires: u16,
+    pub _pad: [u16; 2],
 }
 
 /// Read-only configuration of the kernel program, set by the loader before load.
@@ -366,7 +368,8 @@ pub struct Config {
     pub timer_callers_span: TextRange,
     /// TIME-WAIT's length (`TCP_TIMEWAIT_LEN`, 60 s) in jiffies: what a re-arm sets.
     pub time_wait_jiffies: u32,
-    pub _pad: u32,
+    /// The length of a jiffy in nanoseconds (10^9 / HZ).
+    pub jiffy_ns: u32,
     /// Ring-buffer fill level, in bytes, from which a submit wakes the reader at once.
     /// Below it the reader is not woken and picks events up on its next poll tick.
     pub wakeup_bytes: u64,
@@ -402,6 +405,26 @@ impl Config {
     pub fn filters_sockets(&self) -> bool {
         self.port_count != 0 || self.pid != 0 || self.cgroup != 0
     }
+
+    /// Whether every socket is kept (no filter at all), and so every time-wait socket is
+    /// one whose hand-over was sent: its timer is then followed without the table of kept
+    /// timers (`TIME_WAIT_TIMERS`), whose cold lookup and delete cost more than all the rest
+    /// of following a time-wait socket.
+    pub fn keeps_every_socket(&self) -> bool {
+        !self.filters_sockets()
+            && self.netns_count == 0
+            && self.families == FAMILY_IPV4 | FAMILY_IPV6
+    }
+}
+
+/// While time-wait sockets from before tcptrace started may still end (set by the loader,
+/// `bpf_ktime_get_ns` times): from when the hand-overs were traced, until when one may end
+/// (0: no more).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MeetWindow {
+    pub traced_since_ns: u64,
+    pub until_ns: u64,
 }
 
 /// A per-CPU note about a time-wait timer, kept for the event that follows it on the same
@@ -433,6 +456,7 @@ mod pod {
     // SAFETY: plain `#[repr(C)]` data without padding holes, valid for any bit pattern.
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::MeetWindow {}
 }
 
 #[cfg(test)]
@@ -456,6 +480,7 @@ mod tests {
         let offsets = 24 + 8 + 16 + 8 + 24 + 16 + 40;
         // `tw_timer_handler`; the timer callers, their counts and span; the re-arm's length.
         let timers = 8 + 16 * MAX_TIMER_CALLERS + 4 + 4 + 16 + 4 + 4;
+        assert_eq!(core::mem::size_of::<MeetWindow>(), 16);
         assert_eq!(core::mem::size_of::<Config>(), offsets + timers + 8 + filters);
     }
 }

@@ -27,7 +27,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use tcptrace_common::{Config, RECORD_BYTES, STACK_SCAN_WORDS, TimerSlot, counter};
+use tcptrace_common::{Config, MeetWindow, RECORD_BYTES, STACK_SCAN_WORDS, TimerSlot, counter};
 
 /// Set by the loader before load (field offsets, filters, `tw_timer_handler` and the
 /// timer functions).
@@ -48,17 +48,18 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT
 #[map]
 static KEPT_SOCKETS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
 
-/// Live time-wait timers of kept sockets: timer address → socket address. The loader sizes
-/// it to `net.ipv4.tcp_max_tw_buckets`, the most time-wait sockets the kernel keeps.
+/// Live time-wait timers of kept sockets, when a filter keeps some out: timer address →
+/// socket address. The loader sizes it to `net.ipv4.tcp_max_tw_buckets`, the most time-wait
+/// sockets the kernel keeps.
 #[map]
 static TIME_WAIT_TIMERS: HashMap<u64, u64> = HashMap::with_max_entries(65536, 0);
 
-/// Until when (`bpf_ktime_get_ns`) a cancelled timer the table does not know is looked at
-/// for a time-wait socket from before tcptrace started; 0: no more. The loader sets it at
-/// start (such a socket lives at most about 62 s on) and lowers it once the start-up
-/// snapshot said how long the ones there have left, then to 0 once past.
+/// While a cancelled time-wait timer not known to be of a traced hand-over is looked at for
+/// a time-wait socket from before tcptrace started. The loader sets it at start (such a
+/// socket lives at most about 62 s on) and shortens it once the start-up snapshot said how
+/// long the ones there have left, then ends it (`until_ns` 0).
 #[map]
-static MEET_TIME_WAITS_UNTIL: Array<u64> = Array::with_max_entries(1, 0);
+static MEET_TIME_WAITS: Array<MeetWindow> = Array::with_max_entries(1, 0);
 
 /// The live time-wait timer just cancelled on this CPU, for the expiry that may follow.
 #[map]

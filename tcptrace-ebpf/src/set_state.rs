@@ -67,7 +67,8 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
         }
     }
     // A hand-over to a time-wait socket (`tcp_time_wait`, then this CLOSE). Its timer is
-    // named only when it is tracked: otherwise its end would never be reported.
+    // named only when it is followed: otherwise its end would never be reported. Where a
+    // filter keeps some sockets out, the table says which timers are followed.
     let mut time_wait_timer = 0;
     if new == tcp_state::CLOSE
         && (old == tcp_state::FIN_WAIT2 || old == tcp_state::CLOSING)
@@ -75,7 +76,10 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     {
         let ports = u32::from(dport.to_be()) | u32::from(sport) << 16;
         time_wait_timer = time_wait_timer_of(sk, config, family, ports);
-        if time_wait_timer != 0 && TIME_WAIT_TIMERS.insert(&time_wait_timer, &address, 0).is_err() {
+        if time_wait_timer != 0
+            && !config.keeps_every_socket()
+            && TIME_WAIT_TIMERS.insert(&time_wait_timer, &address, 0).is_err()
+        {
             table_full(&ctx);
             time_wait_timer = 0;
         }

@@ -14,13 +14,17 @@
 //! call. Their events carry no task: the kernel does not say, here, whether it runs in
 //! process context, and a time-wait socket's owner is its connection's anyway.
 //!
+//! With no filter, every time-wait timer is followed, and its events name the time-wait
+//! socket (userspace knows it by its timer). With one, a table of the kept sockets' timers
+//! says which are followed; its cold lookup and delete cost more than the rest together.
+//!
 //! A time-wait socket from before tcptrace started was never seen starting: for about a
-//! minute after start, a cancelled timer the table does not know is checked for being a
-//! time-wait timer, and if it is, its socket is read next to it and followed from there.
+//! minute after start, a cancelled time-wait timer the table does not know (with no table:
+//! one armed before the start) has its socket read next to it, and is followed from there.
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel_buf},
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel_buf, generated::bpf_jiffies64},
     macros::btf_tracepoint,
     maps::PerCpuArray,
     programs::BtfTracePointContext,
@@ -31,7 +35,7 @@ use tcptrace_common::{
 };
 
 use crate::{
-    CANCELLED_TIMER, MEET_TIME_WAITS_UNTIL, STACK_WORDS, TIME_WAIT_TIMERS,
+    CANCELLED_TIMER, MEET_TIME_WAITS, STACK_WORDS, TIME_WAIT_TIMERS,
     emit::{count, emit},
     filter::{family_kept, ports_match},
     home::{load, netns, netns_kept, read},
@@ -134,27 +138,79 @@ pub fn timer_cancel(ctx: BtfTracePointContext) -> i32 {
     let config = crate::config();
     let timer = timer_of(&ctx);
     // Eight cancelled timers in nine are not time-wait timers (retransmit, delayed ACK,
-    // keepalive…): one load of the timer's own `function` tells, before any map lookup.
+    // keepalive…): one load of the timer's own `function` tells, before anything else.
     if !is_time_wait_timer(config, timer) {
         return 0;
     }
     let address = timer as u64;
-    // SAFETY: the value is copied out at once; an entry is only ever replaced whole.
-    let Some(&sk) = (unsafe { TIME_WAIT_TIMERS.get(&address) }) else {
-        meet_time_wait(&ctx, config, address);
-        return 0;
-    };
     // SAFETY: the helper has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    if cancelled_for_a_rearm(&ctx, config) {
-        // Still live, and still in the table.
-        emit_rearm(config, now, sk, address);
+    if config.keeps_every_socket() {
+        // Every hand-over was sent, so a timer armed since tracing began is one userspace
+        // knows, by its address. The event names the time-wait socket, which is next to it.
+        if may_be_from_before(config, timer, now) {
+            meet_time_wait(&ctx, config, address, now);
+        } else {
+            let tw = address - u64::from(config.time_wait_sock.tw_timer);
+            report_cancel(&ctx, config, now, tw, address);
+        }
         return 0;
     }
-    let _ = TIME_WAIT_TIMERS.remove(&address);
-    put_slot(&CANCELLED_TIMER, TimerSlot { timer: address, sk, ts_ns: now });
-    emit(config, now, kind::TW_CANCEL, sk, false, true, |event| event.timer = address);
+    // SAFETY: the value is copied out at once; an entry is only ever replaced whole.
+    let Some(&sk) = (unsafe { TIME_WAIT_TIMERS.get(&address) }) else {
+        meet_time_wait(&ctx, config, address, now);
+        return 0;
+    };
+    if report_cancel(&ctx, config, now, sk, address) {
+        let _ = TIME_WAIT_TIMERS.remove(&address);
+    }
     0
+}
+
+/// A followed time-wait timer left the wheel: it was re-armed (and is still live), or it is
+/// gone (killed, or about to run out: noted for the expiry). Returns whether it is gone.
+#[inline(always)]
+fn report_cancel<C: EbpfContext>(ctx: &C, config: &Config, now: u64, sk: u64, timer: u64) -> bool {
+    if cancelled_for_a_rearm(ctx, config) {
+        emit_rearm(config, now, sk, timer);
+        return false;
+    }
+    put_slot(&CANCELLED_TIMER, TimerSlot { timer, sk, ts_ns: now });
+    emit(config, now, kind::TW_CANCEL, sk, false, true, |event| event.timer = timer);
+    true
+}
+
+/// Whether a time-wait timer may have been armed before the hand-overs were traced (by a
+/// time-wait socket tcptrace did not see start), while [`MEET_TIME_WAITS`] says such sockets
+/// may be left. A timer runs out at most TIME-WAIT's length after it is armed: one that runs
+/// out later than that after the start was armed since. Those of the start's own jiffy
+/// count as from before (userspace knows them if it saw their hand-over), and so do all
+/// until the loader has said when the start was.
+#[inline(always)]
+fn may_be_from_before(config: &Config, timer: *const u8, now: u64) -> bool {
+    let Some(window) = MEET_TIME_WAITS.get(0) else {
+        return true;
+    };
+    if window.traced_since_ns == 0 {
+        return true;
+    }
+    if now >= window.until_ns {
+        return false;
+    }
+    let expires: u64 = load(timer, config.timer.expires);
+    // SAFETY: the helper has no preconditions.
+    let jiffies = unsafe { bpf_jiffies64() };
+    // (`checked_div`: a plain division by a value the compiler can't see is never 0
+    // brings in a panic, which BPF can't have.)
+    let traced_for =
+        now.saturating_sub(window.traced_since_ns).checked_div(u64::from(config.jiffy_ns));
+    let Some(traced_for) = traced_for else {
+        return true;
+    };
+    let start = jiffies.wrapping_sub(traced_for).wrapping_add(1);
+    let armed_by = expires.wrapping_sub(u64::from(config.time_wait_jiffies));
+    // Jiffies wrap: compared by their difference, as the kernel's `time_before` does.
+    (armed_by.wrapping_sub(start) as i64) < 0
 }
 
 /// A re-armed time-wait timer: it runs for TIME-WAIT's full length from now.
@@ -166,21 +222,17 @@ fn emit_rearm(config: &Config, now: u64, sk: u64, timer: u64) {
     });
 }
 
-/// A cancelled time-wait timer the table does not know: while [`MEET_TIME_WAITS_UNTIL`]
-/// says so, one of a time-wait socket from before tcptrace started is reported with the
-/// socket's addresses (read from beside its timer), and noted for the expiry that may
-/// follow; a re-armed one is reported re-armed too, and followed in the table from then on.
+/// A cancelled time-wait timer that may be of a socket from before tcptrace started (one
+/// the table does not know, or where there is no table, one armed before the start), while
+/// [`MEET_TIME_WAITS`] says so: reported with the socket's addresses (read from beside its
+/// timer), and noted for the expiry that may follow; a re-armed one is reported re-armed
+/// too, and (where there is a table) followed in it from then on.
 #[inline(always)]
-fn meet_time_wait<C: EbpfContext>(ctx: &C, config: &Config, timer: u64) {
+fn meet_time_wait<C: EbpfContext>(ctx: &C, config: &Config, timer: u64, now: u64) {
     let offsets = &config.time_wait_sock;
-    let until = MEET_TIME_WAITS_UNTIL.get(0).copied().unwrap_or(0);
+    let until = MEET_TIME_WAITS.get(0).map_or(0, |window| window.until_ns);
     // A time-wait socket has no process and no cgroup: `--pid` and `--cgroup` keep none.
-    if until == 0 || offsets.valid == 0 || config.pid != 0 || config.cgroup != 0 {
-        return;
-    }
-    // SAFETY: the helper has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    if now >= until {
+    if now >= until || offsets.valid == 0 || config.pid != 0 || config.cgroup != 0 {
         return;
     }
     let tw = timer - u64::from(offsets.tw_timer);
@@ -215,7 +267,7 @@ fn meet_time_wait<C: EbpfContext>(ctx: &C, config: &Config, timer: u64) {
         }
     });
     if rearm {
-        if TIME_WAIT_TIMERS.insert(&timer, &tw, 0).is_err() {
+        if !config.keeps_every_socket() && TIME_WAIT_TIMERS.insert(&timer, &tw, 0).is_err() {
             table_full(ctx);
             return;
         }

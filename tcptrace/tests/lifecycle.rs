@@ -28,20 +28,49 @@ fn time_wait(endpoint: &Value) -> &Value {
     &endpoint["time_wait"]
 }
 
+/// A tracer with the test's filter and one with none, side by side: with a filter the
+/// kernel follows the kept sockets' time-wait timers through a table, with none it follows
+/// every time-wait timer without one. The time-wait tests check both.
+fn filtered_and_not(filter: &[&str], rest: &[&str]) -> [(&'static str, Tracer); 2] {
+    let filtered: Vec<&str> = filter.iter().chain(rest).copied().collect();
+    [("filtered", Tracer::start(&filtered)), ("unfiltered", Tracer::start(rest))]
+}
+
+/// `lines` with only the connection records of `server` in the test's own namespace (the
+/// unfiltered tracer sees every test's, and an ephemeral port may serve two connections).
+fn to_server(lines: Vec<Value>, server: SocketAddr) -> Vec<Value> {
+    use std::os::unix::fs::MetadataExt;
+    let netns = std::fs::metadata("/proc/self/ns/net").unwrap().ino();
+    let server = server.to_string();
+    lines
+        .into_iter()
+        .filter(|line| {
+            line["type"] != "connection"
+                || (line["server"]["addr"] == server && line["server"]["netns"] == netns)
+        })
+        .collect()
+}
+
 #[test]
 fn server_closes_first_holds_the_only_time_wait() {
     let mut server = Peer::start("ipv4", "close-first");
-    let tracer = Tracer::start(&["--port", &server.port.to_string()]);
+    let tracers = filtered_and_not(&["--port", &server.port.to_string()], &[]);
     let mut client = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
     let client_addr = client.local_addr().unwrap();
     let mut greeting = Vec::new();
     client.read_to_end(&mut greeting).unwrap();
     server.wait_done();
     drop(client);
-    let lines = tracer.stop();
+    let server_addr = SocketAddr::from(([127, 0, 0, 1], server.port));
+    for (how, tracer) in tracers {
+        let lines = to_server(tracer.stop(), server_addr);
+        let record = connection_with(&lines, client_addr);
+        assert_eq!(record["closed_first"], "server", "{how}: {record:#}");
+        server_closed_first(record, client_addr, &server);
+    }
+}
 
-    let record = connection_with(&lines, client_addr);
-    assert_eq!(record["closed_first"], "server", "{record:#}");
+fn server_closed_first(record: &Value, client_addr: SocketAddr, server: &Peer) {
     assert_eq!(record["incomplete"], false);
     let (client, server_side) = (&record["client"], &record["server"]);
     assert_eq!(client["addr"], client_addr.to_string());
@@ -97,7 +126,7 @@ fn client_closes_first_leaves_time_wait_on_its_ephemeral_port() {
 #[test]
 fn a_fin_arriving_in_time_wait_re_arms_its_timer() {
     let (listener, addr) = listener();
-    let tracer = Tracer::start(&["--port", &addr.port().to_string()]);
+    let tracers = filtered_and_not(&["--port", &addr.port().to_string()], &[]);
     let client = TcpStream::connect(addr).unwrap();
     let client_addr = client.local_addr().unwrap();
     let (accepted, _) = listener.accept().unwrap();
@@ -105,9 +134,14 @@ fn a_fin_arriving_in_time_wait_re_arms_its_timer() {
     thread::sleep(Duration::from_secs(6));
     drop(accepted);
     thread::sleep(Duration::from_millis(300));
-    let lines = tracer.stop();
+    for (how, tracer) in tracers {
+        println!("{how}");
+        re_armed(&to_server(tracer.stop(), addr), client_addr);
+    }
+}
 
-    let record = connection_with(&lines, client_addr);
+fn re_armed(lines: &[Value], client_addr: SocketAddr) {
+    let record = connection_with(lines, client_addr);
     assert_eq!(record["closed_first"], "client", "{record:#}");
     let handed_over = lines
         .iter()
@@ -115,9 +149,12 @@ fn a_fin_arriving_in_time_wait_re_arms_its_timer() {
         .expect("the client's close");
     let timer = &handed_over["time_wait_timer"];
     assert!(timer.is_string(), "the close names its time-wait timer: {handed_over}");
+    // The socket too: without a filter, another time-wait socket may have had the timer's
+    // memory before.
     let timer_events: Vec<&Value> = lines
         .iter()
         .filter(|line| line["type"] == "time_wait_timer" && &line["timer"] == timer)
+        .filter(|line| line["sk"] == handed_over["sk"])
         .collect();
     assert_eq!(timer_events.len(), 1, "one re-arm, no cancel: {timer_events:#?}");
     assert_eq!(timer_events[0]["event"], "rearm");
@@ -345,37 +382,41 @@ fn reconnect_reusing_the_four_tuple_kills_time_wait_early() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/tw_reuse.py");
     // The server port is not known before the script runs: trace all of loopback's TCP in
     // the namespace and pick the connection by its client port.
-    let tracer = Tracer::start(&["-4"]);
+    let tracers = filtered_and_not(&["-4"], &[]);
     let mut helper = netns.spawn(&["python3", script]);
     let mut output = String::new();
     helper.stdout.take().unwrap().read_to_string(&mut output).unwrap();
     assert!(helper.wait().unwrap().success(), "{output}");
-    let lines = tracer.stop();
 
     let mut words = output.split_whitespace().skip(1);
     let client_port: u16 = words.next().unwrap().parse().unwrap();
     let server_port: u16 = words.next().unwrap().parse().unwrap();
     let client_addr = format!("127.0.0.1:{client_port}");
     let server_addr = format!("127.0.0.1:{server_port}");
-    let records: Vec<&Value> = connections(&lines)
-        .into_iter()
-        .filter(|c| c["client"]["addr"] == client_addr && c["server"]["addr"] == server_addr)
-        .collect();
-    assert_eq!(records.len(), 2, "two connections on one 4-tuple: {records:#?}");
-    let first = records[0];
-    assert_eq!(first["closed_first"], "client");
-    let tw = time_wait(&first["client"]);
-    assert_eq!(tw["end"], "killed", "{first:#}");
-    let lasted = tw["duration_ns"].as_u64().unwrap() as f64 / NS_PER_S;
-    assert!((1.1..5.0).contains(&lasted), "killed after {lasted} s, well under 60 s");
-    assert_eq!(time_wait(&records[1]["client"])["end"], "open");
+    for (how, tracer) in tracers {
+        let lines = tracer.stop();
+        let records: Vec<&Value> = connections(&lines)
+            .into_iter()
+            .filter(|c| c["client"]["addr"] == client_addr && c["server"]["addr"] == server_addr)
+            .filter(|c| c["client"]["netns"] == netns.inode())
+            .collect();
+        assert_eq!(records.len(), 2, "{how}: two connections on one 4-tuple: {records:#?}");
+        let first = records[0];
+        assert_eq!(first["closed_first"], "client", "{how}");
+        let tw = time_wait(&first["client"]);
+        assert_eq!(tw["end"], "killed", "{how}: {first:#}");
+        let lasted = tw["duration_ns"].as_u64().unwrap() as f64 / NS_PER_S;
+        assert!((1.1..5.0).contains(&lasted), "{how}: killed after {lasted} s, well under 60 s");
+        assert_eq!(time_wait(&records[1]["client"])["end"], "open", "{how}");
+    }
 }
 
 /// Waits out a whole TIME-WAIT (about a minute).
 #[test]
 fn natural_time_wait_expires_after_60_to_62_seconds() {
     let (listener, server_addr) = listener();
-    let tracer = Tracer::start(&["--port", &server_addr.port().to_string(), "--duration", "66"]);
+    let tracers =
+        filtered_and_not(&["--port", &server_addr.port().to_string()], &["--duration", "66"]);
     let mut client = TcpStream::connect(server_addr).unwrap();
     let client_addr = client.local_addr().unwrap();
     let (accepted, _) = listener.accept().unwrap();
@@ -383,16 +424,17 @@ fn natural_time_wait_expires_after_60_to_62_seconds() {
     let mut rest = Vec::new();
     client.read_to_end(&mut rest).unwrap();
     drop(client);
-    let lines = tracer.wait();
-
-    let record = connection_with(&lines, client_addr);
-    assert_eq!(record["closed_first"], "server");
-    let tw = time_wait(&record["server"]);
-    assert_eq!(tw["end"], "expired", "{record:#}");
-    let lasted = tw["duration_ns"].as_u64().unwrap() as f64 / NS_PER_S;
-    assert!((60.0..=62.1).contains(&lasted), "TIME-WAIT lasted {lasted} s");
-    assert_eq!(
-        tw["end_ns"].as_u64().unwrap() - tw["start_ns"].as_u64().unwrap(),
-        tw["duration_ns"].as_u64().unwrap()
-    );
+    for (how, tracer) in tracers {
+        let lines = to_server(tracer.wait(), server_addr);
+        let record = connection_with(&lines, client_addr);
+        assert_eq!(record["closed_first"], "server", "{how}");
+        let tw = time_wait(&record["server"]);
+        assert_eq!(tw["end"], "expired", "{how}: {record:#}");
+        let lasted = tw["duration_ns"].as_u64().unwrap() as f64 / NS_PER_S;
+        assert!((60.0..=62.1).contains(&lasted), "{how}: TIME-WAIT lasted {lasted} s");
+        assert_eq!(
+            tw["end_ns"].as_u64().unwrap() - tw["start_ns"].as_u64().unwrap(),
+            tw["duration_ns"].as_u64().unwrap()
+        );
+    }
 }

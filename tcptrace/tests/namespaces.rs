@@ -7,7 +7,6 @@ mod support;
 
 use std::{
     io::{BufRead, BufReader, Write},
-    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     process::{Child, ChildStdin, ChildStdout, Command, Stdio},
 };
@@ -17,11 +16,6 @@ use support::{Netns, Tracer, connections, run};
 
 fn script(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support").join(name).display().to_string()
-}
-
-/// The inode of a namespace the test made: what events and records carry.
-fn inode(netns: &Netns) -> u64 {
-    std::fs::metadata(format!("/run/netns/{}", netns.name)).unwrap().ino()
 }
 
 /// A cgroup (v2) of the test's own, below the cgroup2 root; removed on drop, with every
@@ -178,7 +172,7 @@ fn the_same_four_tuple_in_two_namespaces_is_two_connections() {
         seen.push(client["netns"].as_u64().unwrap());
     }
     seen.sort();
-    let mut made = vec![inode(&a), inode(&b)];
+    let mut made = vec![a.inode(), b.inode()];
     made.sort();
     assert_eq!(seen, made, "the two namespaces told apart");
     for line in lines.iter().filter(|l| l["type"] == "transition") {
@@ -211,9 +205,9 @@ fn netns_keeps_one_namespace_only() {
     let lines = tracer.stop();
     let records = connections(&lines);
     assert_eq!(records.len(), 1, "{records:#?}");
-    assert_eq!(records[0]["client"]["netns"], inode(&a));
-    assert_eq!(records[0]["server"]["netns"], inode(&a));
-    assert!(lines.iter().filter(|l| l["type"] == "transition").all(|l| l["netns"] == inode(&a)));
+    assert_eq!(records[0]["client"]["netns"], a.inode());
+    assert_eq!(records[0]["server"]["netns"], a.inode());
+    assert!(lines.iter().filter(|l| l["type"] == "transition").all(|l| l["netns"] == a.inode()));
 }
 
 /// `--cgroup` keeps the sockets made in that cgroup (or below), not a sibling's.
@@ -272,7 +266,7 @@ fn containers_are_named_by_their_runtimes_cgroups() {
             let endpoint = &record[side];
             assert_eq!(endpoint["cgroup"], cgroup.path.as_str(), "{record:#}");
             assert_eq!(endpoint["container_id"], id.as_str(), "{record:#}");
-            assert_eq!(endpoint["netns"], inode(netns), "{record:#}");
+            assert_eq!(endpoint["netns"], netns.inode(), "{record:#}");
             match pod {
                 Some(uid) => assert_eq!(endpoint["pod_uid"], uid, "{record:#}"),
                 None => assert!(endpoint.get("pod_uid").is_none(), "{record:#}"),
@@ -324,7 +318,7 @@ fn a_connection_across_a_veth_pair_pairs_its_two_namespaces() {
     let record = &records[0];
     assert_eq!(record["client"]["addr"], "10.201.0.1:40094", "{record:#}");
     assert_eq!(record["server"]["addr"], "10.201.0.2:18094", "{record:#}");
-    assert_eq!(record["client"]["netns"], inode(&a), "{record:#}");
-    assert_eq!(record["server"]["netns"], inode(&b), "{record:#}");
+    assert_eq!(record["client"]["netns"], a.inode(), "{record:#}");
+    assert_eq!(record["server"]["netns"], b.inode(), "{record:#}");
     assert_eq!(record["closed_first"], "client", "{record:#}");
 }

@@ -493,7 +493,8 @@ impl Engine {
             old_state_ns = last.enter().map(|enter| event.ts_ns.saturating_sub(enter));
             if old == new && last.state == new {
                 // The kernel reports some same-state changes (CLOSING → CLOSING).
-                let attribution = Attribution { owner, old_state_ns, addresses: None, home };
+                let attribution =
+                    Attribution { owner, old_state_ns, addresses: None, handed_over: None, home };
                 return (attribution, Some(side.connection));
             }
         }
@@ -547,7 +548,8 @@ impl Engine {
         if matches!(new, TcpState::LastAck | TcpState::FinWait1) {
             self.peer_sent_fin(index, tuple, event.ts_ns);
         }
-        let attribution = Attribution { owner, old_state_ns, addresses: None, home };
+        let attribution =
+            Attribution { owner, old_state_ns, addresses: None, handed_over: None, home };
         (attribution, Some(self.side(index).connection))
     }
 
@@ -671,7 +673,8 @@ impl Engine {
         }
         let owner = if sent { side.learn_owner(&event.task) } else { side.owner() };
         let home = self.homes.get(side.home);
-        let attribution = Attribution { owner, old_state_ns: None, addresses: None, home };
+        let attribution =
+            Attribution { owner, old_state_ns: None, addresses: None, handed_over: None, home };
         (attribution, Some(side.connection))
     }
 

@@ -290,6 +290,9 @@ pub struct Attribution {
     pub old_state_ns: Option<u64>,
     /// For events without addresses (time-wait timers): the endpoint's (local, remote).
     pub addresses: Option<(SocketAddr, SocketAddr)>,
+    /// For time-wait timers: the socket that handed over to the time-wait socket (without a
+    /// filter, the kernel names the time-wait socket itself).
+    pub handed_over: Option<u64>,
     /// The socket's namespace and cgroup as the engine knows them (time-wait timers carry
     /// neither; most events carry no cgroup).
     pub home: Home,
@@ -299,7 +302,13 @@ impl Attribution {
     /// For an event the engine found no socket for.
     pub(super) fn unmatched(event: &TcpEvent) -> Attribution {
         let owner = event.task.as_owner();
-        Attribution { owner, old_state_ns: None, addresses: None, home: event.home }
+        Attribution {
+            owner,
+            old_state_ns: None,
+            addresses: None,
+            handed_over: None,
+            home: event.home,
+        }
     }
 }
 

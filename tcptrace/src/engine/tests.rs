@@ -120,8 +120,13 @@ fn server_closes_first_and_holds_the_only_time_wait() {
         .iter()
         .find(|(e, _)| matches!(e.kind, EventKind::Transition { new: SynReceived, .. }))
         .unwrap();
-    let nothing_known =
-        Attribution { owner: None, old_state_ns: None, addresses: None, home: Home::default() };
+    let nothing_known = Attribution {
+        owner: None,
+        old_state_ns: None,
+        addresses: None,
+        handed_over: None,
+        home: Home::default(),
+    };
     assert_eq!(syn_recv.1, nothing_known);
 }
 

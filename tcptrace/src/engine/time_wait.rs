@@ -95,6 +95,7 @@ impl Engine {
             owner: side.owner(),
             old_state_ns: None,
             addresses: Some((side.local.into(), side.remote.into())),
+            handed_over: (side.sk != 0).then_some(side.sk),
             home: self.homes.get(side.home),
         };
         let connection = side.connection;

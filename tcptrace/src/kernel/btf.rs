@@ -286,9 +286,11 @@ pub const SOCK_MEMBERS: [Member<SockOffsets>; 10] = [
     member("inet_sock", "inet_sport", 2, |o| &mut o.inet_sport),
 ];
 
-/// What the timer programs load from a timer: which function it runs.
-pub const TIMER_MEMBERS: [Member<TimerOffsets>; 1] =
-    [member("timer_list", "function", 8, |o| &mut o.function)];
+/// What the timer programs load from a timer: which function it runs, and when.
+pub const TIMER_MEMBERS: [Member<TimerOffsets>; 2] = [
+    member("timer_list", "function", 8, |o| &mut o.function),
+    member("timer_list", "expires", 8, |o| &mut o.expires),
+];
 
 /// Where a time-wait socket keeps its timer and its two ends, and what finds it in the
 /// established hash.

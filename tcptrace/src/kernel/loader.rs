@@ -10,8 +10,8 @@ use aya::{
 };
 use aya_log::EbpfLogger;
 use tcptrace_common::{
-    AddressOffsets, Config, FAMILY_IPV4, FAMILY_IPV6, MAX_NETNS, MAX_PORTS, RING_RECORD_BYTES,
-    SendResetOffsets, counter,
+    AddressOffsets, Config, FAMILY_IPV4, FAMILY_IPV6, MAX_NETNS, MAX_PORTS, MeetWindow,
+    RING_RECORD_BYTES, SendResetOffsets, counter,
 };
 
 use crate::{
@@ -128,9 +128,9 @@ pub struct Tracer {
     kernel_log: Option<EbpfLogger<KernelLog>>,
     /// Optional parts that are off on this kernel (reset or time-wait tracking).
     pub degraded: Vec<Degraded>,
-    /// Until when the kernel program looks for time-wait sockets from before start
-    /// (`MEET_TIME_WAITS_UNTIL`); 0 once it no longer does.
-    meet_time_waits_until: u64,
+    /// While the kernel program looks for time-wait sockets from before start
+    /// (`MEET_TIME_WAITS`); `until_ns` 0 once it no longer does.
+    meet_window: MeetWindow,
 }
 
 const PROGRAMS: [(&str, &str); 5] = [
@@ -230,6 +230,7 @@ impl Tracer {
                 config.timer = timer;
                 config.time_wait_sock = time_wait_sock;
                 config.time_wait_jiffies = TIME_WAIT_SECONDS * hz;
+                config.jiffy_ns = 1_000_000_000 / hz;
                 true
             }
             Err(error) => {
@@ -250,7 +251,7 @@ impl Tracer {
             .override_global("CONFIG", &config, true)
             .override_global(aya_log::LEVEL, &log_level, true)
             .map_max_entries("EVENTS", options.ring_size)
-            .map_max_entries("TIME_WAIT_TIMERS", time_wait_table_size())
+            .map_max_entries("TIME_WAIT_TIMERS", time_wait_table_size(&config))
             .load(object)
             .map_err(|error| explain_permission(anyhow::Error::new(error)))
             .context("loading the eBPF program failed")?;
@@ -275,11 +276,17 @@ impl Tracer {
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
         let counters =
             PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("COUNTERS map missing")?)?;
-        let mut tracer = Tracer { ebpf, counters, kernel_log, degraded, meet_time_waits_until: 0 };
-        if timers_on && options.earlier_time_waits {
-            // Attached already: a time-wait socket ending from now on is seen either way.
-            let longest = longest_time_wait_ns();
-            tracer.meet_time_waits_until(crate::clock::monotonic_now_ns() + longest)?;
+        let mut tracer =
+            Tracer { ebpf, counters, kernel_log, degraded, meet_window: MeetWindow::default() };
+        if timers_on {
+            // Attached already: a hand-over from now on is traced, and a time-wait socket
+            // ending from now on is seen either way. (Until this is written, the kernel
+            // program takes every time-wait timer for one from before.)
+            let now_ns = crate::clock::monotonic_now_ns();
+            tracer.meet_window.traced_since_ns = now_ns;
+            let until_ns =
+                if options.earlier_time_waits { now_ns + longest_time_wait_ns() } else { 0 };
+            tracer.set_meet_window(until_ns)?;
         }
         tracer.flush_kernel_log();
         Ok((tracer, ring))
@@ -289,30 +296,29 @@ impl Tracer {
     /// how long they have left): the kernel program stops looking for them then. Never
     /// later than it looks already.
     pub fn meet_time_waits_until(&mut self, until_ns: u64) -> Result<()> {
-        let until_ns = match self.meet_time_waits_until {
+        let until_ns = match self.meet_window.until_ns {
             0 => until_ns,
             current => current.min(until_ns),
         };
-        let mut map: Array<&mut MapData, u64> = Array::try_from(
-            self.ebpf.map_mut("MEET_TIME_WAITS_UNTIL").context("MEET_TIME_WAITS_UNTIL missing")?,
-        )?;
-        map.set(0, until_ns, 0).context("writing MEET_TIME_WAITS_UNTIL")?;
-        self.meet_time_waits_until = until_ns;
-        Ok(())
+        self.set_meet_window(until_ns)
     }
 
     /// Once every time-wait socket from before start has ended, the kernel program stops
     /// looking for them (a cancelled timer it does not know then costs one load).
     pub fn tick(&mut self, now_ns: u64) -> Result<()> {
-        if self.meet_time_waits_until != 0 && now_ns >= self.meet_time_waits_until {
-            let mut map: Array<&mut MapData, u64> = Array::try_from(
-                self.ebpf
-                    .map_mut("MEET_TIME_WAITS_UNTIL")
-                    .context("MEET_TIME_WAITS_UNTIL missing")?,
-            )?;
-            map.set(0, 0, 0).context("writing MEET_TIME_WAITS_UNTIL")?;
-            self.meet_time_waits_until = 0;
+        if self.meet_window.until_ns != 0 && now_ns >= self.meet_window.until_ns {
+            self.set_meet_window(0)?;
         }
+        Ok(())
+    }
+
+    fn set_meet_window(&mut self, until_ns: u64) -> Result<()> {
+        let window = MeetWindow { until_ns, ..self.meet_window };
+        let mut map: Array<&mut MapData, MeetWindow> = Array::try_from(
+            self.ebpf.map_mut("MEET_TIME_WAITS").context("MEET_TIME_WAITS missing")?,
+        )?;
+        map.set(0, window, 0).context("writing MEET_TIME_WAITS")?;
+        self.meet_window = window;
         Ok(())
     }
 
@@ -461,7 +467,12 @@ fn longest_time_wait_ns() -> u64 {
 }
 
 /// Room for every time-wait socket the kernel may keep at once (`tcp_max_tw_buckets`).
-fn time_wait_table_size() -> u32 {
+/// As many entries as the kernel keeps time-wait sockets; one (unused) where every socket is
+/// kept, and the table is not needed.
+fn time_wait_table_size(config: &Config) -> u32 {
+    if config.keeps_every_socket() {
+        return 1;
+    }
     std::fs::read_to_string("/proc/sys/net/ipv4/tcp_max_tw_buckets")
         .ok()
         .and_then(|text| text.trim().parse::<u32>().ok())

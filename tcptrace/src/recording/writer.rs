@@ -27,7 +27,7 @@ impl<W: Write> Recorder<W> {
     /// One event, written by hand: every event is recorded, so this is a hot path.
     pub fn event(&mut self, event: &TcpEvent) -> io::Result<()> {
         let line = self.line.clear();
-        event_head(line, event, event.addresses, event.home.netns);
+        event_head(line, event, event.sk, event.addresses, event.home.netns);
         line.raw(",\"pid\":").u64(u64::from(event.task.pid));
         line.raw(",\"tid\":").u64(u64::from(event.task.tid));
         line.raw(",\"comm\":").string(event.task.comm.as_bytes());

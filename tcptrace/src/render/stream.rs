@@ -238,7 +238,8 @@ impl<W: Write> Stream<W> {
     fn json_event(&mut self, event: &TcpEvent, attribution: &Attribution) -> io::Result<()> {
         let line = self.line.clear();
         let netns = event.home.netns.or(attribution.home.netns);
-        event_head(line, event, event.addresses.or(attribution.addresses), netns);
+        let sk = attribution.handed_over.unwrap_or(event.sk);
+        event_head(line, event, sk, event.addresses.or(attribution.addresses), netns);
         if let EventKind::Transition { old, new, time_wait_timer } = event.kind {
             line.raw(",\"old_state_ns\":").optional(attribution.old_state_ns);
             if let Some(lang) = self.explain {
@@ -310,6 +311,7 @@ mod tests {
                     owner: Some(owner),
                     old_state_ns: Some(1500),
                     addresses: None,
+                    handed_over: None,
                     home: Home::default(),
                 },
                 &Names::default(),
@@ -341,8 +343,13 @@ mod tests {
 
     #[test]
     fn unknown_owner_is_null_in_json_and_dash_in_text() {
-        let unknown =
-            Attribution { owner: None, old_state_ns: None, addresses: None, home: Home::default() };
+        let unknown = Attribution {
+            owner: None,
+            old_state_ns: None,
+            addresses: None,
+            handed_over: None,
+            home: Home::default(),
+        };
         let mut json = Stream::new(Vec::new(), StreamFormat::Json, WallClock::now());
         json.event(&softirq_on_an_idle_cpu(), &unknown, &Names::default()).unwrap();
         let value: serde_json::Value = serde_json::from_slice(&json.out).unwrap();
@@ -374,7 +381,13 @@ mod tests {
         let id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
         names.learn(Learned::Cgroup { id: 9, cgroup: Some(Cgroup::new(format!("/docker/{id}"))) });
         let home = Home { netns: Some(4026532177), cgroup: Some(9) };
-        let attribution = Attribution { owner: None, old_state_ns: None, addresses: None, home };
+        let attribution = Attribution {
+            owner: None,
+            old_state_ns: None,
+            addresses: None,
+            handed_over: None,
+            home,
+        };
         let line = |names: &Names| {
             let mut text = Stream::new(Vec::new(), StreamFormat::Text, WallClock::now());
             text.event(&transition(), &attribution, names).unwrap();

@@ -8,11 +8,13 @@ use super::json_line::JsonLine;
 use crate::event::{EventKind, Family, TcpEvent, TcpInfo};
 
 /// The fields every JSON form of an event has (the live stream's and the recording's):
-/// type, time, socket, addresses, namespace, and what happened. The caller adds the rest
-/// and the `}`.
+/// type, time, socket (`sk`: the kernel's, or for a time-wait timer, the live stream's is
+/// the socket that handed over), addresses, namespace, and what happened. The caller adds
+/// the rest and the `}`.
 pub fn event_head(
     line: &mut JsonLine,
     event: &TcpEvent,
+    sk: u64,
     addresses: Option<(SocketAddr, SocketAddr)>,
     netns: Option<u32>,
 ) {
@@ -28,7 +30,7 @@ pub fn event_head(
     if let Some((key, value)) = detail {
         line.raw(",\"").raw(key).raw("\":\"").raw(value).raw("\"");
     }
-    line.raw(",\"ts_ns\":").u64(event.ts_ns).raw(",\"sk\":").hex(event.sk);
+    line.raw(",\"ts_ns\":").u64(event.ts_ns).raw(",\"sk\":").hex(sk);
     if let Some((local, remote)) = addresses {
         line.raw(",\"family\":\"").raw(Family::of(&local).name()).raw("\"");
         line.raw(",\"local\":").address(&local).raw(",\"remote\":").address(&remote);

@@ -279,6 +279,12 @@ impl Netns {
         netns
     }
 
+    /// Its inode: what events and records carry.
+    pub fn inode(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(format!("/run/netns/{}", self.name)).unwrap().ino()
+    }
+
     pub fn exec(&self, command: &[&str]) -> String {
         let mut args = vec!["netns", "exec", &self.name];
         args.extend_from_slice(command);
