@@ -254,7 +254,9 @@ impl Engine {
     pub fn advance(&mut self, now_ns: u64, out: &mut impl FnMut(Output<'_>)) {
         let processed_ns = now_ns.saturating_sub(REORDER_WINDOW_NS);
         self.process_until(processed_ns, out);
-        self.settle(now_ns, out);
+        // By the time processed up to, not `now_ns`: what follows a cancel (its expiry,
+        // microseconds later) may still be in the reorder window.
+        self.settle(processed_ns, out);
         // Stuck by the time of the events processed: a socket's way out of CLOSE_WAIT
         // may still be in the reorder window.
         self.find_stuck(processed_ns);

@@ -77,6 +77,46 @@ fn a_rearm_reported_alone_keeps_the_time_wait_until_its_kill() {
     assert_eq!(tw.end_ns, Some(30_000_000_000));
 }
 
+/// A natural end is a cancel and, microseconds later, the expiry. Events are processed
+/// once past the reorder window: when the cancel is past it and the expiry not yet, the
+/// cancel must still wait for it, not be taken for a kill.
+#[test]
+fn an_expiry_still_in_the_reorder_window_is_not_taken_for_a_kill() {
+    let mut r = Recording::default();
+    server_hands_over_to_time_wait(&mut r)
+        .timer(71.0, SERVER_SK, EventKind::TimeWaitCancel { timer: 0x26a0 })
+        .timer(71.000005, SERVER_SK, EventKind::TimeWaitExpire { timer: 0x26a0 })
+        // Each moves the clock on: the one past the window by a microsecond after the
+        // cancel, then one 2 ms later still (past the 1 ms a kill is waited for).
+        .transition(71.005001, CLIENT_SK, CloseWait, LastAck, CURL, Some(2910))
+        .transition(71.007, CLIENT_SK, LastAck, Closed, CURL, None);
+    let (connections, _, _) = r.run(80.0);
+    let server = connections[0].endpoint(Role::Server).unwrap();
+    let tw = server.time_wait.as_ref().unwrap();
+    assert_eq!((tw.end, tw.end_ns), (TimeWaitEnd::Expired, Some(71_000_005_000)));
+}
+
+/// Without a filter the kernel program names the time-wait socket in its timer events (here
+/// 0x2600, the socket the timer lies in); the engine knows the timer, and the socket that
+/// handed over.
+#[test]
+fn a_time_wait_timer_is_attributed_to_the_socket_that_handed_over() {
+    let mut r = Recording::default();
+    server_hands_over_to_time_wait(&mut r).timer(
+        30.0,
+        0x2600,
+        EventKind::TimeWaitCancel { timer: 0x26a0 },
+    );
+    let (connections, attributed, _) = r.run(40.0);
+    let (event, attribution) = attributed
+        .iter()
+        .find(|(event, _)| matches!(event.kind, EventKind::TimeWaitCancel { .. }))
+        .unwrap();
+    assert_eq!((event.sk, attribution.handed_over), (0x2600, Some(SERVER_SK)));
+    let server = connections[0].endpoint(Role::Server).unwrap();
+    assert_eq!(server.time_wait.as_ref().unwrap().end, TimeWaitEnd::Killed);
+}
+
 #[test]
 fn server_closes_first_and_holds_the_only_time_wait() {
     let mut r = Recording::default();
