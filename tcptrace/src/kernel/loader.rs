@@ -466,9 +466,8 @@ fn longest_time_wait_ns() -> u64 {
     fin_timeout_s.max(60) * 1_000_000_000 + 3_050_000_000
 }
 
-/// Room for every time-wait socket the kernel may keep at once (`tcp_max_tw_buckets`).
-/// As many entries as the kernel keeps time-wait sockets; one (unused) where every socket is
-/// kept, and the table is not needed.
+/// Room for every time-wait socket the kernel may keep at once (`tcp_max_tw_buckets`); one
+/// entry (unused) where every socket is kept, and the kernel program needs no table.
 fn time_wait_table_size(config: &Config) -> u32 {
     if config.keeps_every_socket() {
         return 1;
