@@ -5,7 +5,7 @@ mod support;
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
-    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    net::{Shutdown, SocketAddr, TcpStream},
     os::fd::AsRawFd,
     process::{Command, Stdio},
     sync::{Arc, Barrier},
@@ -14,15 +14,9 @@ use std::{
 };
 
 use serde_json::Value;
-use support::{Netns, Peer, Tracer, connection_with, connections, endpoint_states};
+use support::{Netns, Peer, Tracer, connection_with, connections, endpoint_states, listener};
 
 const NS_PER_S: f64 = 1e9;
-
-fn listener() -> (TcpListener, SocketAddr) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    (listener, addr)
-}
 
 fn time_wait(endpoint: &Value) -> &Value {
     &endpoint["time_wait"]

@@ -136,8 +136,9 @@ fn ipv6_client_closes_first() {
 
 #[test]
 fn port_filter_drops_other_ports_in_the_kernel_and_keeps_port_zero_events() {
-    let (watched, watched_port) = listener();
-    let (other, other_port) = listener();
+    let (watched, watched_addr) = listener();
+    let (other, other_addr) = listener();
+    let (watched_port, other_port) = (watched_addr.port(), other_addr.port());
     let tracer = Tracer::start(&["--port", &watched_port.to_string()]);
     one_connection(&other);
     let client_addr = one_connection(&watched);
@@ -171,8 +172,8 @@ fn port_filter_drops_other_ports_in_the_kernel_and_keeps_port_zero_events() {
 /// same count reports real losses is `reliability.rs`'s full-ring test.)
 #[test]
 fn every_transition_of_every_connection_arrives_and_none_is_reported_lost() {
-    let (watched, port) = listener();
-    let tracer = Tracer::start(&["--port", &port.to_string()]);
+    let (watched, addr) = listener();
+    let tracer = Tracer::start(&["--port", &addr.port().to_string()]);
     let clients: Vec<SocketAddr> = (0..20).map(|_| one_connection(&watched)).collect();
     let lines = tracer.stop();
     assert!(lines.iter().all(|line| line["type"] != "lost"));
@@ -196,14 +197,14 @@ fn every_transition_of_every_connection_arrives_and_none_is_reported_lost() {
 
 #[test]
 fn stops_cleanly_on_ctrl_c_and_after_duration() {
-    let (watched, port) = listener();
-    let tracer = Tracer::start(&["--port", &port.to_string()]);
+    let (watched, addr) = listener();
+    let tracer = Tracer::start(&["--port", &addr.port().to_string()]);
     let client_addr = one_connection(&watched);
     let lines = tracer.stop_with(libc::SIGINT);
     assert_eq!(steps(&socket_transitions(&lines, client_addr)).len(), 5);
 
     let started = std::time::Instant::now();
-    let tracer = Tracer::start(&["--port", &port.to_string(), "--duration", "1"]);
+    let tracer = Tracer::start(&["--port", &addr.port().to_string(), "--duration", "1"]);
     let client_addr = one_connection(&watched);
     let lines = tracer.wait();
     assert!(started.elapsed() < Duration::from_secs(20));
@@ -215,12 +216,18 @@ fn stops_cleanly_on_ctrl_c_and_after_duration() {
 #[test]
 fn a_closed_stdout_ends_tracing_quietly_and_the_recording_keeps_its_end() {
     support::require_root();
-    let (watched, port) = listener();
+    let (watched, addr) = listener();
     let dir = std::env::temp_dir().join(format!("tcptrace-test-closed-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let recording = dir.join("session.jsonl");
     let mut child = Command::new(env!("CARGO_BIN_EXE_tcptrace"))
-        .args(["--json", "--port", &port.to_string(), "--record", recording.to_str().unwrap()])
+        .args([
+            "--json",
+            "--port",
+            &addr.port().to_string(),
+            "--record",
+            recording.to_str().unwrap(),
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -41,8 +41,8 @@ fn becomes(tid: libc::pid_t, wanted: i32) -> bool {
 /// Its other threads are SCHED_BATCH throughout (docs/sizing.md says why).
 #[test]
 fn the_tracer_yields_while_it_keeps_up_and_stops_before_anything_is_lost() {
-    let (watched, port) = listener();
-    let args = ["--port", &port.to_string(), "--quiet", "--verbose"];
+    let (watched, addr) = listener();
+    let args = ["--port", &addr.port().to_string(), "--quiet", "--verbose"];
     let mut tracer = Tracer::start(&args);
     let pid = tracer.pid() as libc::pid_t;
     assert!(becomes(pid, libc::SCHED_IDLE), "the draining thread yields once attached");

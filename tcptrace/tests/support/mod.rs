@@ -22,11 +22,11 @@ pub fn require_root() {
     );
 }
 
-/// A listener on a free loopback port, and the port.
-pub fn listener() -> (TcpListener, u16) {
+/// A listener on a free loopback port, and its address.
+pub fn listener() -> (TcpListener, SocketAddr) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    (listener, port)
+    let addr = listener.local_addr().unwrap();
+    (listener, addr)
 }
 
 /// Connects, lets the server close, and waits for both sides to finish.
