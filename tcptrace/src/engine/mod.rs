@@ -496,7 +496,7 @@ impl Engine {
             if old == new && last.state == new {
                 // The kernel reports some same-state changes (CLOSING → CLOSING).
                 let attribution =
-                    Attribution { owner, old_state_ns, addresses: None, handed_over: None, home };
+                    Attribution { owner, old_state_ns, home, ..Attribution::default() };
                 return (attribution, Some(side.connection));
             }
         }
@@ -550,8 +550,7 @@ impl Engine {
         if matches!(new, TcpState::LastAck | TcpState::FinWait1) {
             self.peer_sent_fin(index, tuple, event.ts_ns);
         }
-        let attribution =
-            Attribution { owner, old_state_ns, addresses: None, handed_over: None, home };
+        let attribution = Attribution { owner, old_state_ns, home, ..Attribution::default() };
         (attribution, Some(self.side(index).connection))
     }
 
@@ -675,8 +674,7 @@ impl Engine {
         }
         let owner = if sent { side.learn_owner(&event.task) } else { side.owner() };
         let home = self.homes.get(side.home);
-        let attribution =
-            Attribution { owner, old_state_ns: None, addresses: None, handed_over: None, home };
+        let attribution = Attribution { owner, home, ..Attribution::default() };
         (attribution, Some(side.connection))
     }
 

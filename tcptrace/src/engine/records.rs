@@ -281,8 +281,8 @@ impl Connection {
     }
 }
 
-/// What the engine knows about one event, for the live stream.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What the engine knows about one event, for the live stream (by default: nothing).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Attribution {
     /// The socket's owner: the current task in process context, else the one learned earlier.
     pub owner: Option<Owner>,
@@ -302,13 +302,7 @@ impl Attribution {
     /// For an event the engine found no socket for.
     pub(super) fn unmatched(event: &TcpEvent) -> Attribution {
         let owner = event.task.as_owner();
-        Attribution {
-            owner,
-            old_state_ns: None,
-            addresses: None,
-            handed_over: None,
-            home: event.home,
-        }
+        Attribution { owner, home: event.home, ..Attribution::default() }
     }
 }
 

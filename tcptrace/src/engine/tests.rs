@@ -160,14 +160,7 @@ fn server_closes_first_and_holds_the_only_time_wait() {
         .iter()
         .find(|(e, _)| matches!(e.kind, EventKind::Transition { new: SynReceived, .. }))
         .unwrap();
-    let nothing_known = Attribution {
-        owner: None,
-        old_state_ns: None,
-        addresses: None,
-        handed_over: None,
-        home: Home::default(),
-    };
-    assert_eq!(syn_recv.1, nothing_known);
+    assert_eq!(syn_recv.1, Attribution::default(), "nothing known");
 }
 
 /// The notes' reconnect from the same port 1.5 s later: the reuse kills the TIME-WAIT.

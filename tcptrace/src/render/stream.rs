@@ -310,9 +310,7 @@ mod tests {
                 &Attribution {
                     owner: Some(owner),
                     old_state_ns: Some(1500),
-                    addresses: None,
-                    handed_over: None,
-                    home: Home::default(),
+                    ..Attribution::default()
                 },
                 &Names::default(),
             )
@@ -343,13 +341,7 @@ mod tests {
 
     #[test]
     fn unknown_owner_is_null_in_json_and_dash_in_text() {
-        let unknown = Attribution {
-            owner: None,
-            old_state_ns: None,
-            addresses: None,
-            handed_over: None,
-            home: Home::default(),
-        };
+        let unknown = Attribution::default();
         let mut json = Stream::new(Vec::new(), StreamFormat::Json, WallClock::now());
         json.event(&softirq_on_an_idle_cpu(), &unknown, &Names::default()).unwrap();
         let value: serde_json::Value = serde_json::from_slice(&json.out).unwrap();
@@ -381,13 +373,7 @@ mod tests {
         let id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
         names.learn(Learned::Cgroup { id: 9, cgroup: Some(Cgroup::new(format!("/docker/{id}"))) });
         let home = Home { netns: Some(4026532177), cgroup: Some(9) };
-        let attribution = Attribution {
-            owner: None,
-            old_state_ns: None,
-            addresses: None,
-            handed_over: None,
-            home,
-        };
+        let attribution = Attribution { home, ..Attribution::default() };
         let line = |names: &Names| {
             let mut text = Stream::new(Vec::new(), StreamFormat::Text, WallClock::now());
             text.event(&transition(), &attribution, names).unwrap();
