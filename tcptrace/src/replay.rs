@@ -49,16 +49,17 @@ pub fn run(args: &ReplayArgs) -> Result<()> {
         let mut pushed_until = None;
         for item in batch.drain(..) {
             let item = item.map_err(|error| anyhow!("{}: {error}", path.display()))?;
-            if let Item::Event(event) = item {
-                pushed_until = Some(event.ts_ns);
-                pipeline.push(event);
-                continue;
-            }
-            if let Some(ts_ns) = pushed_until.take() {
-                pipeline.advance(ts_ns)?;
+            match &item {
+                Item::Event(event) => pushed_until = Some(event.ts_ns),
+                // Anything else comes after the events before it are processed.
+                _ => {
+                    if let Some(ts_ns) = pushed_until.take() {
+                        pipeline.advance(ts_ns)?;
+                    }
+                }
             }
             match item {
-                Item::Event(_) => unreachable!("events are pushed above"),
+                Item::Event(event) => pipeline.push(event),
                 Item::Lost { ts_ns, count } => pipeline.lost(count, ts_ns)?,
                 Item::Name(learned) => pipeline.learn(learned),
                 Item::SnapshotBegan { ts_ns } => pipeline.snapshot_began(ts_ns),
