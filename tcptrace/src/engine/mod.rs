@@ -31,6 +31,7 @@ mod stuck;
 mod time_wait;
 
 pub use classify::closed_first;
+use classify::{Acts, classify};
 pub use records::{
     Attribution, Closer, Connection, Endpoint, FailedConnect, Output, Role, StateSpan, TimeWait,
     TimeWaitEnd, TimeWaitKind,
@@ -715,9 +716,24 @@ impl Engine {
         }
     }
 
-    /// Who closed connection `index` first, from what its sides did so far.
+    /// Who closed connection `index` first, from what its sides did so far: read from the
+    /// sides where they lie, with no record built (the metrics daemon asks at every close).
     fn closer_now(&self, index: Index) -> Closer {
-        self.connection_now(index).map_or(Closer::Unknown, |connection| connection.closed_first)
+        let Some(tracked) = self.connections.get(index) else { return Closer::Unknown };
+        let [one, other] = tracked.sides.map(|side| self.sides.get(side));
+        // A side of unknown role takes the opposite of its peer's, as in a record.
+        let role = |side: &Side, peer: &Side| match side.role {
+            Role::Unknown => peer.role.opposite(),
+            known => known,
+        };
+        match (one, other) {
+            (Some(one), Some(other)) => classify(&[
+                Acts::of_side(one, role(one, other)),
+                Acts::of_side(other, role(other, one)),
+            ]),
+            (Some(only), None) | (None, Some(only)) => classify(&[Acts::of_side(only, only.role)]),
+            (None, None) => Closer::Unknown,
+        }
     }
 
     /// Connection `index` as it is now, still followed: its time-waits may be open.

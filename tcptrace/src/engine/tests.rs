@@ -915,3 +915,69 @@ fn sockets_seen_before_a_loss_are_incomplete() {
     assert_eq!(connections.len(), 2, "the pair and the TIME-WAIT: {connections:#?}");
     assert!(connections.iter().all(|c| c.incomplete), "{connections:#?}");
 }
+
+/// The metrics daemon's closer, read from the sides at each close, is the one the record
+/// says: checked at every step of connections closed every way, against a record built then.
+#[test]
+fn the_closer_read_from_the_sides_is_the_records() {
+    let client = ("127.0.0.1:40125", "127.0.0.1:18087");
+    let server = ("127.0.0.1:18087", "127.0.0.1:40125");
+    let mut abort = Recording::default();
+    abort
+        .transition(1.0, 1, Closed, SynSent, client, Some(7))
+        .transition(1.0001, 1, SynSent, Established, client, None)
+        .transition(1.0002, 2, Listen, SynReceived, server, None)
+        .transition(1.0003, 2, SynReceived, Established, server, None)
+        .transition(1.5, 1, Established, Closed, client, Some(7))
+        .reset(1.500002, 2, false, server, None)
+        .transition(1.500003, 2, Established, Closed, server, None)
+        .reset(1.500005, 1, true, client, Some(7));
+    let mut remote_reset = Recording::default();
+    remote_reset
+        .transition(1.0, 2, Listen, SynReceived, server, None)
+        .transition(1.0003, 2, SynReceived, Established, server, None)
+        .reset(1.5, 2, false, server, None)
+        .transition(1.50003, 2, Established, Closed, server, None);
+    // The client seen from mid-way: its role is its peer's opposite.
+    let mut client_mid_way = Recording::default();
+    client_mid_way
+        .transition(1.0002, 2, Listen, SynReceived, server, None)
+        .transition(1.0003, 2, SynReceived, Established, server, None)
+        .transition(1.5, 1, Established, FinWait1, client, Some(7))
+        .transition(1.500001, 2, Established, CloseWait, server, None)
+        .transition(1.500002, 1, FinWait1, FinWait2, client, None)
+        .transition(1.500003, 2, CloseWait, LastAck, server, Some(9))
+        .hand_over_to_time_wait(1.500004, 1, FinWait2, client, 0x99)
+        .transition(1.500005, 2, LastAck, Closed, server, None)
+        .timer(62.0, 1, EventKind::TimeWaitCancel { timer: 0x99 })
+        .timer(62.00001, 1, EventKind::TimeWaitExpire { timer: 0x99 });
+    let mut server_first = Recording::default();
+    server_closes_first(&mut server_first)
+        .timer(1361.0, 12, EventKind::TimeWaitCancel { timer: 0x5150 })
+        .timer(1361.00001, 12, EventKind::TimeWaitExpire { timer: 0x5150 });
+    for (r, expected) in [
+        (abort, Closer::ClientReset),
+        (remote_reset, Closer::ClientReset),
+        (client_mid_way, Closer::Client),
+        (server_first, Closer::Server),
+        (simultaneous_close(), Closer::Simultaneous),
+    ] {
+        let mut engine = Engine::new(EngineOptions { report_closes: true, ..Default::default() });
+        let (mut closed, mut recorded) = (Vec::new(), Vec::new());
+        let mut collect = |output: Output<'_>| match output {
+            Output::Closed(closer) => closed.push(closer),
+            Output::Connection(connection) => recorded.push(connection.closed_first),
+            _ => {}
+        };
+        for event in &r.events {
+            engine.push(*event);
+            engine.advance(event.ts_ns + 10_000_000, &mut collect);
+            for (index, _) in engine.connections.iter() {
+                let record = engine.connection_now(index).map(|c| c.closed_first);
+                assert_eq!(Some(engine.closer_now(index)), record, "at {}", event.ts_ns);
+            }
+        }
+        engine.finish(u64::MAX / 2, &mut collect);
+        assert_eq!((closed, recorded), (vec![expected], vec![expected]));
+    }
+}
