@@ -27,7 +27,7 @@ use crate::clock::monotonic_now_ns;
 /// drains at least every 10 ms while it gets to run: at 30 MB/s of events (the bench's
 /// churn), 20 ms more is 0.6 MB of the default 4 MiB ring.
 pub const STARVED_AFTER: Duration = Duration::from_millis(20);
-/// How often the watchdog looks.
+/// How often the watchdog looks again once the ring went undrained that long.
 const WATCH_EVERY: Duration = Duration::from_millis(5);
 /// How long the event rate is measured over, for [`may_yield`].
 pub const RATE_WINDOW: Duration = Duration::from_millis(100);
@@ -150,16 +150,23 @@ impl Yielding {
         let watchdog = thread::Builder::new().name("tcptrace-watch".into()).spawn(move || {
             let starved_ns = STARVED_AFTER.as_nanos() as u64;
             while !watched.stop.load(Ordering::Relaxed) {
-                thread::sleep(WATCH_EVERY);
+                // Asleep until the last drain is STARVED_AFTER old, not woken every
+                // WATCH_EVERY: half the wake-ups at a drain every 10 ms, each one a
+                // context switch taken from the traced programs' CPU.
                 let since = monotonic_now_ns()
                     .saturating_sub(watched.last_drain_ns.load(Ordering::Relaxed));
-                if since > starved_ns && watched.idle.load(Ordering::Relaxed) {
+                if since <= starved_ns {
+                    thread::park_timeout(Duration::from_nanos(starved_ns - since + 1));
+                    continue;
+                }
+                if watched.idle.load(Ordering::Relaxed) {
                     watched.set_yielding(false);
                     crate::debug(format_args!(
                         "stopped yielding: the ring went {} ms undrained",
                         since / 1_000_000
                     ));
                 }
+                thread::park_timeout(WATCH_EVERY);
             }
         })?;
         yielding.watchdog = Some(watchdog);
@@ -194,6 +201,7 @@ impl Drop for Yielding {
         self.shared.set_yielding(false);
         self.shared.stop.store(true, Ordering::Relaxed);
         if let Some(watchdog) = self.watchdog.take() {
+            watchdog.thread().unpark();
             let _ = watchdog.join();
         }
     }
