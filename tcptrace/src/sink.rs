@@ -39,8 +39,11 @@ impl<W: Write> Write for Named<W> {
 /// to a file on ext4 took less system time with it than with 64 KiB (fewer, larger
 /// page-cache writes); it still fits the L2 cache, which 1 MiB did not on an earlier machine.
 pub fn stdout() -> io::BufWriter<Named<io::StdoutLock<'static>>> {
-    io::BufWriter::with_capacity(256 << 10, Named::new(io::stdout().lock(), "standard output"))
+    io::BufWriter::with_capacity(STDOUT_BUFFER, Named::new(io::stdout().lock(), "standard output"))
 }
+
+/// The size of [`stdout`]'s buffer.
+pub const STDOUT_BUFFER: usize = 256 << 10;
 
 /// Whether `error` is standard output's reader having gone away.
 pub fn is_closed_pipe(error: &anyhow::Error) -> bool {

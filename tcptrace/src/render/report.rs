@@ -408,16 +408,16 @@ fn endpoint_json(
     line.raw(",\"incomplete\":").bool(endpoint.incomplete).raw("}");
 }
 
-/// One connection record as a JSON line (with notes for learners when `explain`).
-pub fn write_connection_json(
-    out: &mut impl Write,
+/// One connection record as a JSON line (with notes for learners when `explain`), after
+/// what `line` holds already.
+pub fn connection_json(
     line: &mut JsonLine,
     connection: &Connection,
     names: &Names,
     explain: Option<Lang>,
-) -> io::Result<()> {
+) {
     let (client, server) = by_role(connection);
-    line.clear().raw("{\"type\":\"connection\",\"id\":").u64(connection.id);
+    line.raw("{\"type\":\"connection\",\"id\":").u64(connection.id);
     line.raw(",\"client\":");
     endpoint_json(line, connection, client, names);
     line.raw(",\"server\":");
@@ -434,7 +434,7 @@ pub fn write_connection_json(
         }
         line.raw("]");
     }
-    line.raw("}").write_to(out)
+    line.raw("}").end_line();
 }
 
 /// TIME-WAIT durations of one local endpoint, summarised.

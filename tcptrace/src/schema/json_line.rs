@@ -170,8 +170,18 @@ impl JsonLine {
 
     /// Ends the line and writes it.
     pub fn write_to(&mut self, out: &mut impl Write) -> io::Result<()> {
-        self.buffer.push(b'\n');
+        self.end_line();
         out.write_all(&self.buffer)
+    }
+
+    /// Ends the line; the next one may follow it in the buffer, to be written together.
+    pub fn end_line(&mut self) {
+        self.buffer.push(b'\n');
+    }
+
+    /// The lines so far.
+    pub fn bytes(&self) -> &[u8] {
+        &self.buffer
     }
 }
 

@@ -68,7 +68,8 @@ pub fn write(path: &Path, format: ExportFormat, input: &ExportInput<'_>) -> Resu
         ExportFormat::Jsonl => {
             let mut line = JsonLine::new();
             input.connections.iter().try_for_each(|connection| {
-                report::write_connection_json(&mut out, &mut line, connection, input.names, None)
+                report::connection_json(line.clear(), connection, input.names, None);
+                out.write_all(line.bytes())
             })
         }
         ExportFormat::Csv => csv::write(&mut out, input),
