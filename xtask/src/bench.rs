@@ -2,9 +2,11 @@
 //! how fast and small the lifecycle engine is. Writes docs/BENCHMARKS.md.
 //!
 //! Churn: nginx (Debian's, started here with its own config on 127.0.0.1) closes after every
-//! response; wrk opens a new connection per request (`Connection: close`). Every tracer
-//! configuration runs once per round, interleaved with untraced runs, and medians are quoted,
-//! because these machines are noisy.
+//! response; wrk opens a new connection per request (`Connection: close`). Both run in a
+//! network namespace made for each run, so that every run starts alike: no run inherits the
+//! TIME-WAITs of the one before (see [`Config::JsonBesideTimeWaits`] for one that does).
+//! Every tracer configuration runs once per round, interleaved with untraced runs, and
+//! medians are quoted, because these machines are noisy.
 
 use std::{
     fmt::Write as _,
@@ -23,6 +25,8 @@ use anyhow::{Context, Result, bail};
 use crate::empty_programs::EmptyPrograms;
 
 const PORT: u16 = 18090;
+/// The network namespace each run's nginx and wrk run in.
+const NETNS: &str = "tcptrace-bench";
 /// Connections held open for the start-up snapshot's rows: 100 000 sockets.
 const SNAPSHOT_CONNECTIONS: u64 = 50_000;
 const NO_MATCH_PORT: &str = "9";
@@ -49,6 +53,9 @@ const EMPTY_PROGRAMS: [(&str, &str); 3] = [
 enum Config {
     Untraced,
     Json,
+    /// `--json`, started in the untraced run's namespace, beside the TIME-WAITs it left:
+    /// what following sockets from before start to their end costs.
+    JsonBesideTimeWaits,
     FilterNoMatch,
     Record,
     Metrics,
@@ -61,6 +68,9 @@ impl Config {
         match self {
             Config::Untraced => "untraced",
             Config::Json => "tcptrace --json > file (every event, lifecycle engine)",
+            Config::JsonBesideTimeWaits => {
+                "the same, started beside the untraced run's TIME-WAITs (followed to their end)"
+            }
             Config::FilterNoMatch => "tcptrace --port 9 (in-kernel filter, nothing matches)",
             Config::Record => "tcptrace --record file --connections-only",
             Config::Metrics => "tcptrace --metrics ADDR --quiet (metrics only, a daemon)",
@@ -213,8 +223,36 @@ fn lines_of(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<Strin
     receiver
 }
 
+/// A network namespace made for a run, with nginx listening in it. Dropped, it stops nginx
+/// and deletes the namespace, and the sockets left in it (its TIME-WAITs) go with it.
+struct Stage {
+    nginx: Child,
+}
+
+impl Drop for Stage {
+    fn drop(&mut self) {
+        signal(&self.nginx, libc::SIGQUIT);
+        let _ = self.nginx.wait();
+        let _ = Command::new("ip").args(["netns", "del", NETNS]).output();
+        // The kernel frees a namespace's sockets in a worker once its last process is gone:
+        // time for that before the next run, not during it.
+        thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// `command` run in the bench's namespace.
+fn in_netns(command: &str) -> Command {
+    let mut in_netns = Command::new("ip");
+    in_netns.args(["netns", "exec", NETNS, command]);
+    in_netns
+}
+
 impl Bench {
-    fn start_nginx(&self) -> Result<Child> {
+    /// A new namespace with nginx listening in it.
+    fn stage(&self) -> Result<Stage> {
+        let _ = Command::new("ip").args(["netns", "del", NETNS]).output();
+        run_quietly(Command::new("ip").args(["netns", "add", NETNS]))?;
+        run_quietly(in_netns("ip").args(["link", "set", "lo", "up"]))?;
         let conf = self.dir.join("nginx.conf");
         fs::write(
             &conf,
@@ -226,24 +264,27 @@ impl Bench {
                 dir = self.dir.display()
             ),
         )?;
-        let child = Command::new("nginx")
+        // `ip netns exec` becomes nginx: signals reach it.
+        let nginx = in_netns("nginx")
             .args(["-c", conf.to_str().unwrap(), "-p", self.dir.to_str().unwrap()])
             .stderr(Stdio::null())
             .spawn()
             .context("starting nginx")?;
+        let stage = Stage { nginx };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", PORT)).is_err() {
+        let sport = format!("sport = :{PORT}");
+        while in_netns("ss").args(["-Htln", &sport]).output()?.stdout.is_empty() {
             if Instant::now() > deadline {
                 bail!("nginx did not start (see {}/nginx-error.log)", self.dir.display());
             }
             thread::sleep(Duration::from_millis(50));
         }
-        Ok(child)
+        Ok(stage)
     }
 
     /// wrk for `seconds`; returns (connections, connections per second).
     fn churn(&self) -> Result<(u64, f64)> {
-        let output = Command::new("wrk")
+        let output = in_netns("wrk")
             .args(["-t1", "-c32", &format!("-d{}s", self.seconds)])
             .args(["-H", "Connection: close", &format!("http://127.0.0.1:{PORT}/")])
             .output()
@@ -736,25 +777,21 @@ pub fn run(root: &Path, tcptrace: &Path, seconds: u64) -> Result<()> {
             .context("setting kernel.bpf_stats_enabled")
     };
     bpf_stats(false)?;
-    let mut nginx = bench.start_nginx()?;
 
-    let configs = [
-        Config::Untraced,
+    // Each after an untraced run, in every round.
+    let traced = [
         Config::Json,
-        Config::Untraced,
+        Config::JsonBesideTimeWaits,
         Config::FilterNoMatch,
-        Config::Untraced,
         Config::Record,
-        Config::Untraced,
         Config::Metrics,
-        Config::Untraced,
         Config::Top,
-        Config::Untraced,
         Config::Bpftrace,
     ];
     let mut results: Vec<(Config, Vec<Run>)> = [
         Config::Untraced,
         Config::Json,
+        Config::JsonBesideTimeWaits,
         Config::FilterNoMatch,
         Config::Record,
         Config::Metrics,
@@ -769,17 +806,27 @@ pub fn run(root: &Path, tcptrace: &Path, seconds: u64) -> Result<()> {
     let mut empty_ns = Vec::new();
     let churn = (|| -> Result<()> {
         for round in 0..ROUNDS {
-            let mut untraced_before = f64::NAN;
-            for config in configs {
-                eprintln!("bench: round {} of {ROUNDS}: {}", round + 1, config.name());
-                let mut run = bench.run(config, round)?;
-                eprintln!("bench:   {:.0} connections/s", run.connections_per_s);
-                if config == Config::Untraced {
-                    untraced_before = run.connections_per_s;
-                } else {
-                    run.vs_untraced = Some(run.connections_per_s / untraced_before);
+            for config in traced {
+                let mut stage = bench.stage()?;
+                let mut pair = Vec::new();
+                for config in [Config::Untraced, config] {
+                    if config != Config::JsonBesideTimeWaits && !pair.is_empty() {
+                        drop(stage);
+                        stage = bench.stage()?;
+                    }
+                    eprintln!("bench: round {} of {ROUNDS}: {}", round + 1, config.name());
+                    let run = bench.run(config, round)?;
+                    eprintln!("bench:   {:.0} connections/s", run.connections_per_s);
+                    pair.push((config, run));
                 }
-                results.iter_mut().find(|(c, _)| *c == config).unwrap().1.push(run);
+                drop(stage);
+                let untraced = pair[0].1.connections_per_s;
+                for (config, mut run) in pair {
+                    if config != Config::Untraced {
+                        run.vs_untraced = Some(run.connections_per_s / untraced);
+                    }
+                    results.iter_mut().find(|(c, _)| *c == config).unwrap().1.push(run);
+                }
             }
         }
         bpf_stats(true)?;
@@ -791,7 +838,9 @@ pub fn run(root: &Path, tcptrace: &Path, seconds: u64) -> Result<()> {
                     round + 1,
                     config.name()
                 );
+                let stage = bench.stage()?;
                 let run = bench.run(config, ROUNDS + round)?;
+                drop(stage);
                 kernel_cost.iter_mut().find(|(c, _)| *c == config).unwrap().1.push(run);
             }
         }
@@ -803,8 +852,6 @@ pub fn run(root: &Path, tcptrace: &Path, seconds: u64) -> Result<()> {
         drop(empty);
         Ok(())
     })();
-    signal(&nginx, libc::SIGQUIT);
-    let _ = nginx.wait();
     let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", stats_was.trim());
     churn?;
 
@@ -847,7 +894,7 @@ pub fn run(root: &Path, tcptrace: &Path, seconds: u64) -> Result<()> {
     writeln!(md, "# Benchmarks\n")?;
     writeln!(
         md,
-        "Made by `{command}` on {} ({} cores), in one run. Each configuration ran {ROUNDS} times, each time just after an untraced run (untraced, A, untraced, B, … in every round); a ratio is the median of the {ROUNDS} paired ratios (each run against the untraced run just before it), with their lowest and highest; other figures are medians of the runs. Workload: nginx 1 worker on 127.0.0.1:{PORT} closing after every response, `wrk -t1 -c32 -d{seconds}s -H 'Connection: close'`: one new connection per request.\n",
+        "Made by `{command}` on {} ({} cores), in one run. Each configuration ran {ROUNDS} times, each time just after an untraced run (untraced, A, untraced, B, … in every round); a ratio is the median of the {ROUNDS} paired ratios (each run against the untraced run just before it), with their lowest and highest; other figures are medians of the runs. Workload: nginx 1 worker on 127.0.0.1:{PORT} closing after every response, `wrk -t1 -c32 -d{seconds}s -H 'Connection: close'`: one new connection per request. Both run in a network namespace made for each run and deleted after it (the tracers run outside it, and trace every namespace), so that no run starts beside the TIME-WAITs the run before left (a run leaves 14 000–28 000, each followed by a tracer that starts beside them, from its start-up snapshot to its end, with a connection record of its own). The row *the same, started beside the untraced run's TIME-WAITs* is `--json` started in the namespace of the untraced run just before it, which it is paired with: what following those costs.\n",
         machine(),
         thread::available_parallelism().map_or(0, |n| n.get())
     )?;
@@ -1060,7 +1107,7 @@ pub fn soak(root: &Path, tcptrace: &Path, connections: u64) -> Result<()> {
     let dir = root.join("target/soak");
     fs::create_dir_all(&dir)?;
     let bench = Bench { dir: dir.clone(), tcptrace: tcptrace.to_path_buf(), seconds: 20 };
-    let mut nginx = bench.start_nginx()?;
+    let stage = bench.stage()?;
     let output = dir.join("soak.jsonl");
     let mut tracer = Command::new(tcptrace)
         .args(["--json", "--connections-only", "--port", &PORT.to_string()])
@@ -1096,8 +1143,7 @@ pub fn soak(root: &Path, tcptrace: &Path, connections: u64) -> Result<()> {
         Ok(())
     })();
     let (status, cpu_s, max_rss) = interrupt_and_wait(&mut tracer)?;
-    signal(&nginx, libc::SIGQUIT);
-    let _ = nginx.wait();
+    drop(stage);
     result?;
     let summary = summary_of(&tail(&output)?)?;
     let at_100k = samples.iter().find(|(n, _)| *n >= 100_000).map_or(0, |s| s.1);
