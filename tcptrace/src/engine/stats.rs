@@ -64,12 +64,13 @@ pub struct Carried {
 }
 
 impl Carried {
+    /// Sums that saturate: a damaged recording's counters can be anything.
     fn add(&mut self, counters: &TcpInfo) {
         self.sockets += 1;
-        self.bytes_acked += counters.bytes_acked;
-        self.bytes_received += counters.bytes_received;
-        self.bytes_retrans += counters.bytes_retrans;
-        self.total_retrans += u64::from(counters.total_retrans);
+        self.bytes_acked = self.bytes_acked.saturating_add(counters.bytes_acked);
+        self.bytes_received = self.bytes_received.saturating_add(counters.bytes_received);
+        self.bytes_retrans = self.bytes_retrans.saturating_add(counters.bytes_retrans);
+        self.total_retrans = self.total_retrans.saturating_add(counters.total_retrans.into());
     }
 }
 
@@ -81,6 +82,10 @@ pub struct PortPressure {
     pub peak: u64,
 }
 
+/// The summary's tables, updated at every record and every time-wait's start and end:
+/// hashed with foldhash, where std's SipHash showed in profiles of the tracer.
+pub type StatsMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// A local endpoint in its network namespace (`None` when not known).
 pub type LocalKey = (Option<u32>, SocketAddr);
 /// A local address in its namespace, and a remote endpoint it holds ports toward.
@@ -89,9 +94,9 @@ pub type TowardKey = (Option<u32>, IpAddr, SocketAddr);
 #[derive(Clone, Debug, Default)]
 pub struct Stats {
     pub connections: u64,
-    pub closed_first: HashMap<Closer, u64>,
-    pub time_wait_by_local: HashMap<LocalKey, TimeWaitStats>,
-    pub time_wait_toward_remote: HashMap<TowardKey, PortPressure>,
+    pub closed_first: StatsMap<Closer, u64>,
+    pub time_wait_by_local: StatsMap<LocalKey, TimeWaitStats>,
+    pub time_wait_toward_remote: StatsMap<TowardKey, PortPressure>,
     pub incomplete: u64,
     /// Connects that never got through (SYN_SENT → CLOSED), by the error they ended with
     /// (its name, or `unknown` when the close came without the socket's counters).
