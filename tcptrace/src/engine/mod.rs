@@ -294,6 +294,14 @@ impl Engine {
             }
             self.emit(index, out);
         }
+        // Every connection handed out, no socket or timer may point to one any more
+        // (`forget` skips the tables it knows an entry gone from). The unpaired ones' table
+        // may keep a stale tuple, when a socket's addresses changed after it was indexed
+        // (as random streams' do; it is checked where it is read).
+        debug_assert!(
+            self.by_sk.is_empty() && self.closed_sk.is_empty() && self.by_timer.is_empty(),
+            "entries left in the engine's tables after the end"
+        );
     }
 
     fn process_until(&mut self, until_ns: u64, out: &mut impl FnMut(Output<'_>)) {
@@ -892,26 +900,39 @@ impl Engine {
     }
 
     /// Removes a connection, its sides and every index entry that points to them.
+    ///
+    /// Most connections end long after their sockets closed, their tables' entries cold: an
+    /// entry known to be gone already is not looked for (each look was a cache miss).
     fn forget(&mut self, index: Index) -> Option<Connection> {
         let tracked = self.connections.remove(index)?;
         let mut endpoints = Vec::with_capacity(2);
         for side_index in tracked.sides() {
             // A time-wait still open ends with its connection (it releases its port); one
-            // from before start whose timer was never met is not in the timer table.
-            if let Some((timer, open)) =
+            // from before start whose timer was never met is not in the timer table. (The
+            // end of one that ended took its timer out.)
+            if let Some((timer, true)) =
                 self.time_wait_mut(side_index).map(|tw| (tw.timer, tw.end == TimeWaitEnd::Open))
             {
                 if self.by_timer.get(&timer) == Some(&side_index) {
                     self.time_wait_ended(timer);
-                } else if open && timer == 0 {
+                } else if timer == 0 {
                     self.release_port(side_index);
                 }
             }
             self.unindex_tuple(side_index);
             self.unstick(side_index);
             let Some(side) = self.sides.remove(side_index) else { continue };
-            for map in [&mut self.by_sk, &mut self.closed_sk] {
-                if map.get(&side.sk) == Some(&side_index) {
+            // A close took the socket out of `by_sk` and into `closed_sk`, whose entries
+            // older than the oldest in `closed_order` are gone too.
+            let closed_at = side.steps.last().filter(|step| step.state == TcpState::Closed);
+            let in_by_sk = closed_at.is_none();
+            let in_closed_sk = closed_at.is_some_and(|step| {
+                self.closed_order.front().is_some_and(|&(oldest, _, _)| oldest <= step.enter_ns)
+            });
+            for (map, maybe_there) in
+                [(&mut self.by_sk, in_by_sk), (&mut self.closed_sk, in_closed_sk)]
+            {
+                if maybe_there && map.get(&side.sk) == Some(&side_index) {
                     map.remove(&side.sk);
                 }
             }
