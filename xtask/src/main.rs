@@ -36,7 +36,8 @@ enum Task {
     },
     /// Build the eBPF object, install the test peers (python3, curl, iproute2, util-linux,
     /// chromium, nftables, prometheus, kubectl, systemd, tmux) if missing, then run every
-    /// test.
+    /// test, in release builds; with no arguments the engine's unit and property tests run
+    /// in a debug build first too (overflow and invariant checks on).
     /// Needs root.
     Test {
         /// Extra arguments for `cargo test`, e.g. a test name filter.
@@ -146,6 +147,19 @@ fn run(task: Task) -> Result<()> {
         Task::Test { args } => {
             build_ebpf(&root)?;
             tools::ensure_test_programs()?;
+            if args.is_empty() {
+                // The engine's unit and property tests once more without --release, where
+                // arithmetic overflow and the engine's own invariants (debug_assert) are
+                // checked.
+                run_command(cargo().current_dir(&root).args([
+                    "test",
+                    "--package",
+                    "tcptrace",
+                    "--lib",
+                    "--test",
+                    "properties",
+                ]))?;
+            }
             run_command(
                 cargo().current_dir(&root).args(["test", "--release", "--all-targets"]).args(&args),
             )
