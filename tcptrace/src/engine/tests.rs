@@ -228,8 +228,7 @@ fn fin_wait2_time_wait_without_the_peers_fin_stays_fin_wait2() {
 /// The order the kernel really reports a `SO_LINGER 0` close on loopback: CLOSED first
 /// (`tcp_disconnect`), the peer's RST received, and `tcp_send_reset` last, after both
 /// sockets are already closed.
-#[test]
-fn linger_zero_abort_is_a_client_reset_without_time_wait() {
+fn linger_zero_abort() -> Recording {
     let client = ("127.0.0.1:40125", "127.0.0.1:18087");
     let server = ("127.0.0.1:18087", "127.0.0.1:40125");
     let mut r = Recording::default();
@@ -241,7 +240,12 @@ fn linger_zero_abort_is_a_client_reset_without_time_wait() {
         .reset(1.500002, 2, false, server, None)
         .transition(1.500003, 2, Established, Closed, server, None)
         .reset(1.500005, 1, true, client, Some(7));
-    let (connections, _, engine) = r.run(2.0);
+    r
+}
+
+#[test]
+fn linger_zero_abort_is_a_client_reset_without_time_wait() {
+    let (connections, _, engine) = linger_zero_abort().run(2.0);
     assert_eq!(connections.len(), 1);
     assert_eq!(connections[0].closed_first, Closer::ClientReset);
     assert!(connections[0].endpoints.iter().all(|e| e.time_wait.is_none()));
@@ -275,15 +279,20 @@ fn a_timer_address_reused_after_a_kill_starts_a_new_time_wait() {
     assert_eq!((second.end, second.start_ns), (TimeWaitEnd::Open, Some(3_000_200_000)));
 }
 
-#[test]
-fn reset_seen_only_from_the_receiving_side_blames_the_other() {
+/// A server whose peer is remote: it sees the RST come in, then closes.
+fn reset_received_from_a_remote_peer() -> Recording {
     let server = ("10.0.0.1:443", "10.0.0.2:5555");
     let mut r = Recording::default();
     r.transition(1.0, 2, Listen, SynReceived, server, None)
         .transition(1.0003, 2, SynReceived, Established, server, None)
         .reset(1.5, 2, false, server, None)
         .transition(1.50003, 2, Established, Closed, server, None);
-    let (connections, _, _) = r.run(2.0);
+    r
+}
+
+#[test]
+fn reset_seen_only_from_the_receiving_side_blames_the_other() {
+    let (connections, _, _) = reset_received_from_a_remote_peer().run(2.0);
     assert_eq!(connections[0].closed_first, Closer::ClientReset);
     assert_eq!(connections[0].endpoints.len(), 1, "the peer is remote");
 }
@@ -922,22 +931,6 @@ fn sockets_seen_before_a_loss_are_incomplete() {
 fn the_closer_read_from_the_sides_is_the_records() {
     let client = ("127.0.0.1:40125", "127.0.0.1:18087");
     let server = ("127.0.0.1:18087", "127.0.0.1:40125");
-    let mut abort = Recording::default();
-    abort
-        .transition(1.0, 1, Closed, SynSent, client, Some(7))
-        .transition(1.0001, 1, SynSent, Established, client, None)
-        .transition(1.0002, 2, Listen, SynReceived, server, None)
-        .transition(1.0003, 2, SynReceived, Established, server, None)
-        .transition(1.5, 1, Established, Closed, client, Some(7))
-        .reset(1.500002, 2, false, server, None)
-        .transition(1.500003, 2, Established, Closed, server, None)
-        .reset(1.500005, 1, true, client, Some(7));
-    let mut remote_reset = Recording::default();
-    remote_reset
-        .transition(1.0, 2, Listen, SynReceived, server, None)
-        .transition(1.0003, 2, SynReceived, Established, server, None)
-        .reset(1.5, 2, false, server, None)
-        .transition(1.50003, 2, Established, Closed, server, None);
     // The client seen from mid-way: its role is its peer's opposite.
     let mut client_mid_way = Recording::default();
     client_mid_way
@@ -956,8 +949,8 @@ fn the_closer_read_from_the_sides_is_the_records() {
         .timer(1361.0, 12, EventKind::TimeWaitCancel { timer: 0x5150 })
         .timer(1361.00001, 12, EventKind::TimeWaitExpire { timer: 0x5150 });
     for (r, expected) in [
-        (abort, Closer::ClientReset),
-        (remote_reset, Closer::ClientReset),
+        (linger_zero_abort(), Closer::ClientReset),
+        (reset_received_from_a_remote_peer(), Closer::ClientReset),
         (client_mid_way, Closer::Client),
         (server_first, Closer::Server),
         (simultaneous_close(), Closer::Simultaneous),
