@@ -922,19 +922,21 @@ impl Engine {
             self.unindex_tuple(side_index);
             self.unstick(side_index);
             let Some(side) = self.sides.remove(side_index) else { continue };
-            // A close took the socket out of `by_sk` and into `closed_sk`, whose entries
-            // older than the oldest in `closed_order` are gone too.
-            let closed_at = side.steps.last().filter(|step| step.state == TcpState::Closed);
-            let in_by_sk = closed_at.is_none();
-            let in_closed_sk = closed_at.is_some_and(|step| {
-                self.closed_order.front().is_some_and(|&(oldest, _, _)| oldest <= step.enter_ns)
+            // `by_sk` holds the open sockets only: few, and in cache. `closed_sk` holds every
+            // socket closed in the last second; a socket's close put it there, and it is gone
+            // once `closed_order`, in time order, has passed that close.
+            let in_closed_sk = side.steps.last().is_some_and(|step| {
+                step.state == TcpState::Closed
+                    && self
+                        .closed_order
+                        .front()
+                        .is_some_and(|&(oldest, _, _)| oldest <= step.enter_ns)
             });
-            for (map, maybe_there) in
-                [(&mut self.by_sk, in_by_sk), (&mut self.closed_sk, in_closed_sk)]
-            {
-                if maybe_there && map.get(&side.sk) == Some(&side_index) {
-                    map.remove(&side.sk);
-                }
+            if self.by_sk.get(&side.sk) == Some(&side_index) {
+                self.by_sk.remove(&side.sk);
+            }
+            if in_closed_sk && self.closed_sk.get(&side.sk) == Some(&side_index) {
+                self.closed_sk.remove(&side.sk);
             }
             let time_wait = self.time_waits.remove(side.time_wait);
             let counters = self.counters.remove(side.counters);

@@ -974,3 +974,14 @@ fn the_closer_read_from_the_sides_is_the_records() {
         assert_eq!((closed, recorded), (vec![expected], vec![expected]));
     }
 }
+
+/// A socket first seen in a same-state CLOSED event (the kernel reports some) stays in the
+/// socket table, never having closed there: forgetting it must look there too. (In debug
+/// builds `finish` checks that no entry is left; the property test found this one.)
+#[test]
+fn a_socket_seen_only_in_a_same_state_close_is_forgotten_everywhere() {
+    let mut r = Recording::default();
+    r.transition(1.0, 1, Closed, Closed, ("127.0.0.1:1", "127.0.0.1:2"), None);
+    let (connections, _, _) = r.run(2.0);
+    assert_eq!(connections.len(), 1);
+}
