@@ -50,6 +50,14 @@ struct Listener {
     owner: Option<Owner>,
 }
 
+/// Where a time-wait socket's timer leads: its side, and the time-wait itself, both kept
+/// so that a timer event reads them together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct TimerOf {
+    side: Index,
+    time_wait: Index,
+}
+
 /// One socket as it is now, from [`Engine::sockets_now`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SocketNow {
@@ -150,7 +158,8 @@ pub struct Engine {
     closed_sk: Map<u64, Index>,
     /// (time it closed, socket, side) for `closed_sk`, in time order.
     closed_order: VecDeque<(u64, u64, Index)>,
-    by_timer: Map<u64, Index>,
+    /// Open time-wait sockets' timers: what a timer event finds.
+    by_timer: Map<u64, TimerOf>,
     /// Sides not yet paired with their peer, by (namespace, local, remote).
     by_tuple: Map<TupleKey, Index>,
     /// Once sockets of more than one namespace were seen: the unpaired sides with other
@@ -165,8 +174,8 @@ pub struct Engine {
     /// The start-up snapshot, while it is taken and until its sockets are seeded.
     snapshot: Option<snapshot::Taking>,
     unadopted: snapshot::Unadopted,
-    /// (cancel time, timer), in time order.
-    pending_cancels: VecDeque<(u64, u64)>,
+    /// (cancel time, timer, its time-wait), in time order.
+    pending_cancels: VecDeque<(u64, u64, TimerOf)>,
     /// (time it finished, connection, its id), in time order, waiting out `FINISH_GRACE_NS`.
     finishing: VecDeque<(u64, Index, u64)>,
     /// With `report_closes`: (time its last socket closed, connection, its id), waiting
@@ -330,28 +339,33 @@ impl Engine {
             EventKind::Transition { old, new, time_wait_timer } => {
                 self.transition(event, old, new, time_wait_timer)
             }
-            EventKind::TimeWaitRearm { timer, .. } => self.timer_event(event, timer, |tw, ts| {
-                tw.rearmed += 1;
-                tw.pending_cancel_ns = None;
-                tw.last_armed_ns = ts;
-                if tw.kind == TimeWaitKind::FinWait2 {
-                    tw.kind = TimeWaitKind::TimeWait;
-                    tw.became_time_wait_ns = Some(ts);
-                }
-            }),
+            EventKind::TimeWaitRearm { timer, .. } => {
+                self.timer_event(event, timer, |tw, ts, _| {
+                    tw.rearmed += 1;
+                    tw.pending_cancel_ns = None;
+                    tw.last_armed_ns = ts;
+                    if tw.kind == TimeWaitKind::FinWait2 {
+                        tw.kind = TimeWaitKind::TimeWait;
+                        tw.became_time_wait_ns = Some(ts);
+                    }
+                })
+            }
             EventKind::TimeWaitCancel { timer } => {
                 if event.addresses.is_some() && self.side_of_timer(timer).is_none() {
                     self.meet_time_wait(event, timer);
                 }
-                let result =
-                    self.timer_event(event, timer, |tw, ts| tw.pending_cancel_ns = Some(ts));
-                if result.1.is_some() {
-                    self.pending_cancels.push_back((event.ts_ns, timer));
+                let mut cancelled = None;
+                let result = self.timer_event(event, timer, |tw, ts, found| {
+                    tw.pending_cancel_ns = Some(ts);
+                    cancelled = Some(found);
+                });
+                if let Some(found) = cancelled {
+                    self.pending_cancels.push_back((event.ts_ns, timer, found));
                 }
                 result
             }
             EventKind::TimeWaitExpire { timer } => {
-                let result = self.timer_event(event, timer, |tw, ts| {
+                let result = self.timer_event(event, timer, |tw, ts, _| {
                     tw.end = TimeWaitEnd::Expired;
                     tw.end_ns = Some(ts);
                     tw.pending_cancel_ns = None;
@@ -439,11 +453,20 @@ impl Engine {
         Some((netns, tuple.0, tuple.1))
     }
 
-    /// The live side whose time-wait socket has `timer`.
-    fn side_of_timer(&self, timer: u64) -> Option<Index> {
-        let side = *self.by_timer.get(&timer)?;
-        let tw = self.time_waits.get(self.sides.get(side)?.time_wait)?;
-        (tw.timer == timer).then_some(side)
+    /// The live side whose time-wait socket has `timer`, and that time-wait.
+    fn side_of_timer(&self, timer: u64) -> Option<TimerOf> {
+        let found = *self.by_timer.get(&timer)?;
+        self.is_timer_of(timer, found).then_some(found)
+    }
+
+    /// Whether `found` is still the side and time-wait of `timer` (a timer's address is
+    /// reused by later time-wait sockets). The side and the time-wait are read at once:
+    /// neither address waits on the other, and both are cold by a time-wait's end.
+    fn is_timer_of(&self, timer: u64, found: TimerOf) -> bool {
+        let side = self.sides.get(found.side);
+        let tw = self.time_waits.get(found.time_wait);
+        side.is_some_and(|side| side.time_wait == found.time_wait)
+            && tw.is_some_and(|tw| tw.timer == timer)
     }
 
     fn side(&self, index: Index) -> &Side {
@@ -913,7 +936,7 @@ impl Engine {
             if let Some((timer, true)) =
                 self.time_wait_mut(side_index).map(|tw| (tw.timer, tw.end == TimeWaitEnd::Open))
             {
-                if self.by_timer.get(&timer) == Some(&side_index) {
+                if self.by_timer.get(&timer).map(|found| found.side) == Some(side_index) {
                     self.time_wait_ended(timer);
                 } else if timer == 0 {
                     self.release_port(side_index);

@@ -11,7 +11,7 @@
 use std::net::SocketAddr;
 
 use super::{
-    Engine, Map, Role, TIME_WAIT_LEN_NS, TimeWait, TimeWaitKind,
+    Engine, Map, Role, TIME_WAIT_LEN_NS, TimeWait, TimeWaitKind, TimerOf,
     storage::{Address, Index, NEVER, NO_INDEX, Side, Step, Steps, Tracked, TupleKey, UNKNOWN_NS},
 };
 use crate::event::{Comm, Home, Owner, SeenSocket, TcpEvent, TcpState};
@@ -286,7 +286,8 @@ impl Engine {
                 index
             }
         };
-        self.by_timer.insert(timer, index);
+        let time_wait = self.side(index).time_wait;
+        self.by_timer.insert(timer, TimerOf { side: index, time_wait });
         Some(index)
     }
 }

@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 
 use super::{
-    Attribution, Engine, TimeWait, TimeWaitEnd, TimeWaitKind,
+    Attribution, Engine, TimeWait, TimeWaitEnd, TimeWaitKind, TimerOf,
     stats::TowardKey,
     storage::{Address, Homes, Index, Side, Tracked},
 };
@@ -16,19 +16,18 @@ use crate::event::{TcpEvent, TcpState};
 impl Engine {
     pub(super) fn start_time_wait(&mut self, index: Index, ts: u64, old: TcpState, timer: u64) {
         // A timer address still mapped belongs to an earlier time-wait socket that was
-        // killed (its memory was reused): close that one too. One probe of the table both
-        // finds it and maps the address to the new one.
-        if let Some(stale) = self.by_timer.insert(timer, index)
-            && let Some(tw) = self.time_wait_mut(stale)
-            && tw.timer == timer
+        // killed (its memory was reused): close that one too.
+        if let Some(stale) = self.by_timer.remove(&timer)
+            && self.is_timer_of(timer, stale)
         {
+            let tw = self.time_waits.get_mut(stale.time_wait).expect("checked just above");
             if tw.end == TimeWaitEnd::Open {
                 tw.end = TimeWaitEnd::Killed;
                 tw.end_ns = Some(tw.pending_cancel_ns.unwrap_or(ts));
             }
-            self.release_port(stale);
+            self.release_port(stale.side);
             // Its connection may be over now, like after any other kill.
-            let connection = self.side(stale).connection;
+            let connection = self.side(stale.side).connection;
             self.finish_if_done(connection, ts);
         }
         let side = self.side(index);
@@ -44,11 +43,13 @@ impl Engine {
         } else {
             TimeWaitKind::FinWait2
         };
-        self.hold_time_wait(index, TimeWait::opened(kind, timer, Some(ts), ts));
+        let time_wait = self.hold_time_wait(index, TimeWait::opened(kind, timer, Some(ts), ts));
+        self.by_timer.insert(timer, TimerOf { side: index, time_wait });
     }
 
-    /// Side `index` now has time-wait socket `time_wait`, which holds its port.
-    pub(super) fn hold_time_wait(&mut self, index: Index, time_wait: TimeWait) {
+    /// Side `index` now has time-wait socket `time_wait`, which holds its port; returns
+    /// where the time-wait is kept.
+    pub(super) fn hold_time_wait(&mut self, index: Index, time_wait: TimeWait) -> Index {
         let ephemeral_ports = self.options.ephemeral_ports;
         if let Some(key) = port_pressure_key(self.side(index), &self.homes, ephemeral_ports) {
             self.port_pressure(key, true);
@@ -58,6 +59,7 @@ impl Engine {
         self.time_waits.remove(previous);
         let time_wait = self.time_waits.insert(time_wait);
         self.side_mut(index).time_wait = time_wait;
+        time_wait
     }
 
     /// The peer of the side with `tuple` sent its FIN: an orphaned FIN_WAIT2 time-wait
@@ -83,14 +85,14 @@ impl Engine {
         &mut self,
         event: &TcpEvent,
         timer: u64,
-        update: impl FnOnce(&mut TimeWait, u64),
+        update: impl FnOnce(&mut TimeWait, u64, TimerOf),
     ) -> (Attribution, Option<Index>) {
-        let Some(index) = self.side_of_timer(timer) else {
+        let Some(found) = self.side_of_timer(timer) else {
             self.stats.unmatched_events += 1;
             let attribution = Attribution { owner: None, ..Attribution::unmatched(event) };
             return (attribution, None);
         };
-        let side = self.side(index);
+        let side = self.side(found.side);
         let attribution = Attribution {
             owner: side.owner(),
             old_state_ns: None,
@@ -99,8 +101,8 @@ impl Engine {
             home: self.homes.get(side.home),
         };
         let connection = side.connection;
-        match self.time_wait_mut(index) {
-            Some(tw) if tw.end == TimeWaitEnd::Open => update(tw, event.ts_ns),
+        match self.time_waits.get_mut(found.time_wait) {
+            Some(tw) if tw.end == TimeWaitEnd::Open => update(tw, event.ts_ns, found),
             _ => return (attribution, None),
         }
         (attribution, Some(connection))
@@ -108,18 +110,23 @@ impl Engine {
 
     /// Cancels older than `until_ns` with no expiry or re-arm after them were early kills.
     pub(super) fn resolve_cancels(&mut self, until_ns: u64) {
-        while let Some(&(ts, timer)) = self.pending_cancels.front() {
+        while let Some(&(ts, timer, found)) = self.pending_cancels.front() {
             if ts > until_ns {
                 break;
             }
             self.pending_cancels.pop_front();
-            let Some(index) = self.side_of_timer(timer) else { continue };
-            let Some(tw) = self.time_wait_mut(index) else { continue };
+            // Straight to the time-wait the cancel found, not through the timer table: an
+            // open one with this timer still holds the table's entry, and a later one with
+            // the same address was not cancelled at this very time.
+            if !self.is_timer_of(timer, found) {
+                continue;
+            }
+            let tw = self.time_waits.get_mut(found.time_wait).expect("checked just above");
             if tw.end == TimeWaitEnd::Open && tw.pending_cancel_ns == Some(ts) {
                 tw.end = TimeWaitEnd::Killed;
                 tw.end_ns = Some(ts);
                 self.time_wait_ended(timer);
-                let connection = self.side(index).connection;
+                let connection = self.side(found.side).connection;
                 self.finish_if_done(connection, ts);
             }
         }
@@ -128,8 +135,8 @@ impl Engine {
     /// A time-wait socket with this timer ended (expired or killed): forget the timer and
     /// release its ephemeral port.
     pub(super) fn time_wait_ended(&mut self, timer: u64) {
-        if let Some(index) = self.by_timer.remove(&timer) {
-            self.release_port(index);
+        if let Some(found) = self.by_timer.remove(&timer) {
+            self.release_port(found.side);
         }
     }
 
