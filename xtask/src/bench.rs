@@ -109,6 +109,25 @@ struct Bench {
     seconds: u64,
 }
 
+/// How far apart the untraced runs around a traced one may be for [`steady_brackets`].
+const STEADY: f64 = 0.10;
+
+/// The runs of `config` whose untraced runs just before and just after (in `sequence`, every
+/// churn run in order) differ by at most [`STEADY`]: each as (its rate over their mean, that
+/// mean). This machine's speed changes by half from one minute to the next, and a run paired
+/// with an untraced run at the other speed is off by as much.
+fn steady_brackets(sequence: &[(Config, f64)], config: Config) -> Vec<(f64, f64)> {
+    sequence
+        .windows(3)
+        .filter(|w| w[0].0 == Config::Untraced && w[1].0 == config && w[2].0 == Config::Untraced)
+        .filter(|w| (w[2].1 - w[0].1).abs() <= STEADY * w[0].1)
+        .map(|w| {
+            let untraced = (w[0].1 + w[2].1) / 2.0;
+            (w[1].1 / untraced, untraced)
+        })
+        .collect()
+}
+
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
@@ -804,6 +823,8 @@ pub fn run(root: &Path, tcptrace: &Path, seconds: u64) -> Result<()> {
         KERNEL_COST_CONFIGS.map(|c| (c, Vec::new())).into();
     // ns a run of each of `EMPTY_PROGRAMS`, over all the kernel-cost runs.
     let mut empty_ns = Vec::new();
+    // Every churn run's rate, in the order they ran, for `brackets`.
+    let mut sequence: Vec<(Config, f64)> = Vec::new();
     let churn = (|| -> Result<()> {
         for round in 0..ROUNDS {
             for config in traced {
@@ -817,6 +838,7 @@ pub fn run(root: &Path, tcptrace: &Path, seconds: u64) -> Result<()> {
                     eprintln!("bench: round {} of {ROUNDS}: {}", round + 1, config.name());
                     let run = bench.run(config, round)?;
                     eprintln!("bench:   {:.0} connections/s", run.connections_per_s);
+                    sequence.push((config, run.connections_per_s));
                     pair.push((config, run));
                 }
                 drop(stage);
@@ -829,6 +851,13 @@ pub fn run(root: &Path, tcptrace: &Path, seconds: u64) -> Result<()> {
                 }
             }
         }
+        // The untraced run after the last traced one, which closes its bracket.
+        eprintln!("bench: after the rounds: {}", Config::Untraced.name());
+        let stage = bench.stage()?;
+        let run = bench.run(Config::Untraced, ROUNDS)?;
+        drop(stage);
+        eprintln!("bench:   {:.0} connections/s", run.connections_per_s);
+        sequence.push((Config::Untraced, run.connections_per_s));
         bpf_stats(true)?;
         let empty = EmptyPrograms::attach(&EMPTY_PROGRAMS)?;
         for round in 0..KERNEL_COST_RUNS {
@@ -894,7 +923,7 @@ pub fn run(root: &Path, tcptrace: &Path, seconds: u64) -> Result<()> {
     writeln!(md, "# Benchmarks\n")?;
     writeln!(
         md,
-        "Made by `{command}` on {} ({} cores), in one run. Each configuration ran {ROUNDS} times, each time just after an untraced run (untraced, A, untraced, B, … in every round); a ratio is the median of the {ROUNDS} paired ratios (each run against the untraced run just before it), with their lowest and highest; other figures are medians of the runs. Workload: nginx 1 worker on 127.0.0.1:{PORT} closing after every response, `wrk -t1 -c32 -d{seconds}s -H 'Connection: close'`: one new connection per request. Both run in a network namespace made for each run and deleted after it (the tracers run outside it, and trace every namespace), so that no run starts beside the TIME-WAITs the run before left (a run leaves 14 000–28 000, each followed by a tracer that starts beside them, from its start-up snapshot to its end, with a connection record of its own). The row *the same, started beside the untraced run's TIME-WAITs* is `--json` started in the namespace of the untraced run just before it, which it is paired with: what following those costs.\n",
+        "Made by `{command}` on {} ({} cores), in one run. Each configuration ran {ROUNDS} times, each time just after an untraced run (untraced, A, untraced, B, … in every round, and one untraced run after the last); a ratio is the median of the {ROUNDS} paired ratios (each run against the untraced run just before it), with their lowest and highest; other figures are medians of the runs. Workload: nginx 1 worker on 127.0.0.1:{PORT} closing after every response, `wrk -t1 -c32 -d{seconds}s -H 'Connection: close'`: one new connection per request. Both run in a network namespace made for each run and deleted after it (the tracers run outside it, and trace every namespace), so that no run starts beside the TIME-WAITs the run before left (a run leaves 14 000–28 000, each followed by a tracer that starts beside them, from its start-up snapshot to its end, with a connection record of its own). The row *the same, started beside the untraced run's TIME-WAITs* is `--json` started in the namespace of the untraced run just before it, which it is paired with: what following those costs.\n",
         machine(),
         thread::available_parallelism().map_or(0, |n| n.get())
     )?;
@@ -980,7 +1009,40 @@ pub fn run(root: &Path, tcptrace: &Path, seconds: u64) -> Result<()> {
         md,
         "\nExpected events are 10 transitions per connection (5 per side); the kernel adds the odd same-state event (FIN_WAIT1 → FIN_WAIT1), so a little more than expected is normal. Kernel ns per event is `run_time_ns / run_cnt` of the `inet_sock_set_state` program (bpftrace's read with `bpftool prog show` while it runs), and the timer programs' cost is the `run_time_ns` of `timer_cancel` and `timer_expire_entry` together over the connections made (there is no `timer_start` program); both are medians of {KERNEL_COST_RUNS} more runs each of `--json`, `--port 9` and bpftrace after the throughput rounds, with `kernel.bpf_stats_enabled=1`. The throughput runs are made without those statistics, which add two clock reads to every program run: during the same runs, empty programs (`r0 = 0; exit`, loaded by the bench as raw tracepoint programs) measured {empty_set_state:.0} ns a run on `inet_sock_set_state`, {empty_cancel:.0} on `timer_cancel` and {empty_expire:.0} on `timer_expire_entry`, which is the statistics' own cost and no program's, and the kernel targets below take it off (the columns are as measured). Tracer CPU is counted from when the tracer says it traces, to the end: loading and verifying its programs, reading the kernel's BTF and `/proc/kallsyms` come before, once per start ({start_cpu_s:.2} s for `--json`, median). bpftrace prints what a tcptrace event line says (time, socket, both addresses with `ntop`, both states, pid, comm) to a file with `-o`, so both tools do the same work per event. Every tcptrace run has the per-event fields on: the namespace on every event, the cgroup where a socket starts, the TCP counters at every close.\n"
     )?;
-    writeln!(md, "## Targets\n")?;
+    writeln!(md, "### The ratios where the machine kept its speed\n")?;
+    writeln!(
+        md,
+        "Each traced run again, against the untraced runs just before and just after it, where those two differ by at most {:.0} % (a steady bracket; in the others the machine changed speed during the three runs, and the run's own pair above is off by as much). The untraced rate of the steady brackets says how fast the machine was in them: the tracer's share of the cost grows with the events a second.\n",
+        STEADY * 100.0
+    )?;
+    writeln!(
+        md,
+        "| configuration | steady brackets | vs the mean of the untraced runs around it (median, lowest–highest) | untraced connections/s in them (lowest–highest) |"
+    )?;
+    writeln!(md, "|---|---|---|---|")?;
+    for config in traced {
+        let brackets = steady_brackets(&sequence, config);
+        let range = |values: &[f64], digits: usize| {
+            let low = values.iter().copied().fold(f64::INFINITY, f64::min);
+            let high = values.iter().copied().fold(0.0, f64::max);
+            format!("{low:.digits$}–{high:.digits$}")
+        };
+        let (ratios, untraced): (Vec<f64>, Vec<f64>) = brackets.iter().copied().unzip();
+        let shown = if brackets.is_empty() {
+            ["–".to_owned(), "–".to_owned()]
+        } else {
+            [format!("{:.3}× ({})", median(ratios.clone()), range(&ratios, 3)), range(&untraced, 0)]
+        };
+        writeln!(
+            md,
+            "| {} | {} of {ROUNDS} | {} | {} |",
+            config.name(),
+            brackets.len(),
+            shown[0],
+            shown[1]
+        )?;
+    }
+    writeln!(md, "\n## Targets\n")?;
     writeln!(md, "| target | measured | |\n|---|---|---|")?;
     writeln!(
         md,
@@ -1163,4 +1225,30 @@ pub fn soak(root: &Path, tcptrace: &Path, connections: u64) -> Result<()> {
     );
     let _ = fs::remove_file(&output);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bracket_counts_only_where_the_untraced_runs_around_it_agree() {
+        use Config::{Json, Metrics, Untraced};
+        let sequence = [
+            (Untraced, 45_000.0),
+            (Json, 40_500.0),
+            // Within 10 % of the run before: steady, against their mean of 47 000.
+            (Untraced, 49_000.0),
+            (Metrics, 60_000.0),
+            // The machine sped up: left out.
+            (Untraced, 72_000.0),
+            (Json, 54_000.0),
+            (Untraced, 72_000.0),
+        ];
+        let json = steady_brackets(&sequence, Json);
+        assert_eq!(json.len(), 2);
+        assert!((json[0].0 - 40_500.0 / 47_000.0).abs() < 1e-12 && json[0].1 == 47_000.0);
+        assert_eq!(json[1], (0.75, 72_000.0));
+        assert!(steady_brackets(&sequence, Metrics).is_empty());
+    }
 }
