@@ -25,6 +25,18 @@ const OCTETS: [([u8; 4], usize); 256] = {
     table
 };
 
+/// The two lowercase hex digits of every byte value.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut table = [[0u8; 2]; 256];
+    let mut value = 0;
+    while value < 256 {
+        table[value] = [DIGITS[value >> 4], DIGITS[value & 0xf]];
+        value += 1;
+    }
+    table
+};
+
 #[derive(Default)]
 pub struct JsonLine {
     buffer: Vec<u8>,
@@ -88,14 +100,18 @@ impl JsonLine {
         self.raw(if value { "true" } else { "false" })
     }
 
-    /// `"0x…"`, lowercase, as `{:#x}` writes it.
+    /// `"0x…"`, lowercase, as `{:#x}` writes it. All 16 digits are written a byte (two
+    /// digits) at a time, then the leading zeros dropped: the kernel addresses this writes
+    /// have none.
     pub fn hex(&mut self, value: u64) -> &mut Self {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
         let len = (64 - value.leading_zeros() as usize).div_ceil(4).max(1);
         self.append_in_place(|block: &mut [u8; 20]| {
             block[..3].copy_from_slice(b"\"0x");
-            for (i, digit) in block[3..3 + len].iter_mut().rev().enumerate() {
-                *digit = DIGITS[(value >> (4 * i) & 0xf) as usize];
+            for (i, byte) in value.to_be_bytes().into_iter().enumerate() {
+                block[3 + 2 * i..5 + 2 * i].copy_from_slice(&HEX_PAIRS[usize::from(byte)]);
+            }
+            if len < 16 {
+                block.copy_within(19 - len..19, 3);
             }
             block[3 + len] = b'"';
             len + 4
