@@ -823,7 +823,7 @@ pub fn run(root: &Path, tcptrace: &Path, seconds: u64) -> Result<()> {
         KERNEL_COST_CONFIGS.map(|c| (c, Vec::new())).into();
     // ns a run of each of `EMPTY_PROGRAMS`, over all the kernel-cost runs.
     let mut empty_ns = Vec::new();
-    // Every churn run's rate, in the order they ran, for `brackets`.
+    // Every churn run's rate, in the order they ran, for `steady_brackets`.
     let mut sequence: Vec<(Config, f64)> = Vec::new();
     let churn = (|| -> Result<()> {
         for round in 0..ROUNDS {
