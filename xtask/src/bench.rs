@@ -128,6 +128,13 @@ fn steady_brackets(sequence: &[(Config, f64)], config: Config) -> Vec<(f64, f64)
         .collect()
 }
 
+/// The lowest and the highest of `values`.
+fn lowest_and_highest(values: &[f64]) -> (f64, f64) {
+    let low = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let high = values.iter().copied().fold(0.0, f64::max);
+    (low, high)
+}
+
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
@@ -914,8 +921,7 @@ pub fn run(root: &Path, tcptrace: &Path, seconds: u64) -> Result<()> {
     // drifts between rounds, so these pairs are what the ratios are.
     let paired = |config: Config| {
         let ratios: Vec<f64> = runs_of(config).iter().filter_map(|r| r.vs_untraced).collect();
-        let low = ratios.iter().copied().fold(f64::INFINITY, f64::min);
-        let high = ratios.iter().copied().fold(0.0, f64::max);
+        let (low, high) = lowest_and_highest(&ratios);
         (median(ratios), low, high)
     };
     let mut md = String::new();
@@ -1021,25 +1027,23 @@ pub fn run(root: &Path, tcptrace: &Path, seconds: u64) -> Result<()> {
     )?;
     writeln!(md, "|---|---|---|---|")?;
     for config in traced {
-        let brackets = steady_brackets(&sequence, config);
-        let range = |values: &[f64], digits: usize| {
-            let low = values.iter().copied().fold(f64::INFINITY, f64::min);
-            let high = values.iter().copied().fold(0.0, f64::max);
-            format!("{low:.digits$}–{high:.digits$}")
-        };
-        let (ratios, untraced): (Vec<f64>, Vec<f64>) = brackets.iter().copied().unzip();
-        let shown = if brackets.is_empty() {
-            ["–".to_owned(), "–".to_owned()]
+        let (ratios, untraced): (Vec<f64>, Vec<f64>) =
+            steady_brackets(&sequence, config).into_iter().unzip();
+        let steady = ratios.len();
+        let (shown_ratio, shown_untraced) = if ratios.is_empty() {
+            ("–".to_owned(), "–".to_owned())
         } else {
-            [format!("{:.3}× ({})", median(ratios.clone()), range(&ratios, 3)), range(&untraced, 0)]
+            let (low, high) = lowest_and_highest(&ratios);
+            let (slowest, fastest) = lowest_and_highest(&untraced);
+            (
+                format!("{:.3}× ({low:.3}–{high:.3})", median(ratios)),
+                format!("{slowest:.0}–{fastest:.0}"),
+            )
         };
         writeln!(
             md,
-            "| {} | {} of {ROUNDS} | {} | {} |",
-            config.name(),
-            brackets.len(),
-            shown[0],
-            shown[1]
+            "| {} | {steady} of {ROUNDS} | {shown_ratio} | {shown_untraced} |",
+            config.name()
         )?;
     }
     writeln!(md, "\n## Targets\n")?;
