@@ -3,13 +3,13 @@
 //! the time they leave idle (`SCHED_IDLE`) for as long as that is safe. It becomes a batch
 //! task again (`SCHED_BATCH`: its fair share, but its wake-ups still don't preempt) the moment
 //! it falls behind: when a drain finds the ring half full (the kernel wakes it at an eighth),
-//! or when a watchdog thread sees that it has not drained for [`STARVED_AFTER`], as on a
-//! host with no idle time, where an idle task hardly runs at all. It yields only while the
-//! ring can hold what arrives until the watchdog acts, at the rate of the last
-//! [`RATE_WINDOW`], with three quarters of it to spare ([`may_yield`]), and a drain finds the
-//! ring less than a quarter full. A small ring at a high rate never yields, and neither
-//! does a tracer that could not stop yielding: leaving `SCHED_IDLE` needs `CAP_SYS_NICE`,
-//! which a tracer given only `CAP_BPF` and `CAP_PERFMON` lacks.
+//! or when a watchdog thread sees that it has not drained for a while ([`starved_after`]),
+//! as on a host with no idle time, where an idle task hardly runs at all. That while is
+//! shorter the faster events come (at the rate of the last [`RATE_WINDOW`]), and it yields
+//! only while the ring can take what arrives until it drains again with half of it to
+//! spare, and a drain finds the ring less than a quarter full. A small ring at a high rate never yields, and neither does a tracer that could not
+//! stop yielding: leaving `SCHED_IDLE` needs `CAP_SYS_NICE`, which a tracer given only
+//! `CAP_BPF` and `CAP_PERFMON` lacks.
 
 use std::{
     io,
@@ -23,21 +23,71 @@ use std::{
 
 use crate::clock::monotonic_now_ns;
 
-/// How long the ring may go undrained before the watchdog stops the tracer yielding. It
-/// drains at least every 10 ms while it gets to run: at 30 MB/s of events (the bench's
-/// churn), 20 ms more is 0.6 MB of the default 4 MiB ring.
-pub const STARVED_AFTER: Duration = Duration::from_millis(20);
-/// How often the watchdog looks again once the ring went undrained that long.
-const WATCH_EVERY: Duration = Duration::from_millis(5);
-/// How long the event rate is measured over, for [`may_yield`].
+/// The longest the ring may go undrained before the watchdog stops the tracer yielding:
+/// it drains at least every 10 ms while it gets to run.
+pub const LONGEST_STARVED: Duration = Duration::from_millis(20);
+/// How long the watchdog, and then the draining thread, may wait for a CPU once starved:
+/// neither preempts when it wakes (both are batch tasks then), so each waits for the
+/// running task's turn to end, at the next timer tick (4 ms at this kernel's 250 Hz).
+pub const SCHEDULING_LATENCY: Duration = Duration::from_millis(8);
+/// How long the event rate is measured over, for [`starved_after`].
 pub const RATE_WINDOW: Duration = Duration::from_millis(100);
+/// How long the tracer waits, after it fell behind, before it yields again ([`Backoff`])…
+const FIRST_BACKOFF: Duration = Duration::from_millis(10);
+/// … twice as long each time it falls behind again this soon after it yielded again …
+const SOON_BEHIND: Duration = Duration::from_millis(100);
+/// … up to this.
+const LONGEST_BACKOFF: Duration = Duration::from_secs(1);
 
-/// Whether the draining thread may yield: a ring of `ring_size` bytes takes what arrives at
-/// `bytes_per_s` until the watchdog makes it a batch task again ([`STARVED_AFTER`], and
-/// twice the watchdog's interval for it to look and be scheduled) in a quarter of it.
-pub fn may_yield(ring_size: u64, bytes_per_s: u64) -> bool {
-    let waited_ns = (STARVED_AFTER + 2 * WATCH_EVERY).as_nanos();
-    u128::from(bytes_per_s) * waited_ns / 1_000_000_000 < u128::from(ring_size / 4)
+/// How long a ring of `ring_size` bytes filling at `bytes_per_s` may go undrained before
+/// the watchdog stops the tracer yielding, or `None` if it should not yield at all.
+///
+/// A sixth of the time the ring takes to fill: the kernel wakes the tracer at an eighth,
+/// so a tracer woken that drains soon after is not taken as starved. The watchdog then
+/// looks again every quarter of that ([`watch_every`]), and after it acts the draining
+/// thread may wait [`SCHEDULING_LATENCY`] more: the ring must not be more than half full
+/// by then, the other half left for a rate that rises. With the default 4 MiB ring that is
+/// up to about 150 MB/s of events.
+pub fn starved_after(ring_size: u64, bytes_per_s: u64) -> Option<Duration> {
+    let fill_ns = u128::from(ring_size) * 1_000_000_000 / u128::from(bytes_per_s.max(1));
+    let starved_ns = (fill_ns / 6).min(LONGEST_STARVED.as_nanos());
+    let starved = Duration::from_nanos(starved_ns as u64);
+    let drained_by = starved + watch_every(starved) + SCHEDULING_LATENCY;
+    (drained_by.as_nanos() <= fill_ns / 2).then_some(starved)
+}
+
+/// When the tracer may yield again after it fell behind. On a host with idle time it falls
+/// behind now and then (a drain came late, or a burst filled the ring), and yields again
+/// after [`FIRST_BACKOFF`]; on a host with none it falls behind soon after each time it
+/// yields, and each time it then waits twice as long, up to [`LONGEST_BACKOFF`]: it stays a
+/// batch task nearly all the time, and every time it tries to yield risks the ring.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Backoff {
+    wait: Duration,
+    /// When it last fell behind, and last yielded again (ns).
+    behind_ns: u64,
+    resumed_ns: u64,
+}
+
+impl Backoff {
+    fn fell_behind(&mut self, now_ns: u64) {
+        let soon = now_ns.saturating_sub(self.resumed_ns) < SOON_BEHIND.as_nanos() as u64;
+        self.wait = if soon {
+            (self.wait * 2).clamp(FIRST_BACKOFF, LONGEST_BACKOFF)
+        } else {
+            FIRST_BACKOFF
+        };
+        self.behind_ns = now_ns;
+    }
+
+    fn may_yield(&self, now_ns: u64) -> bool {
+        now_ns.saturating_sub(self.behind_ns) >= self.wait.as_nanos() as u64
+    }
+}
+
+/// How often the watchdog looks again once the ring went `starved` undrained.
+fn watch_every(starved: Duration) -> Duration {
+    starved / 4
 }
 
 /// The draining thread's yielding, and its watchdog; the watchdog stops when dropped.
@@ -49,8 +99,10 @@ pub struct Yielding {
     /// Bytes drained since `window_since_ns`, for the rate.
     window_bytes: u64,
     window_since_ns: u64,
-    /// [`may_yield`] at the rate of the last whole window (not before one was measured).
-    may_yield: bool,
+    /// [`starved_after`] at the rate of the last whole window (`None`, not yielding, before
+    /// one was measured).
+    starved_after: Option<Duration>,
+    backoff: Backoff,
     /// The watchdog; none where the thread could not stop yielding again.
     watchdog: Option<JoinHandle<()>>,
 }
@@ -59,6 +111,10 @@ struct Shared {
     /// The draining thread.
     tid: libc::pid_t,
     last_drain_ns: AtomicU64,
+    /// [`starved_after`] now, in ns, for the watchdog.
+    starved_after_ns: AtomicU64,
+    /// When the watchdog last stopped the tracer yielding (ns; 0 for never).
+    starved_ns: AtomicU64,
     /// Whether it is `SCHED_IDLE` now.
     idle: AtomicBool,
     stop: AtomicBool,
@@ -88,15 +144,17 @@ fn set_policy(tid: libc::pid_t, policy: libc::c_int) -> io::Result<()> {
 }
 
 impl Shared {
-    /// Moves the draining thread to `SCHED_IDLE` (or back), if it is not there already.
-    fn set_yielding(&self, idle: bool) {
+    /// Moves the draining thread to `SCHED_IDLE` (or back), if it is not there already;
+    /// whether it moved.
+    fn set_yielding(&self, idle: bool) -> bool {
         if self.idle.compare_exchange(!idle, idle, Ordering::AcqRel, Ordering::Relaxed).is_err() {
-            return;
+            return false;
         }
         let policy = if idle { libc::SCHED_IDLE } else { libc::SCHED_BATCH };
         if let Err(error) = set_policy(self.tid, policy) {
             crate::debug(format_args!("scheduling policy {policy} refused: {error}"));
         }
+        true
     }
 }
 
@@ -125,13 +183,15 @@ fn can_stop_yielding() -> bool {
 
 impl Yielding {
     /// Lets the calling thread, the one that drains a ring of `ring_size` bytes, yield
-    /// from the first [`RATE_WINDOW`] on, as the rate allows, and starts its watchdog (which
+    /// from the first [`RATE_WINDOW`] on, as the rate allows ([`starved_after`]), and starts its watchdog (which
     /// keeps the calling thread's policy, and never yields itself); where the thread could
     /// not stop yielding again, it never yields.
     pub fn start(ring_size: u64) -> io::Result<Yielding> {
         let shared = Arc::new(Shared {
             tid: gettid(),
             last_drain_ns: AtomicU64::new(monotonic_now_ns()),
+            starved_after_ns: AtomicU64::new(LONGEST_STARVED.as_nanos() as u64),
+            starved_ns: AtomicU64::new(0),
             idle: AtomicBool::new(false),
             stop: AtomicBool::new(false),
         });
@@ -140,7 +200,8 @@ impl Yielding {
             ring_size,
             window_bytes: 0,
             window_since_ns: monotonic_now_ns(),
-            may_yield: false,
+            starved_after: None,
+            backoff: Backoff::default(),
             watchdog: None,
         };
         if !can_stop_yielding() {
@@ -148,25 +209,25 @@ impl Yielding {
         }
         let watched = shared;
         let watchdog = thread::Builder::new().name("tcptrace-watch".into()).spawn(move || {
-            let starved_ns = STARVED_AFTER.as_nanos() as u64;
             while !watched.stop.load(Ordering::Relaxed) {
-                // Asleep until the last drain is STARVED_AFTER old, not woken every
-                // WATCH_EVERY: a third of the wake-ups in the bench's churn (310 against
-                // 905 in 5 s), each a context switch on a core the traced programs need.
+                // Asleep until the last drain is that old, not woken every `watch_every`:
+                // a third of the wake-ups in the bench's churn (310 against 905 in 5 s, on
+                // an earlier host), each a context switch on a core the traced programs need.
+                let starved_ns = watched.starved_after_ns.load(Ordering::Relaxed);
                 let since = monotonic_now_ns()
                     .saturating_sub(watched.last_drain_ns.load(Ordering::Relaxed));
                 if since <= starved_ns {
                     thread::park_timeout(Duration::from_nanos(starved_ns - since + 1));
                     continue;
                 }
-                if watched.idle.load(Ordering::Relaxed) {
-                    watched.set_yielding(false);
+                if watched.set_yielding(false) {
+                    watched.starved_ns.store(monotonic_now_ns(), Ordering::Relaxed);
                     crate::debug(format_args!(
                         "stopped yielding: the ring went {} ms undrained",
                         since / 1_000_000
                     ));
                 }
-                thread::park_timeout(WATCH_EVERY);
+                thread::park_timeout(watch_every(Duration::from_nanos(starved_ns)));
             }
         })?;
         yielding.watchdog = Some(watchdog);
@@ -184,13 +245,28 @@ impl Yielding {
         let window_ns = now_ns.saturating_sub(self.window_since_ns);
         if window_ns >= RATE_WINDOW.as_nanos() as u64 {
             let bytes_per_s = u128::from(self.window_bytes) * 1_000_000_000 / u128::from(window_ns);
-            self.may_yield = may_yield(self.ring_size, bytes_per_s.try_into().unwrap_or(u64::MAX));
+            self.starved_after =
+                starved_after(self.ring_size, bytes_per_s.try_into().unwrap_or(u64::MAX));
+            if let Some(starved) = self.starved_after {
+                self.shared.starved_after_ns.store(starved.as_nanos() as u64, Ordering::Relaxed);
+            }
             (self.window_bytes, self.window_since_ns) = (0, now_ns);
         }
-        if !self.may_yield || bytes >= self.ring_size / 2 {
+        let starved_ns = self.shared.starved_ns.load(Ordering::Relaxed);
+        if starved_ns > self.backoff.behind_ns {
+            self.backoff.fell_behind(starved_ns);
+        }
+        if self.starved_after.is_none() {
             self.shared.set_yielding(false);
-        } else if bytes < self.ring_size / 4 {
-            self.shared.set_yielding(true);
+        } else if bytes >= self.ring_size / 2 {
+            if self.shared.set_yielding(false) {
+                self.backoff.fell_behind(now_ns);
+            }
+        } else if bytes < self.ring_size / 4
+            && self.backoff.may_yield(now_ns)
+            && self.shared.set_yielding(true)
+        {
+            self.backoff.resumed_ns = now_ns;
         }
     }
 }
@@ -212,15 +288,55 @@ mod tests {
     use super::*;
 
     #[test]
-    fn yields_only_while_a_quarter_of_the_ring_takes_what_comes_before_the_watchdog_acts() {
+    fn the_tracer_is_draining_again_before_half_the_ring_fills() {
         const MIB: u64 = 1 << 20;
-        // The bench's churn, about 31 MB/s of events, in the default 4 MiB ring: 30 ms of it
-        // is 0.9 MiB, under a quarter.
-        assert!(may_yield(4 * MIB, 31_000_000));
-        assert!(!may_yield(4 * MIB, 40 * MIB));
-        // A 64 KiB ring takes 16 KiB in a quarter: 30 ms of 500 kB/s at most.
-        assert!(may_yield(64 << 10, 500_000));
-        assert!(!may_yield(64 << 10, 1_000_000));
-        assert!(may_yield(4 * MIB, 0));
+        let ms = Duration::from_millis;
+        // Slow events: the longest wait, 20 ms (and 5 more for the watchdog to look).
+        assert_eq!(starved_after(4 * MIB, 31_000_000), Some(LONGEST_STARVED));
+        assert_eq!(starved_after(4 * MIB, 0), Some(LONGEST_STARVED));
+        // The bench's churn on a fast host, 141 MB/s in the default 4 MiB ring, fills it in
+        // 30 ms: starved after 5, the eighth where the kernel wakes the tracer in 3.7.
+        let starved = starved_after(4 * MIB, 141_000_000).unwrap();
+        assert!(ms(4) < starved && starved < ms(5), "{starved:?}");
+        assert!(Duration::from_secs_f64(0.5 * MIB as f64 / 141e6) < starved);
+        for (ring, rate) in [(4 * MIB, 31_000_000), (4 * MIB, 141_000_000), (64 << 10, 2_000_000)] {
+            let starved = starved_after(ring, rate).unwrap();
+            let drained_by = starved + watch_every(starved) + SCHEDULING_LATENCY;
+            assert!(drained_by.as_secs_f64() * rate as f64 <= (ring / 2) as f64, "{ring} {rate}");
+        }
+        // Too fast for the ring: it does not yield.
+        assert_eq!(starved_after(4 * MIB, 160_000_000), None);
+        assert_eq!(starved_after(MIB, 80_000_000), None);
+        assert_eq!(starved_after(64 << 10, 3_000_000), None);
+    }
+
+    #[test]
+    fn falling_behind_soon_after_each_yield_makes_the_tracer_wait_longer_each_time() {
+        let ms = |ms: u64| ms * 1_000_000;
+        let mut backoff = Backoff::default();
+        assert!(backoff.may_yield(ms(5)), "it yields from the start");
+        // Behind now and then: it yields again 10 ms later, every time.
+        for at in [1_000, 1_500, 2_000] {
+            backoff.resumed_ns = ms(at - 300);
+            backoff.fell_behind(ms(at));
+            assert_eq!(backoff.wait, FIRST_BACKOFF);
+            assert!(!backoff.may_yield(ms(at + 9)) && backoff.may_yield(ms(at + 10)));
+        }
+        // Behind each time within 100 ms of yielding again: 20, 40, … up to a second.
+        let mut waits = Vec::new();
+        let mut now = ms(3_000);
+        for _ in 0..9 {
+            backoff.resumed_ns = now;
+            now += ms(30);
+            backoff.fell_behind(now);
+            waits.push(backoff.wait.as_millis());
+            now += backoff.wait.as_nanos() as u64;
+            assert!(backoff.may_yield(now));
+        }
+        assert_eq!(waits, [20, 40, 80, 160, 320, 640, 1000, 1000, 1000]);
+        // Keeping up for a while: back to 10 ms.
+        backoff.resumed_ns = now;
+        backoff.fell_behind(now + ms(500));
+        assert_eq!(backoff.wait, FIRST_BACKOFF);
     }
 }
