@@ -56,7 +56,8 @@ struct Live<W: Write> {
     last_netns: Option<u32>,
     /// With `--metrics`: the tracer's own health, measured here.
     health: Option<Health>,
-    /// Live tracing's yielding to the traced programs (not `top`'s or the lab's).
+    /// Yielding to the traced programs: live tracing's and `top`'s (not the lab's, whose
+    /// traced programs are its own).
     yielding: Option<Yielding>,
 }
 

@@ -27,7 +27,7 @@ use crate::{
     live::{self, Session, Step},
     pipeline::{Pipeline, PipelineOptions},
     render::top::{Rates, SortBy, Tally, Totals, View, draw},
-    sink,
+    sink, yielding,
 };
 
 pub async fn run(args: &TopArgs) -> Result<()> {
@@ -36,6 +36,7 @@ pub async fn run(args: &TopArgs) -> Result<()> {
             "tcptrace top draws a full screen and needs a terminal; for lines to read or pipe, run tcptrace (or tcptrace --json)"
         );
     }
+    yielding::run_as_batch_job();
     let clock = WallClock::now();
     let ephemeral_ports = live::ephemeral_port_range();
     let trace = args.trace();
@@ -54,7 +55,10 @@ pub async fn run(args: &TopArgs) -> Result<()> {
     };
     let pipeline = Pipeline::new(sink::stdout(), clock, options);
     let held = HeldStderr::start()?;
-    let session = Session::attach(&trace, pipeline, recorder, None);
+    // Yielding as live tracing does: the screen is drawn by the thread that drains the
+    // ring, which the watchdog makes a batch task again whenever the ring waits too long.
+    let session = Session::attach(&trace, pipeline, recorder, None)
+        .and_then(|mut session| session.yield_to_traced(trace.run.ring_size).map(|()| session));
     let mut session = match session {
         Ok(session) => session,
         Err(error) => {

@@ -99,6 +99,29 @@ fn count(screen: &str, label: &str) -> u64 {
     rest.chars().take_while(char::is_ascii_digit).collect::<String>().parse().unwrap()
 }
 
+/// The pid of the process whose command line contains `args`.
+fn process_with_args(args: &str) -> Option<libc::pid_t> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+        let pid = entry.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        cmdline.contains(args).then_some(pid)
+    })
+}
+
+/// Whether thread `tid` is `SCHED_IDLE` within 5 s.
+fn yields_soon(tid: libc::pid_t) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        // SAFETY: asks about a process of the test's own making, by pid.
+        if unsafe { libc::sched_getscheduler(tid) } == libc::SCHED_IDLE {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
 #[test]
 fn top_shows_live_time_waits_and_close_waits_and_gives_the_terminal_back() {
     support::require_root();
@@ -119,6 +142,9 @@ fn top_shows_live_time_waits_and_close_waits_and_gives_the_terminal_back() {
     tmux.wait_for(&["tcptrace top (port", "q quit"]);
     assert_eq!(tmux.format("#{alternate_on}"), "1", "top takes the alternate screen");
     assert!(stty(&tty).contains("-icanon"), "top puts the terminal in raw mode");
+    // Its thread that drains the ring (and draws) yields the CPU, as live tracing's does.
+    let top = process_with_args(&format!("top --port {port} ")).expect("top runs");
+    assert!(yields_soon(top), "top's draining thread becomes an idle task (SCHED_IDLE)");
     let mut peer = peer(port, 3, 2);
     // Live: the three TIME-WAITs on the server's port and the two CLOSE_WAITs appear,
     // and the listener's owner holds the CLOSE_WAITs, stuck after 1 s.
