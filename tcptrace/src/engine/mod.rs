@@ -142,9 +142,11 @@ impl Default for EngineOptions {
 
 pub struct Engine {
     options: EngineOptions,
-    /// Events waiting out the reorder window, sorted by time, then arrival. They nearly
-    /// always arrive in order, so this is a queue with the odd insertion near its back.
+    /// Events waiting out the reorder window, sorted by time, then arrival.
     pending: VecDeque<TcpEvent>,
+    /// Events pushed since `pending` was last processed, in arrival order: a run from each
+    /// ring buffer in turn, each run in time order ([`Engine::order_arrivals`]).
+    arrivals: Vec<TcpEvent>,
     next_id: u64,
     connections: Slab<Tracked>,
     sides: Slab<Side>,
@@ -193,6 +195,7 @@ impl Engine {
         Engine {
             options,
             pending: VecDeque::new(),
+            arrivals: Vec::new(),
             next_id: 1,
             connections: Slab::new(),
             sides: Slab::new(),
@@ -237,13 +240,27 @@ impl Engine {
     /// reorder window.
     pub fn push(&mut self, event: TcpEvent) {
         self.newest_ns = self.newest_ns.max(event.ts_ns);
-        if self.pending.back().is_none_or(|last| last.ts_ns <= event.ts_ns) {
-            self.pending.push_back(event);
-        } else {
-            // After every queued event of the same time or earlier: ties keep arrival order.
-            let at = self.pending.partition_point(|queued| queued.ts_ns <= event.ts_ns);
-            self.pending.insert(at, event);
+        self.arrivals.push(event);
+    }
+
+    /// Moves the events that arrived into `pending`, in time order, ties in arrival order.
+    /// A stable sort finds the batch's runs (one per ring buffer) and merges them; then the
+    /// batch merges with the tail of `pending` it overlaps. Inserting each event where it
+    /// belongs instead moved the queue's tail for every event of the later-read rings.
+    fn order_arrivals(&mut self) {
+        self.arrivals.sort_by_key(|event| event.ts_ns);
+        let Some(first_ns) = self.arrivals.first().map(|event| event.ts_ns) else { return };
+        // Queued earlier, so first among equal times.
+        let overlap = self.pending.partition_point(|queued| queued.ts_ns <= first_ns);
+        let mut earlier: VecDeque<TcpEvent> = self.pending.drain(overlap..).collect();
+        let mut arrivals = self.arrivals.drain(..).peekable();
+        while let Some(queued) = earlier.front() {
+            match arrivals.next_if(|arrived| arrived.ts_ns < queued.ts_ns) {
+                Some(arrived) => self.pending.push_back(arrived),
+                None => self.pending.extend(earlier.pop_front()),
+            }
         }
+        self.pending.extend(arrivals);
     }
 
     /// `count` events were lost before reaching us, as learnt at `noticed_ns`: any
@@ -314,6 +331,7 @@ impl Engine {
     }
 
     fn process_until(&mut self, until_ns: u64, out: &mut impl FnMut(Output<'_>)) {
+        self.order_arrivals();
         // Taken out while its events are processed where they lie: nothing below queues
         // events, and moving each out first copied its 240 bytes.
         let mut pending = std::mem::take(&mut self.pending);

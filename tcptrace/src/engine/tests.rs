@@ -375,6 +375,55 @@ fn out_of_order_events_within_the_window_give_the_same_records() {
     assert_eq!(connections, expected);
 }
 
+/// A drain reads a ring buffer per CPU, one after another: the events come as runs, each
+/// in time order, the later runs reaching back before the earlier ones' ends.
+#[test]
+fn events_read_ring_after_ring_are_handled_in_time_order() {
+    let (expected, expected_events, _) = simultaneous_close().run(1400.0);
+    let events = simultaneous_close().events;
+    let (even, odd): (Vec<_>, Vec<_>) = events.iter().enumerate().partition(|(i, _)| i % 2 == 0);
+    let mut engine = Engine::new(EngineOptions::default());
+    for (_, event) in even.into_iter().chain(odd) {
+        engine.push(*event);
+    }
+    let mut connections = Vec::new();
+    let mut handled = Vec::new();
+    engine.finish(1400 * 1_000_000_000, &mut |output| match output {
+        Output::Event(event, _) => handled.push(*event),
+        Output::Connection(connection) => connections.push(connection.clone()),
+        Output::Stuck(_) | Output::Closed(_) => {}
+    });
+    assert_eq!(connections, expected);
+    let expected_events: Vec<TcpEvent> = expected_events.into_iter().map(|(e, _)| e).collect();
+    assert_eq!(handled, expected_events);
+}
+
+/// Events of the same time keep the order they arrived in, across batches too.
+#[test]
+fn events_of_the_same_time_keep_their_arrival_order() {
+    let mut r = Recording::default();
+    let a = ("127.0.0.1:50000", "127.0.0.1:80");
+    r.transition(1.0, 7, Closed, SynSent, a, Some(1))
+        .transition(1.0, 7, SynSent, Established, a, None)
+        .transition(1.0, 7, Established, FinWait1, a, None)
+        .transition(1.0, 7, FinWait1, FinWait2, a, None);
+    let mut engine = Engine::new(EngineOptions::default());
+    let mut handled = Vec::new();
+    let mut keep = |output: Output<'_>| {
+        if let Output::Event(event, _) = output {
+            handled.push(*event);
+        }
+    };
+    // Two arrive and wait in the queue; two more arrive before they are handled.
+    engine.push(r.events[0]);
+    engine.push(r.events[1]);
+    engine.advance(1_000_000_000, &mut keep);
+    engine.push(r.events[2]);
+    engine.push(r.events[3]);
+    engine.finish(2_000_000_000, &mut keep);
+    assert_eq!(handled, r.events);
+}
+
 #[test]
 fn a_reused_socket_address_starts_a_new_connection() {
     let mut r = Recording::default();
