@@ -391,7 +391,13 @@ pub struct Config {
     /// events of a CPU, not on each: the ring grows by at most this many events per CPU
     /// past the level before the reader is woken. At least 1.
     pub wakeup_check_every: u32,
+    /// How many ring buffers are in use, one per CPU up to [`MAX_RINGS`]: CPU `n` writes to
+    /// ring `n % ring_count`. At least 1.
+    pub ring_count: u32,
 }
+
+/// The most ring buffers the kernel program has (maps `EVENTS0` … `EVENTS7`).
+pub const MAX_RINGS: u32 = 8;
 
 /// Bytes one [`Event`] takes in the ring buffer: the event and the ring's 8-byte header.
 pub const RING_RECORD_BYTES: u32 = size_of::<Event>() as u32 + 8;

@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use tcptrace_common::{COMM_LEN, Config, Event, counter};
 
-use crate::{COUNTERS, EVENTS};
+use crate::{COUNTERS, ring_of};
 
 #[inline(always)]
 pub fn count(index: u32) {
@@ -33,14 +33,16 @@ pub fn emit(
     check_fill: bool,
     fill: impl FnOnce(&mut Event),
 ) {
-    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+    // SAFETY: the helper has no preconditions.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let ring = ring_of(cpu, config);
+    let Some(mut entry) = ring.reserve::<Event>(0) else {
         count(counter::LOST);
         return;
     };
     let event = zeroed(&mut entry);
     event.ts_ns = ts_ns;
-    // SAFETY: the helper has no preconditions.
-    event.cpu = unsafe { bpf_get_smp_processor_id() } as u8;
+    event.cpu = cpu as u8;
     event.kind = event_kind;
     event.sk = sk;
     if process_context {
@@ -57,7 +59,7 @@ pub fn emit(
     }
     fill(event);
     // Wake the reader only once a batch has piled up; it also polls on a short tick.
-    let flags = if check_fill && EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= config.wakeup_bytes {
+    let flags = if check_fill && ring.query(BPF_RB_AVAIL_DATA as u64) >= config.wakeup_bytes {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP

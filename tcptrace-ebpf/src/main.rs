@@ -27,7 +27,9 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use tcptrace_common::{Config, MeetWindow, RECORD_BYTES, STACK_SCAN_WORDS, TimerSlot, counter};
+use tcptrace_common::{
+    Config, MAX_RINGS, MeetWindow, RECORD_BYTES, STACK_SCAN_WORDS, TimerSlot, counter,
+};
 
 /// Set by the loader before load (field offsets, filters, `tw_timer_handler` and the
 /// timer functions).
@@ -35,9 +37,42 @@ use tcptrace_common::{Config, MeetWindow, RECORD_BYTES, STACK_SCAN_WORDS, TimerS
 // SAFETY: `Config` is plain data for which all-zero bytes are a valid value.
 static CONFIG: Config = unsafe { core::mem::zeroed() };
 
-/// Every event for userspace. The loader sets the size (`--ring-size`).
+/// Every event for userspace, in a ring buffer per CPU (up to [`MAX_RINGS`]; CPU `n`
+/// writes to ring `n % ring_count`): a ring shared by all CPUs cost 40–120 ns more an
+/// event, its lock and positions moving between them. The loader gives the ones in use
+/// `--ring-size` each, and the others a page.
 #[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+static EVENTS0: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+#[map]
+static EVENTS1: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+#[map]
+static EVENTS2: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+#[map]
+static EVENTS3: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+#[map]
+static EVENTS4: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+#[map]
+static EVENTS5: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+#[map]
+static EVENTS6: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+#[map]
+static EVENTS7: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+const _: () = assert!(MAX_RINGS == 8, "one EVENTS map for each ring");
+
+/// The ring buffer of the CPU `cpu`.
+#[inline(always)]
+fn ring_of(cpu: u32, config: &Config) -> &'static RingBuf {
+    match cpu % config.ring_count.max(1) {
+        0 => &EVENTS0,
+        1 => &EVENTS1,
+        2 => &EVENTS2,
+        3 => &EVENTS3,
+        4 => &EVENTS4,
+        5 => &EVENTS5,
+        6 => &EVENTS6,
+        _ => &EVENTS7,
+    }
+}
 
 /// Per-CPU counters (see `tcptrace_common::counter`).
 #[map]

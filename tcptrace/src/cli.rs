@@ -144,7 +144,7 @@ impl TopArgs {
     }
 }
 
-/// The default ring buffer: 4 MiB.
+/// The default ring buffer of each CPU: 4 MiB.
 pub const DEFAULT_RING_SIZE: u32 = 4 << 20;
 
 #[derive(Args, Debug)]
@@ -224,9 +224,9 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_snapshot: bool,
 
-    /// Ring-buffer size in bytes (a power of two, at least 4096): kernel memory, mapped
-    /// into tcptrace. Each event takes 176 bytes; the default 4 MiB holds about 23 800
-    /// events. Raise it if events are lost (docs/sizing.md).
+    /// Size in bytes of each CPU's ring buffer, up to 8 of them (a power of two, at least
+    /// 4096): kernel memory, mapped into tcptrace. Each event takes 176 bytes; the default
+    /// 4 MiB holds about 23 800 events. Raise it if events are lost (docs/sizing.md).
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_RING_SIZE, value_parser = parse_ring_size)]
     pub ring_size: u32,
 }

@@ -11,7 +11,6 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use aya::maps::{MapData, RingBuf};
 use tcptrace_common::RING_RECORD_BYTES;
 use tokio::{
     io::{Interest, unix::AsyncFd},
@@ -26,7 +25,8 @@ use crate::{
     event::{Home, TcpState, decode},
     kernel::{
         host::HomeResolver,
-        loader::{TraceOptions, Tracer, drain},
+        loader::{TraceOptions, Tracer},
+        rings::Rings,
         snapshot::{self, Snapshot},
     },
     metrics_server,
@@ -62,9 +62,10 @@ struct Live<W: Write> {
 }
 
 /// What `--metrics` says about the tracer itself: events read per second, and how full
-/// the ring buffer was at its fullest read, over each second.
+/// the fullest ring buffer was at its fullest read, over each second.
 pub struct Health {
     metrics: Arc<Metrics>,
+    /// Each ring's size ([`Session::attach`] sets it): the fullest ring says the fill.
     ring_size: u64,
     since_ns: u64,
     events_then: u64,
@@ -72,8 +73,7 @@ pub struct Health {
 }
 
 impl Health {
-    fn read(&mut self, records: usize) {
-        let bytes = records as u64 * u64::from(RING_RECORD_BYTES);
+    fn read(&mut self, bytes: u64) {
         self.fullest_read_bytes = self.fullest_read_bytes.max(bytes);
     }
 
@@ -138,21 +138,25 @@ impl<W: Write> Live<W> {
         Ok(())
     }
 
-    /// Takes everything waiting in the ring buffer and writes what it makes certain.
-    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> io::Result<()> {
+    /// Takes everything waiting in the ring buffers and writes what it makes certain.
+    fn drain(&mut self, rings: &mut Rings) -> io::Result<()> {
+        // Before reading: an event written to a ring read already, while a later one is,
+        // has a later time than this, so it is not yet due when it comes next time.
+        let now_ns = monotonic_now_ns();
         let mut result = Ok(());
-        let records = drain(ring, |bytes| {
+        let drained = rings.drain(|bytes| {
             if result.is_ok() {
                 result = self.record(bytes);
             }
         });
         result?;
+        // The fullest ring says how far behind the reader is.
+        let fullest_bytes = drained.most_from_one_ring as u64 * u64::from(RING_RECORD_BYTES);
         if let Some(health) = &mut self.health {
-            health.read(records);
+            health.read(fullest_bytes);
         }
-        let now_ns = monotonic_now_ns();
         if let Some(yielding) = &mut self.yielding {
-            yielding.drained(records as u64 * u64::from(RING_RECORD_BYTES), now_ns);
+            yielding.drained(fullest_bytes, now_ns);
         }
         self.pipeline.advance(now_ns)?;
         self.flush()
@@ -265,14 +269,14 @@ pub async fn run(trace: &TraceArgs, output: &OutputArgs) -> Result<()> {
     };
     let health = metrics.map(|metrics| Health {
         metrics,
-        ring_size: u64::from(trace.run.ring_size),
+        ring_size: 0,
         since_ns: monotonic_now_ns(),
         events_then: 0,
         fullest_read_bytes: 0,
     });
     let pipeline = Pipeline::new(sink::stdout(), clock, pipeline_options);
     let mut session = Session::attach(trace, pipeline, recorder, health)?;
-    session.yield_to_traced(trace.run.ring_size)?;
+    session.yield_to_traced()?;
     eprintln!("tcptrace: tracing TCP state transitions{}; Ctrl-C to stop", describe(&trace.filter));
     let streamed = session.run_to_end().await;
     session.end(streamed)
@@ -308,7 +312,7 @@ pub enum Step {
 /// tracing, `tcptrace lab` and `tcptrace top` all drive one, a [`Session::step`] at a time.
 pub struct Session<W: Write> {
     tracer: Tracer,
-    ring: AsyncFd<RingBuf<MapData>>,
+    ring: AsyncFd<Rings>,
     live: Live<W>,
     /// The start-up snapshot while it is taken.
     snapshot: Option<tokio::task::JoinHandle<Snapshot>>,
@@ -332,7 +336,7 @@ impl<W: Write> Session<W> {
             ring_size: trace.run.ring_size,
             earlier_time_waits: !trace.run.no_snapshot,
         };
-        let (tracer, ring) = Tracer::attach(&options)?;
+        let (tracer, rings) = Tracer::attach(&options)?;
         for degraded in &tracer.degraded {
             eprintln!("tcptrace: warning: {} is off: {}", degraded.what, degraded.why);
         }
@@ -359,10 +363,13 @@ impl<W: Write> Session<W> {
         if let (Some((began_ns, _)), Some(recorder)) = (&snapshot, &mut live.recorder) {
             recorder.snapshot(*began_ns, None)?;
         }
-        // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged, until dropped.
-        let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+        if let Some(health) = &mut live.health {
+            health.ring_size = u64::from(rings.layout().bytes_each);
+        }
+        // SAFETY: the rings own their epoll fd and keep it open, unchanged, until dropped.
+        let ring = unsafe { AsyncFd::register_with_interest(rings, Interest::READABLE) }
             .map_err(|error| error.into_parts().1)
-            .context("watching the ring buffer")?;
+            .context("watching the ring buffers")?;
         let mut tick = interval(POLL_INTERVAL);
         tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
         Ok(Session {
@@ -381,11 +388,11 @@ impl<W: Write> Session<W> {
         &mut self.live.pipeline
     }
 
-    /// From now on the calling thread, which drains the ring, runs in the time the traced
-    /// programs leave idle, for as long as it keeps up with a ring of `ring_size` bytes
-    /// (see [`Yielding`]).
-    pub fn yield_to_traced(&mut self, ring_size: u32) -> Result<()> {
-        let yielding = Yielding::start(u64::from(ring_size)).context("starting the watchdog")?;
+    /// From now on the calling thread, which drains the rings, runs in the time the traced
+    /// programs leave idle, for as long as it keeps up with them (see [`Yielding`]).
+    pub fn yield_to_traced(&mut self) -> Result<()> {
+        let ring_size = u64::from(self.ring.get_ref().layout().bytes_each);
+        let yielding = Yielding::start(ring_size).context("starting the watchdog")?;
         self.live.yielding = Some(yielding);
         Ok(())
     }

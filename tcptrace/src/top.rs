@@ -58,7 +58,7 @@ pub async fn run(args: &TopArgs) -> Result<()> {
     // Yielding as live tracing does: the screen is drawn by the thread that drains the
     // ring, which the watchdog makes a batch task again whenever the ring waits too long.
     let session = Session::attach(&trace, pipeline, recorder, None)
-        .and_then(|mut session| session.yield_to_traced(trace.run.ring_size).map(|()| session));
+        .and_then(|mut session| session.yield_to_traced().map(|()| session));
     let mut session = match session {
         Ok(session) => session,
         Err(error) => {

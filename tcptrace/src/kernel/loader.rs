@@ -10,7 +10,7 @@ use aya::{
 };
 use aya_log::EbpfLogger;
 use tcptrace_common::{
-    AddressOffsets, Config, FAMILY_IPV4, FAMILY_IPV6, MAX_NETNS, MAX_PORTS, MeetWindow,
+    AddressOffsets, Config, FAMILY_IPV4, FAMILY_IPV6, MAX_NETNS, MAX_PORTS, MAX_RINGS, MeetWindow,
     RING_RECORD_BYTES, SendResetOffsets, counter,
 };
 
@@ -19,6 +19,7 @@ use crate::{
     kernel::{
         btf,
         kallsyms::{self, Kallsyms},
+        rings::{PAGE_BYTES, RingLayout, Rings},
         tracefs::{self, Format},
     },
 };
@@ -142,16 +143,19 @@ const PROGRAMS: [(&str, &str); 5] = [
 ];
 
 impl Tracer {
-    /// Loads and attaches everything; returns the tracer and its ring buffer of events.
-    pub fn attach(options: &TraceOptions) -> Result<(Tracer, RingBuf<MapData>)> {
+    /// Loads and attaches everything; returns the tracer and its ring buffers of events.
+    pub fn attach(options: &TraceOptions) -> Result<(Tracer, Rings)> {
         let object = embedded_object()?;
         check_privileges()?;
         raise_memlock_limit();
         let tracefs = tracefs::ensure_mounted()?;
         let mut degraded = Vec::new();
+        let cpus = configured_cpus();
+        let layout = RingLayout::new(options.ring_size, cpus);
         let mut config = Config {
-            wakeup_bytes: u64::from(options.ring_size / 8),
-            wakeup_check_every: wakeup_check_every(options.ring_size, configured_cpus()),
+            ring_count: layout.count,
+            wakeup_bytes: u64::from(layout.bytes_each / 8),
+            wakeup_check_every: wakeup_check_every(layout.bytes_each, layout.cpus_per_ring(cpus)),
             ..Config::default()
         };
         apply_filters(&mut config, &options.filters);
@@ -245,13 +249,18 @@ impl Tracer {
         // The kernel program's log statements are compiled in, and off unless --verbose:
         // with level 0 each costs one compare, on paths that are not the per-event one.
         let log_level: u8 = if crate::verbose() { aya_log::Level::Debug as u8 } else { 0 };
-        let mut ebpf = EbpfLoader::new()
-            // No CO-RE relocations: skip parsing the kernel's BTF (tens of MiB of memory).
+        let mut loader = EbpfLoader::new();
+        // No CO-RE relocations: skip parsing the kernel's BTF (tens of MiB of memory).
+        loader
             .btf(None)
             .override_global("CONFIG", &config, true)
             .override_global(aya_log::LEVEL, &log_level, true)
-            .map_max_entries("EVENTS", options.ring_size)
-            .map_max_entries("TIME_WAIT_TIMERS", time_wait_table_size(&config))
+            .map_max_entries("TIME_WAIT_TIMERS", time_wait_table_size(&config));
+        for (ring, name) in RING_MAPS.iter().enumerate() {
+            let in_use = (ring as u32) < layout.count;
+            loader.map_max_entries(name, if in_use { layout.bytes_each } else { PAGE_BYTES });
+        }
+        let mut ebpf = loader
             .load(object)
             .map_err(|error| explain_permission(anyhow::Error::new(error)))
             .context("loading the eBPF program failed")?;
@@ -273,7 +282,14 @@ impl Tracer {
             }
         }
         drop(aya_btf);
-        let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
+        let rings = RING_MAPS[..layout.count as usize]
+            .iter()
+            .map(|name| {
+                let map = ebpf.take_map(name).with_context(|| format!("{name} map missing"))?;
+                Ok(RingBuf::try_from(map)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let rings = Rings::new(rings, layout).context("watching the ring buffers")?;
         let counters =
             PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("COUNTERS map missing")?)?;
         let mut tracer =
@@ -289,7 +305,7 @@ impl Tracer {
             tracer.set_meet_window(until_ns)?;
         }
         tracer.flush_kernel_log();
-        Ok((tracer, ring))
+        Ok((tracer, rings))
     }
 
     /// Time-wait sockets from before start end by `until_ns` (the start-up snapshot said
@@ -361,15 +377,9 @@ impl Tracer {
     }
 }
 
-/// Calls `on_record` with each record waiting in the ring buffer; returns how many.
-pub fn drain(ring: &mut RingBuf<MapData>, mut on_record: impl FnMut(&[u8])) -> usize {
-    let mut count = 0;
-    while let Some(item) = ring.next() {
-        on_record(&item);
-        count += 1;
-    }
-    count
-}
+/// The kernel program's maps for the rings, in order.
+const RING_MAPS: [&str; MAX_RINGS as usize] =
+    ["EVENTS0", "EVENTS1", "EVENTS2", "EVENTS3", "EVENTS4", "EVENTS5", "EVENTS6", "EVENTS7"];
 
 /// CPUs the kernel was configured with, online or not.
 fn configured_cpus() -> u32 {

@@ -183,7 +183,7 @@ impl Metrics {
         let ring_fill = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "ring_fill_ratio",
-            "How full the ring buffer was at its fullest read in the last second (0 to 1)",
+            "How full the fullest ring buffer was at its fullest read in the last second (0 to 1)",
             ring_fill.clone(),
         );
         Metrics {
