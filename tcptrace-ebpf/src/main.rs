@@ -41,22 +41,15 @@ static CONFIG: Config = unsafe { core::mem::zeroed() };
 /// writes to ring `n % ring_count`): a ring shared by all CPUs cost 40–120 ns more an
 /// event, its lock and positions moving between them. The loader gives the ones in use
 /// `--ring-size` each, and the others a page.
-#[map]
-static EVENTS0: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
-#[map]
-static EVENTS1: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
-#[map]
-static EVENTS2: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
-#[map]
-static EVENTS3: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
-#[map]
-static EVENTS4: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
-#[map]
-static EVENTS5: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
-#[map]
-static EVENTS6: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
-#[map]
-static EVENTS7: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+macro_rules! rings {
+    ($($name:ident),*) => {
+        $(
+            #[map]
+            static $name: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+        )*
+    };
+}
+rings!(EVENTS0, EVENTS1, EVENTS2, EVENTS3, EVENTS4, EVENTS5, EVENTS6, EVENTS7);
 const _: () = assert!(MAX_RINGS == 8, "one EVENTS map for each ring");
 
 /// The ring buffer of the CPU `cpu`.
