@@ -144,14 +144,13 @@ impl<W: Write> Live<W> {
         // has a later time than this, so it is not yet due when it comes next time.
         let now_ns = monotonic_now_ns();
         let mut result = Ok(());
-        let drained = rings.drain(|bytes| {
+        let most_from_one_ring = rings.drain(|bytes| {
             if result.is_ok() {
                 result = self.record(bytes);
             }
         });
         result?;
-        // The fullest ring says how far behind the reader is.
-        let fullest_bytes = drained.most_from_one_ring as u64 * u64::from(RING_RECORD_BYTES);
+        let fullest_bytes = most_from_one_ring as u64 * u64::from(RING_RECORD_BYTES);
         if let Some(health) = &mut self.health {
             health.read(fullest_bytes);
         }

@@ -2,14 +2,16 @@
 //! takes is taken from the programs it traces, so the thread that drains the ring runs in
 //! the time they leave idle (`SCHED_IDLE`) for as long as that is safe. It becomes a batch
 //! task again (`SCHED_BATCH`: its fair share, but its wake-ups still don't preempt) the moment
-//! it falls behind: when a drain finds the ring half full (the kernel wakes it at an eighth),
+//! it falls behind: when a drain finds a ring half full (the kernel wakes it at an eighth),
 //! or when a watchdog thread sees that it has not drained for a while ([`starved_after`]),
 //! as on a host with no idle time, where an idle task hardly runs at all. That while is
-//! shorter the faster events come (at the rate of the last [`RATE_WINDOW`]), and it yields
-//! only while the ring can take what arrives until it drains again with half of it to
-//! spare, and a drain finds the ring less than a quarter full. A small ring at a high rate never yields, and neither does a tracer that could not
-//! stop yielding: leaving `SCHED_IDLE` needs `CAP_SYS_NICE`, which a tracer given only
-//! `CAP_BPF` and `CAP_PERFMON` lacks.
+//! shorter the faster events come (into the fullest ring, at the rate of the last
+//! [`RATE_WINDOW`]), and it yields only while the ring can take what arrives until it
+//! drains again with half of it to spare, a drain finds every ring less than a quarter
+//! full, and it did not fall behind just before ([`Backoff`]). A small ring at a high rate
+//! never yields, and neither does a tracer that could not stop yielding: leaving
+//! `SCHED_IDLE` needs `CAP_SYS_NICE`, which a tracer given only `CAP_BPF` and `CAP_PERFMON`
+//! lacks.
 
 use std::{
     io,
@@ -182,10 +184,10 @@ fn can_stop_yielding() -> bool {
 }
 
 impl Yielding {
-    /// Lets the calling thread, the one that drains a ring of `ring_size` bytes, yield
-    /// from the first [`RATE_WINDOW`] on, as the rate allows ([`starved_after`]), and starts its watchdog (which
-    /// keeps the calling thread's policy, and never yields itself); where the thread could
-    /// not stop yielding again, it never yields.
+    /// Lets the calling thread, the one that drains rings of `ring_size` bytes each, yield
+    /// from the first [`RATE_WINDOW`] on, as the rate allows ([`starved_after`]), and starts
+    /// its watchdog (which keeps the calling thread's policy, and never yields itself); where
+    /// the thread could not stop yielding again, it never yields.
     pub fn start(ring_size: u64) -> io::Result<Yielding> {
         let shared = Arc::new(Shared {
             tid: gettid(),
@@ -234,8 +236,8 @@ impl Yielding {
         Ok(yielding)
     }
 
-    /// The ring was just drained of `bytes`, at `now_ns`: yield while that is little and
-    /// the rate allows, stop while the tracer is behind.
+    /// The rings were just drained, the fullest of `bytes`, at `now_ns`: yield while that
+    /// is little and the rate allows, stop while the tracer is behind.
     pub fn drained(&mut self, bytes: u64, now_ns: u64) {
         if self.watchdog.is_none() {
             return;

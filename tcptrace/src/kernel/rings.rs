@@ -36,14 +36,7 @@ impl RingLayout {
     }
 }
 
-/// What one drain read.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Drained {
-    pub records: usize,
-    /// The most read from one ring: how far behind the reader was, for the fullest ring.
-    pub most_from_one_ring: usize,
-}
-
+/// The rings in use, and an epoll instance over them: what the reader waits on.
 pub struct Rings {
     rings: Vec<RingBuf<MapData>>,
     layout: RingLayout,
@@ -61,8 +54,8 @@ impl Rings {
         let epoll = unsafe { OwnedFd::from_raw_fd(fd) };
         for ring in &rings {
             let mut event = libc::epoll_event { events: libc::EPOLLIN as u32, u64: 0 };
-            // SAFETY: both descriptors are open (the ring's for as long as `rings` holds
-            // it, which outlives the epoll instance in this struct), and `event` is valid.
+            // SAFETY: both descriptors are open, and `event` is valid for the call (a ring's
+            // descriptor closed later leaves the instance by itself).
             let added = unsafe {
                 libc::epoll_ctl(
                     epoll.as_raw_fd(),
@@ -83,19 +76,19 @@ impl Rings {
     }
 
     /// Calls `on_record` with each record waiting in the rings, one ring after another
-    /// (the engine puts them in time order).
-    pub fn drain(&mut self, mut on_record: impl FnMut(&[u8])) -> Drained {
-        let mut drained = Drained::default();
+    /// (the engine puts them in time order); returns the most read from one ring, which
+    /// says how far behind the reader was.
+    pub fn drain(&mut self, mut on_record: impl FnMut(&[u8])) -> usize {
+        let mut most = 0;
         for ring in &mut self.rings {
             let mut count = 0;
             while let Some(item) = ring.next() {
                 on_record(&item);
                 count += 1;
             }
-            drained.records += count;
-            drained.most_from_one_ring = drained.most_from_one_ring.max(count);
+            most = most.max(count);
         }
-        drained
+        most
     }
 }
 
