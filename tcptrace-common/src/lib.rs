@@ -394,6 +394,7 @@ pub struct Config {
     /// How many ring buffers are in use, one per CPU up to [`MAX_RINGS`]: CPU `n` writes to
     /// ring `n % ring_count`. At least 1.
     pub ring_count: u32,
+    pub _pad: u32,
 }
 
 /// The most ring buffers the kernel program has (maps `EVENTS0` … `EVENTS7`).
@@ -487,6 +488,8 @@ mod tests {
         // `tw_timer_handler`; the timer callers, their counts and span; the re-arm's length.
         let timers = 8 + 16 * MAX_TIMER_CALLERS + 4 + 4 + 16 + 4 + 4;
         assert_eq!(core::mem::size_of::<MeetWindow>(), 16);
-        assert_eq!(core::mem::size_of::<Config>(), offsets + timers + 8 + filters);
+        // `wakeup_bytes`; the rings' count and its padding.
+        let rings = 8 + 4 + 4;
+        assert_eq!(core::mem::size_of::<Config>(), offsets + timers + rings + filters);
     }
 }
