@@ -109,19 +109,6 @@ fn process_with_args(args: &str) -> Option<libc::pid_t> {
     })
 }
 
-/// Whether thread `tid` is `SCHED_IDLE` within 5 s.
-fn yields_soon(tid: libc::pid_t) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        // SAFETY: asks about a process of the test's own making, by pid.
-        if unsafe { libc::sched_getscheduler(tid) } == libc::SCHED_IDLE {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    false
-}
-
 #[test]
 fn top_shows_live_time_waits_and_close_waits_and_gives_the_terminal_back() {
     support::require_root();
@@ -144,7 +131,10 @@ fn top_shows_live_time_waits_and_close_waits_and_gives_the_terminal_back() {
     assert!(stty(&tty).contains("-icanon"), "top puts the terminal in raw mode");
     // Its thread that drains the ring (and draws) yields the CPU, as live tracing's does.
     let top = process_with_args(&format!("top --port {port} ")).expect("top runs");
-    assert!(yields_soon(top), "top's draining thread becomes an idle task (SCHED_IDLE)");
+    assert!(
+        support::becomes(top, libc::SCHED_IDLE),
+        "top's draining thread becomes an idle task (SCHED_IDLE)"
+    );
     let mut peer = peer(port, 3, 2);
     // Live: the three TIME-WAITs on the server's port and the two CLOSE_WAITs appear,
     // and the listener's owner holds the CLOSE_WAITs, stuck after 1 s.

@@ -15,25 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::{Tracer, listener, one_connection, summary};
-
-/// The scheduling policy of thread `tid`.
-fn policy(tid: libc::pid_t) -> i32 {
-    // SAFETY: asks about a thread of our own child, which is alive until it is stopped.
-    unsafe { libc::sched_getscheduler(tid) }
-}
-
-/// Polls `tid`'s policy for up to 5 s until it is `wanted`.
-fn becomes(tid: libc::pid_t, wanted: i32) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        if policy(tid) == wanted {
-            return true;
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-    false
-}
+use support::{Tracer, becomes, listener, one_connection, policy, summary};
 
 /// The thread that drains the ring yields to the traced programs (SCHED_IDLE) while it
 /// keeps up; with every core kept busy it stops yielding (SCHED_BATCH) whenever the ring

@@ -8,10 +8,29 @@ use std::{
     process::{Child, ChildStdin, Command, Stdio},
     sync::mpsc::{Receiver, channel},
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use serde_json::Value;
+
+/// The scheduling policy of thread `tid`.
+pub fn policy(tid: libc::pid_t) -> i32 {
+    // SAFETY: asks about a thread of a process of the test's own making, alive until it
+    // is stopped.
+    unsafe { libc::sched_getscheduler(tid) }
+}
+
+/// Polls `tid`'s policy for up to 5 s until it is `wanted`.
+pub fn becomes(tid: libc::pid_t, wanted: i32) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if policy(tid) == wanted {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
 
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
