@@ -65,8 +65,6 @@ struct Live<W: Write> {
 /// the fullest ring buffer was at its fullest read, over each second.
 pub struct Health {
     metrics: Arc<Metrics>,
-    /// Each ring's size ([`Session::attach`] sets it): the fullest ring says the fill.
-    ring_size: u64,
     since_ns: u64,
     events_then: u64,
     fullest_read_bytes: u64,
@@ -77,14 +75,15 @@ impl Health {
         self.fullest_read_bytes = self.fullest_read_bytes.max(bytes);
     }
 
-    fn tick(&mut self, now_ns: u64) {
+    /// Each second: the rate, and the fill of the fullest ring (each of `ring_size` bytes).
+    fn tick(&mut self, now_ns: u64, ring_size: u64) {
         let elapsed_ns = now_ns.saturating_sub(self.since_ns);
         if elapsed_ns < 1_000_000_000 {
             return;
         }
         let events = self.metrics.events_so_far();
         let per_second = (events - self.events_then.min(events)) as f64 * 1e9 / elapsed_ns as f64;
-        let fill = (self.fullest_read_bytes as f64 / self.ring_size as f64).min(1.0);
+        let fill = (self.fullest_read_bytes as f64 / ring_size as f64).min(1.0);
         self.metrics.health(per_second, fill);
         (self.since_ns, self.events_then, self.fullest_read_bytes) = (now_ns, events, 0);
     }
@@ -268,7 +267,6 @@ pub async fn run(trace: &TraceArgs, output: &OutputArgs) -> Result<()> {
     };
     let health = metrics.map(|metrics| Health {
         metrics,
-        ring_size: 0,
         since_ns: monotonic_now_ns(),
         events_then: 0,
         fullest_read_bytes: 0,
@@ -362,9 +360,6 @@ impl<W: Write> Session<W> {
         if let (Some((began_ns, _)), Some(recorder)) = (&snapshot, &mut live.recorder) {
             recorder.snapshot(*began_ns, None)?;
         }
-        if let Some(health) = &mut live.health {
-            health.ring_size = u64::from(rings.layout().bytes_each);
-        }
         // SAFETY: the rings own their epoll fd and keep it open, unchanged, until dropped.
         let ring = unsafe { AsyncFd::register_with_interest(rings, Interest::READABLE) }
             .map_err(|error| error.into_parts().1)
@@ -442,7 +437,7 @@ impl<W: Write> Session<W> {
                 let now_ns = monotonic_now_ns();
                 tracer.tick(now_ns)?;
                 if let Some(health) = &mut live.health {
-                    health.tick(now_ns);
+                    health.tick(now_ns, u64::from(ring.get_ref().layout().bytes_each));
                 }
                 tracer.flush_kernel_log();
             }
