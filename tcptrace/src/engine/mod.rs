@@ -144,8 +144,9 @@ pub struct Engine {
     options: EngineOptions,
     /// Events waiting out the reorder window, sorted by time, then arrival.
     pending: VecDeque<TcpEvent>,
-    /// Events pushed since `pending` was last processed, in arrival order: a run from each
-    /// ring buffer in turn, each run in time order ([`Engine::order_arrivals`]).
+    /// Events pushed since `pending` was last processed from the first that came out of
+    /// order on, in arrival order: the runs of the rings read after the first, each in
+    /// time order ([`Engine::order_arrivals`]).
     arrivals: Vec<TcpEvent>,
     next_id: u64,
     connections: Slab<Tracked>,
@@ -240,7 +241,15 @@ impl Engine {
     /// reorder window.
     pub fn push(&mut self, event: TcpEvent) {
         self.newest_ns = self.newest_ns.max(event.ts_ns);
-        self.arrivals.push(event);
+        // In order (nearly all of the first ring's events): straight into the queue, not
+        // copied again later.
+        if self.arrivals.is_empty()
+            && self.pending.back().is_none_or(|last| last.ts_ns <= event.ts_ns)
+        {
+            self.pending.push_back(event);
+        } else {
+            self.arrivals.push(event);
+        }
     }
 
     /// Moves the events that arrived into `pending`, in time order, ties in arrival order.
