@@ -41,11 +41,43 @@ pub fn require_root() {
     );
 }
 
-/// A listener on a free loopback port, and its address.
+/// A listener on a loopback port no other socket has, and its address. The port is below
+/// the ephemeral range, which connect() takes its ports from: after a churn, most ports of
+/// that range are an end of some earlier test's TIME-WAIT for a minute, and the tracer
+/// would count those connections with the test's own.
 pub fn listener() -> (TcpListener, SocketAddr) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    (listener, addr)
+    const LOWEST: u16 = 1024;
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
+    let ephemeral: u16 = range.split_whitespace().next().unwrap().parse().unwrap();
+    let choices = u64::from(ephemeral.saturating_sub(LOWEST).max(1));
+    // A random start: test binaries and threads running at once try different ports.
+    let start = std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), 0);
+    for offset in 0..choices {
+        let port = LOWEST + ((start.wrapping_add(offset)) % choices) as u16;
+        if sockets_on_port(port) > 0 {
+            continue;
+        }
+        // Taken by another test between the look and the bind: try the next.
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            let addr = listener.local_addr().unwrap();
+            return (listener, addr);
+        }
+    }
+    panic!("no loopback port below {ephemeral} without sockets");
+}
+
+/// How many TCP sockets (IPv4 and IPv6, any state) have `port` at either end.
+fn sockets_on_port(port: u16) -> usize {
+    let port = format!(":{port:04X}");
+    let tables: String = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .map(|table| std::fs::read_to_string(table).unwrap_or_default())
+        .collect();
+    // Each row: `sl local_address rem_address st …`, an address `0100007F:1F90`.
+    tables
+        .lines()
+        .filter(|row| row.split_whitespace().skip(1).take(2).any(|end| end.ends_with(&port)))
+        .count()
 }
 
 /// Connects, lets the server close, and waits for both sides to finish.
