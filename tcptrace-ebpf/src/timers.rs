@@ -225,8 +225,9 @@ fn emit_rearm(config: &Config, now: u64, sk: u64, timer: u64) {
 /// A cancelled time-wait timer that may be of a socket from before tcptrace started (one
 /// the table does not know, or where there is no table, one armed before the start), while
 /// [`MEET_TIME_WAITS`] says so: reported with the socket's addresses (read from beside its
-/// timer), and noted for the expiry that may follow; a re-armed one is reported re-armed
-/// too, and (where there is a table) followed in it from then on.
+/// timer), as the cancel it is (noted for the expiry that may follow) or as a re-arm (then,
+/// where there is a table, followed in it from then on). One event either way: a re-arm
+/// reported as a cancel and a re-arm showed a cancel that was none.
 #[inline(always)]
 fn meet_time_wait<C: EbpfContext>(ctx: &C, config: &Config, timer: u64, now: u64) {
     let offsets = &config.time_wait_sock;
@@ -249,9 +250,16 @@ fn meet_time_wait<C: EbpfContext>(ctx: &C, config: &Config, timer: u64, now: u64
     let rearm = cancelled_for_a_rearm(ctx, config);
     if !rearm {
         put_slot(&CANCELLED_TIMER, TimerSlot { timer, sk: tw, ts_ns: now });
+    } else if !config.keeps_every_socket() && TIME_WAIT_TIMERS.insert(&timer, &tw, 0).is_err() {
+        table_full(ctx);
+        return;
     }
-    emit(config, now, kind::TW_CANCEL, tw, false, true, |event| {
+    let event_kind = if rearm { kind::TW_REARM } else { kind::TW_CANCEL };
+    emit(config, now, event_kind, tw, false, true, |event| {
         event.timer = timer;
+        if rearm {
+            event.timeout_jiffies = config.time_wait_jiffies;
+        }
         event.family = family as u8;
         event.sport = sport;
         event.dport = dport;
@@ -266,13 +274,6 @@ fn meet_time_wait<C: EbpfContext>(ctx: &C, config: &Config, timer: u64, now: u64
             event.daddr = read(tw + u64::from(offsets.v6_daddr));
         }
     });
-    if rearm {
-        if !config.keeps_every_socket() && TIME_WAIT_TIMERS.insert(&timer, &tw, 0).is_err() {
-            table_full(ctx);
-            return;
-        }
-        emit_rearm(config, now, tw, timer);
-    }
 }
 
 #[btf_tracepoint(function = "timer_expire_entry")]

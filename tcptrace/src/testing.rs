@@ -213,16 +213,16 @@ pub const PAIR_SERVER: (&str, &str) = ("127.0.0.1:18084", "127.0.0.1:40100");
 pub const EARLIER_TIME_WAIT: (&str, &str) = ("127.0.0.1:40090", "127.0.0.1:18084");
 
 impl Recording {
-    /// A cancel of a time-wait timer the kernel program met for the first time: it
-    /// carries the time-wait socket's addresses and namespace.
+    /// A cancel or re-arm (`kind`) of a time-wait timer the kernel program met for the
+    /// first time: it carries the time-wait socket's addresses and namespace.
     pub fn met_time_wait(
         &mut self,
         at: f64,
         tw: u64,
-        timer: u64,
+        kind: EventKind,
         tuple: (&str, &str),
     ) -> &mut Self {
-        self.push(at, tw, EventKind::TimeWaitCancel { timer }, Some(tuple), None)
+        self.push(at, tw, kind, Some(tuple), None)
     }
 }
 

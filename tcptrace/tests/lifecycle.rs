@@ -10,7 +10,7 @@ use std::{
     process::{Command, Stdio},
     sync::{Arc, Barrier},
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use serde_json::Value;
@@ -131,6 +131,40 @@ fn a_fin_arriving_in_time_wait_re_arms_its_timer() {
     for (how, tracer) in tracers {
         println!("{how}");
         re_armed(&to_server(tracer.stop(), addr), client_addr);
+    }
+}
+
+/// The same re-arm of a time-wait socket from before tracing began: the kernel program
+/// meets it at the re-arm, which it reports alone with the socket's addresses (not as a
+/// cancel, then a re-arm), and the engine gives it to the socket the start-up snapshot found.
+#[test]
+fn a_time_wait_from_before_start_is_met_by_its_re_arm() {
+    let (listener, addr) = listener();
+    let client = TcpStream::connect(addr).unwrap();
+    let client_addr = client.local_addr().unwrap();
+    let (accepted, _) = listener.accept().unwrap();
+    drop(client);
+    let closed = Instant::now();
+    let tracers = filtered_and_not(&["--port", &addr.port().to_string()], &[]);
+    thread::sleep(Duration::from_secs(6).saturating_sub(closed.elapsed()));
+    drop(accepted);
+    thread::sleep(Duration::from_millis(300));
+    for (how, tracer) in tracers {
+        println!("{how}");
+        let lines = to_server(tracer.stop(), addr);
+        let timer_events: Vec<&Value> = lines
+            .iter()
+            .filter(|line| line["type"] == "time_wait_timer")
+            .filter(|line| line["local"] == client_addr.to_string())
+            .collect();
+        assert_eq!(timer_events.len(), 1, "one re-arm, no cancel: {timer_events:#?}");
+        assert_eq!(timer_events[0]["event"], "rearm");
+        let record = connection_with(&lines, client_addr);
+        let tw = time_wait(&record["client"]);
+        assert_eq!(record["client"]["seen_at_start"], true, "{record:#}");
+        assert_eq!((&tw["end"], &tw["rearmed"]), (&Value::from("open"), &Value::from(1)), "{tw}");
+        let left = tw["time_left_ns"].as_u64().unwrap() as f64 / NS_PER_S;
+        assert!(left > 57.0, "60 s from the re-arm: {left} s left");
     }
 }
 

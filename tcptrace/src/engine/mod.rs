@@ -378,9 +378,6 @@ impl Engine {
                 })
             }
             EventKind::TimeWaitCancel { timer } => {
-                if event.addresses.is_some() && self.side_of_timer(timer).is_none() {
-                    self.meet_time_wait(event, timer);
-                }
                 let mut cancelled = None;
                 let result = self.timer_event(event, timer, |tw, ts, found| {
                     tw.pending_cancel_ns = Some(ts);

@@ -260,9 +260,10 @@ impl Engine {
         Some(index)
     }
 
-    /// A cancelled time-wait timer the engine did not know, which the kernel program says
-    /// is a time-wait socket's from before tracing began: the snapshot's socket with its
-    /// addresses takes the timer; without one (the snapshot missed it), it is opened now.
+    /// A cancelled or re-armed time-wait timer the engine did not know, which the kernel
+    /// program says is a time-wait socket's from before tracing began: the snapshot's socket
+    /// with its addresses takes the timer; without one (the snapshot missed it), it is
+    /// opened now.
     pub(super) fn meet_time_wait(&mut self, event: &TcpEvent, timer: u64) -> Option<Index> {
         let (local, remote) = event.addresses?;
         let key = (event.home.netns.unwrap_or(0), Address::from(local), Address::from(remote));

@@ -792,11 +792,8 @@ fn a_connection_open_at_start_is_one_record_with_both_ends_owners_and_closer() {
 fn a_time_wait_from_before_start_ends_with_its_timer_and_no_invented_start() {
     let mut r = after_snapshot();
     // At 1041 s the kernel meets its timer (cancel), then the handler runs: a natural end.
-    r.met_time_wait(1041.2, 0x7700, 0x77a0, EARLIER_TIME_WAIT).timer(
-        1041.20001,
-        0x7700,
-        EventKind::TimeWaitExpire { timer: 0x77a0 },
-    );
+    r.met_time_wait(1041.2, 0x7700, EventKind::TimeWaitCancel { timer: 0x77a0 }, EARLIER_TIME_WAIT)
+        .timer(1041.20001, 0x7700, EventKind::TimeWaitExpire { timer: 0x77a0 });
     let (connections, _) = run_with_snapshot(&r.events, (1000.0, 1000.01), seen_at_start(), 1100.0);
     let earlier: Vec<&Connection> =
         connections.iter().filter(|c| c.endpoints[0].local.port() == 40090).collect();
@@ -813,16 +810,26 @@ fn a_time_wait_from_before_start_ends_with_its_timer_and_no_invented_start() {
 }
 
 #[test]
+fn a_time_wait_from_before_start_met_by_a_rearm_stays_open_and_rearmed() {
+    let mut r = after_snapshot();
+    // At 1020 s a late segment re-arms its timer: the kernel reports the re-arm (no cancel
+    // before it) with the socket's addresses.
+    let rearm = EventKind::TimeWaitRearm { timer: 0x77a0, timeout_jiffies: 15000 };
+    r.met_time_wait(1020.0, 0x7700, rearm, EARLIER_TIME_WAIT);
+    let (connections, engine) =
+        run_with_snapshot(&r.events, (1000.0, 1000.01), seen_at_start(), 1050.0);
+    let earlier = connections.iter().find(|c| c.endpoints[0].local.port() == 40090).unwrap();
+    let tw = earlier.endpoints[0].time_wait.as_ref().unwrap();
+    assert_eq!((tw.end, tw.rearmed), (TimeWaitEnd::Open, 1), "{tw:#?}");
+    assert_eq!(tw.time_left_ns, Some(30 * S), "60 s from the re-arm");
+    assert_eq!(engine.stats().seen_at_start, 3, "the snapshot's, not met twice");
+}
+
+#[test]
 fn a_time_wait_from_before_start_cancelled_alone_was_killed() {
     let mut r = after_snapshot();
-    r.met_time_wait(1005.0, 0x7700, 0x77a0, EARLIER_TIME_WAIT).transition(
-        1005.00001,
-        0x99,
-        Closed,
-        SynSent,
-        ("127.0.0.1:0", "127.0.0.1:18084"),
-        Some(5),
-    );
+    r.met_time_wait(1005.0, 0x7700, EventKind::TimeWaitCancel { timer: 0x77a0 }, EARLIER_TIME_WAIT)
+        .transition(1005.00001, 0x99, Closed, SynSent, ("127.0.0.1:0", "127.0.0.1:18084"), Some(5));
     let (connections, _) = run_with_snapshot(&r.events, (1000.0, 1000.01), seen_at_start(), 1100.0);
     let earlier = connections.iter().find(|c| c.endpoints[0].local.port() == 40090).unwrap();
     let tw = earlier.endpoints[0].time_wait.as_ref().unwrap();
@@ -832,11 +839,13 @@ fn a_time_wait_from_before_start_cancelled_alone_was_killed() {
 #[test]
 fn a_time_wait_the_snapshot_missed_is_met_by_its_timer() {
     let mut r = after_snapshot();
-    r.met_time_wait(1030.0, 0x7800, 0x78a0, ("127.0.0.1:40200", "127.0.0.1:18084")).timer(
-        1030.00001,
+    r.met_time_wait(
+        1030.0,
         0x7800,
-        EventKind::TimeWaitExpire { timer: 0x78a0 },
-    );
+        EventKind::TimeWaitCancel { timer: 0x78a0 },
+        ("127.0.0.1:40200", "127.0.0.1:18084"),
+    )
+    .timer(1030.00001, 0x7800, EventKind::TimeWaitExpire { timer: 0x78a0 });
     let (connections, engine) = run_with_snapshot(&r.events, (1000.0, 1000.01), vec![], 1100.0);
     assert_eq!(connections.len(), 1, "{connections:#?}");
     let endpoint = &connections[0].endpoints[0];
@@ -947,7 +956,7 @@ fn a_close_wait_at_start_pairs_with_its_peers_orphaned_fin_wait2() {
     seen[1].time_wait_left_ns = Some(50 * S);
     let mut r = after_snapshot();
     r.transition(1005.0, 0x51, CloseWait, LastAck, PAIR_SERVER, Some(1743))
-        .met_time_wait(1005.00001, 0xc1, 0xc1a0, PAIR_CLIENT)
+        .met_time_wait(1005.00001, 0xc1, EventKind::TimeWaitCancel { timer: 0xc1a0 }, PAIR_CLIENT)
         .timer(1005.00002, 0xc1, EventKind::TimeWaitRearm { timer: 0xc1a0, timeout_jiffies: 15000 })
         .transition(1005.00003, 0x51, LastAck, Closed, PAIR_SERVER, None);
     let (connections, _) = run_with_snapshot(&r.events, (1000.0, 1000.01), seen, 1010.0);

@@ -87,6 +87,11 @@ impl Engine {
         timer: u64,
         update: impl FnOnce(&mut TimeWait, u64, TimerOf),
     ) -> (Attribution, Option<Index>) {
+        // Addresses on a timer event: the kernel program met a time-wait socket from before
+        // tracing began (its cancel or re-arm is the first heard of it).
+        if event.addresses.is_some() && self.side_of_timer(timer).is_none() {
+            self.meet_time_wait(event, timer);
+        }
         let Some(found) = self.side_of_timer(timer) else {
             self.stats.unmatched_events += 1;
             let attribution = Attribution { owner: None, ..Attribution::unmatched(event) };

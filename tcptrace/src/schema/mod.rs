@@ -220,12 +220,12 @@ pub struct TimeWaitTimer<T> {
     pub ts_ns: u64,
     pub sk: Hex,
     /// In the stream: the endpoint the engine found for the timer. In a recording only on
-    /// a `cancel` of a time-wait socket from before tracing began, which the kernel
-    /// program read next to its timer (the first the engine hears of it).
+    /// the `cancel` or `rearm` of a time-wait socket from before tracing began, which the
+    /// kernel program read next to its timer (the first the engine hears of it).
     #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
     pub addresses: Option<Addresses>,
     /// In the stream: that endpoint's namespace. In a recording `null` (the kernel does not
-    /// read it for timers) but on such a `cancel`, or missing before version 3.
+    /// read it for timers) but on such a `cancel` or `rearm`, or missing before version 3.
     #[serde(default)]
     pub netns: Option<u32>,
     pub timer: Hex,
