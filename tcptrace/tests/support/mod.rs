@@ -53,7 +53,7 @@ pub fn listener() -> (TcpListener, SocketAddr) {
     // A random start: test binaries and threads running at once try different ports.
     let start = std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), 0);
     for offset in 0..choices {
-        let port = LOWEST + ((start.wrapping_add(offset)) % choices) as u16;
+        let port = LOWEST + (start.wrapping_add(offset) % choices) as u16;
         if sockets_on_port(port) > 0 {
             continue;
         }
