@@ -56,7 +56,7 @@ pub async fn run(args: &TopArgs) -> Result<()> {
     let pipeline = Pipeline::new(sink::stdout(), clock, options);
     let held = HeldStderr::start()?;
     // Yielding as live tracing does: the screen is drawn by the thread that drains the
-    // ring, which the watchdog makes a batch task again whenever the ring waits too long.
+    // rings, which the watchdog makes a batch task again whenever they wait too long.
     let session = Session::attach(&trace, pipeline, recorder, None)
         .and_then(|mut session| session.yield_to_traced().map(|()| session));
     let mut session = match session {

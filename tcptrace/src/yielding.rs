@@ -1,5 +1,5 @@
 //! The live tracer's place in the scheduler. On a busy host every bit of CPU the tracer
-//! takes is taken from the programs it traces, so the thread that drains the ring runs in
+//! takes is taken from the programs it traces, so the thread that drains the rings runs in
 //! the time they leave idle (`SCHED_IDLE`) for as long as that is safe. It becomes a batch
 //! task again (`SCHED_BATCH`: its fair share, but its wake-ups still don't preempt) the moment
 //! it falls behind: when a drain finds a ring half full (the kernel wakes it at an eighth),

@@ -129,7 +129,7 @@ fn top_shows_live_time_waits_and_close_waits_and_gives_the_terminal_back() {
     tmux.wait_for(&["tcptrace top (port", "q quit"]);
     assert_eq!(tmux.format("#{alternate_on}"), "1", "top takes the alternate screen");
     assert!(stty(&tty).contains("-icanon"), "top puts the terminal in raw mode");
-    // Its thread that drains the ring (and draws) yields the CPU, as live tracing's does.
+    // Its thread that drains the rings (and draws) yields the CPU, as live tracing's does.
     let top = process_with_args(&format!("top --port {port} ")).expect("top runs");
     assert!(
         support::becomes(top, libc::SCHED_IDLE),
