@@ -160,17 +160,19 @@ mod tests {
         // 48 bytes into its third line, which the second record starts in.
         const RECORD: usize = 176;
         let base = 0x10_000;
-        let records: Vec<Range<usize>> = (0..8)
-            .map(|n| lines_to_release(base + n * RECORD + RECORD_HEADER_BYTES, RECORD - 8))
-            .collect();
-        assert_eq!(records[0], base..base + 128);
-        assert_eq!(records[1], base + 128..base + 320);
-        let released: Vec<usize> =
-            records.iter().flat_map(|lines| lines.clone().step_by(CACHE_LINE_BYTES)).collect();
-        let every_line_but_the_last: Vec<usize> =
-            (base..base + 8 * RECORD).step_by(CACHE_LINE_BYTES).collect();
-        // 8 records end exactly at a line's end (1408 = 22 × 64): nothing is left over.
-        assert_eq!(released, every_line_but_the_last);
+        let lines = |count: usize| -> Vec<usize> {
+            (0..count)
+                .map(|n| lines_to_release(base + n * RECORD + RECORD_HEADER_BYTES, RECORD - 8))
+                .flat_map(|lines| lines.step_by(CACHE_LINE_BYTES))
+                .collect()
+        };
+        assert_eq!(lines_to_release(base + 8, 168), base..base + 128);
+        assert_eq!(lines_to_release(base + 176 + 8, 168), base + 128..base + 320);
+        // Seven records end 16 bytes into their 20th line (7 × 176 = 19 × 64 + 16): the
+        // first 19 are released, each once; the 20th holds the next record's header.
+        assert_eq!(lines(7), (base..base + 19 * 64).step_by(CACHE_LINE_BYTES).collect::<Vec<_>>());
+        // Eight end at a line's end (8 × 176 = 22 × 64): nothing is left over.
+        assert_eq!(lines(8), (base..base + 22 * 64).step_by(CACHE_LINE_BYTES).collect::<Vec<_>>());
         // A record inside one line releases nothing: its line goes with the next.
         assert_eq!(lines_to_release(base + 16, 24), base..base);
     }
