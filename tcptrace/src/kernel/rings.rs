@@ -105,9 +105,9 @@ const CACHE_LINE_BYTES: usize = 64;
 /// elsewhere, where it was not measured). A line the reader's CPU still holds makes the
 /// kernel program's write over it, a lap later, wait for that CPU to give it up: on the
 /// bench host the program's `bpf_ringbuf_submit` (whose `xchg` waits for the event's
-/// stores) took 90 ns an event with the default ring, 28 ns with the lines flushed, and the
-/// reader's CPU stayed the same (docs/BENCHMARKS.md). Larger rings cut it too, by the time
-/// the lines have to leave the reader's caches by themselves, but they cost memory.
+/// stores) took about 85 ns an event with the default ring, 25 with the lines flushed, and
+/// the reader's CPU stayed the same (docs/BENCHMARKS.md). Larger rings cut it too, by the
+/// time the lines have to leave the reader's caches by themselves, but they cost memory.
 fn release_lines(record: &[u8]) {
     #[cfg(target_arch = "x86_64")]
     for line in lines_to_release(record.as_ptr() as usize, record.len()).step_by(CACHE_LINE_BYTES) {
