@@ -124,7 +124,8 @@ fn release_lines(record: &[u8]) {
 /// its header just before it) has been read: from the line its header starts in, up to and
 /// not including the line it ends in, which the next record shares (the kernel program may
 /// be writing it): that line goes with the next record. So each line of a run of records is
-/// flushed once, except the last, and never while the kernel program writes it.
+/// flushed once, except the last, left to the record the kernel program writes next. (A
+/// flush changes only where a line is cached, never what it holds.)
 fn lines_to_release(address: usize, bytes: usize) -> Range<usize> {
     let first = (address - RECORD_HEADER_BYTES) & !(CACHE_LINE_BYTES - 1);
     let end = (address + bytes) & !(CACHE_LINE_BYTES - 1);
