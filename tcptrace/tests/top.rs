@@ -135,6 +135,11 @@ fn top_shows_live_time_waits_and_close_waits_and_gives_the_terminal_back() {
         support::becomes(top, libc::SCHED_IDLE),
         "top's draining thread becomes an idle task (SCHED_IDLE)"
     );
+    // In tmux's session, not the traced programs': it yields in an idle cgroup of its own.
+    let home = tcptrace::yielding::idle_cgroup::cpu_cgroup(format!("/proc/{top}/cgroup")).unwrap();
+    assert!(home.ends_with(format!("tcptrace-{top}")), "{}", home.display());
+    let idle = std::fs::read_to_string(home.join("cpu.idle")).unwrap();
+    assert_eq!(idle.trim(), "1", "top's cgroup is idle while it yields");
     let mut peer = peer(port, 3, 2);
     // Live: the three TIME-WAITs on the server's port and the two CLOSE_WAITs appear,
     // and the listener's owner holds the CLOSE_WAITs, stuck after 1 s.

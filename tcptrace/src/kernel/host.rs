@@ -1,7 +1,7 @@
 //! What the host says about the numbers in events (live only): a network namespace's
 //! `ip netns` name, a cgroup id's path (through `open_by_handle_at`, as systemd and bpftool
 //! resolve them), and the `--netns` and `--cgroup` values, checked before anything is
-//! attached.
+//! attached; and where the host mounts its file systems (`/proc/self/mountinfo`).
 
 use std::{
     collections::HashMap,
@@ -34,12 +34,31 @@ pub fn cgroup2_mount() -> Result<PathBuf> {
 
 /// The first cgroup2 mount of the whole hierarchy (root `/`) in a mountinfo text.
 fn cgroup2_mount_in(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|line| {
+    mounts(mountinfo)
+        .find(|mount| mount.fs_type == "cgroup2" && mount.root == "/")
+        .map(|mount| mount.point)
+}
+
+/// One line of `/proc/self/mountinfo`: what is mounted where.
+pub struct Mount<'a> {
+    /// The mounted file system's directory that appears at `point` (`/` for all of it).
+    pub root: &'a str,
+    pub point: PathBuf,
+    pub fs_type: &'a str,
+    /// The file system's own options (for cgroup v1, its controllers: `rw,cpu,cpuacct`).
+    pub super_options: &'a str,
+}
+
+/// The mounts a mountinfo text lists.
+pub fn mounts(mountinfo: &str) -> impl Iterator<Item = Mount<'_>> {
+    mountinfo.lines().filter_map(|line| {
         let (fields, after) = line.split_once(" - ")?;
         let mut fields = fields.split(' ');
-        let (root, mount_point) = (fields.nth(3)?, fields.next()?);
-        (after.split(' ').next() == Some("cgroup2") && root == "/")
-            .then(|| PathBuf::from(unescape_mountinfo(mount_point)))
+        let (root, point) = (fields.nth(3)?, fields.next()?);
+        let mut after = after.split(' ');
+        let (fs_type, super_options) = (after.next()?, after.nth(1)?);
+        let point = PathBuf::from(unescape_mountinfo(point));
+        Some(Mount { root, point, fs_type, super_options })
     })
 }
 

@@ -11,12 +11,15 @@
 //! full, and it did not fall behind just before ([`Backoff`]). A small ring at a high rate
 //! never yields, and neither does a tracer that could not stop yielding: leaving
 //! `SCHED_IDLE` needs `CAP_SYS_NICE`, which a tracer given only `CAP_BPF` and `CAP_PERFMON`
-//! lacks.
+//! lacks. An idle task yields at once only within its scheduling group; where the host
+//! allows, the draining thread's cgroup yields to every other ([`idle_cgroup`]).
+
+pub mod idle_cgroup;
 
 use std::{
     io,
     sync::{
-        Arc,
+        Arc, Mutex, PoisonError,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::{self, JoinHandle},
@@ -24,6 +27,7 @@ use std::{
 };
 
 use crate::clock::monotonic_now_ns;
+use idle_cgroup::IdleCgroup;
 
 /// The longest the ring may go undrained before the watchdog stops the tracer yielding:
 /// it drains at least every 10 ms while it gets to run.
@@ -119,6 +123,10 @@ struct Shared {
     starved_ns: AtomicU64,
     /// Whether it is `SCHED_IDLE` now.
     idle: AtomicBool,
+    /// Held while it moves in or out, by the draining thread or the watchdog.
+    switching: Mutex<()>,
+    /// Its cgroup, idle while it is; `None` where the host has none to give.
+    group: Option<IdleCgroup>,
     stop: AtomicBool,
 }
 
@@ -146,15 +154,22 @@ fn set_policy(tid: libc::pid_t, policy: libc::c_int) -> io::Result<()> {
 }
 
 impl Shared {
-    /// Moves the draining thread to `SCHED_IDLE` (or back), if it is not there already;
-    /// whether it moved.
+    /// Moves the draining thread to `SCHED_IDLE` and its cgroup to idle (or both back), if
+    /// it is not there already; whether it moved.
     fn set_yielding(&self, idle: bool) -> bool {
-        if self.idle.compare_exchange(!idle, idle, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+        if self.idle.load(Ordering::Acquire) == idle {
+            return false;
+        }
+        let _switching = self.switching.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.idle.swap(idle, Ordering::AcqRel) == idle {
             return false;
         }
         let policy = if idle { libc::SCHED_IDLE } else { libc::SCHED_BATCH };
         if let Err(error) = set_policy(self.tid, policy) {
             crate::debug(format_args!("scheduling policy {policy} refused: {error}"));
+        }
+        if let Some(Err(error)) = self.group.as_ref().map(|group| group.set_idle(idle)) {
+            crate::debug(format_args!("{error:#}"));
         }
         true
     }
@@ -189,12 +204,22 @@ impl Yielding {
     /// its watchdog (which keeps the calling thread's policy, and never yields itself); where
     /// the thread could not stop yielding again, it never yields.
     pub fn start(ring_size: u64) -> io::Result<Yielding> {
+        let tid = gettid();
+        let can_yield = can_stop_yielding();
+        let group = can_yield.then(|| IdleCgroup::make(tid)).and_then(|made| {
+            made.inspect_err(|error| {
+                crate::debug(format_args!("yielding within its scheduling group: {error:#}"))
+            })
+            .ok()
+        });
         let shared = Arc::new(Shared {
-            tid: gettid(),
+            tid,
             last_drain_ns: AtomicU64::new(monotonic_now_ns()),
             starved_after_ns: AtomicU64::new(LONGEST_STARVED.as_nanos() as u64),
             starved_ns: AtomicU64::new(0),
             idle: AtomicBool::new(false),
+            switching: Mutex::new(()),
+            group,
             stop: AtomicBool::new(false),
         });
         let mut yielding = Yielding {
@@ -206,7 +231,7 @@ impl Yielding {
             backoff: Backoff::default(),
             watchdog: None,
         };
-        if !can_stop_yielding() {
+        if !can_yield {
             return Ok(yielding);
         }
         let watched = shared;
@@ -233,6 +258,10 @@ impl Yielding {
             }
         })?;
         yielding.watchdog = Some(watchdog);
+        // After the watchdog is started: it must not be born in the idle cgroup.
+        if let Some(Err(error)) = yielding.shared.group.as_ref().map(IdleCgroup::enter) {
+            crate::debug(format_args!("yielding within its scheduling group: {error:#}"));
+        }
         Ok(yielding)
     }
 
