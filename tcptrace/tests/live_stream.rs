@@ -37,11 +37,11 @@ fn traced_connection(family: &str, closer: Closer) {
             let mut greeting = Vec::new();
             client.read_to_end(&mut greeting).unwrap(); // until the server's FIN
             server.wait_done();
-            drop(client);
+            support::close_alone(client);
         }
         Closer::Client => {
             client.write_all(b"bye").unwrap();
-            drop(client);
+            support::close_alone(client);
             server.wait_done();
         }
     }
@@ -220,18 +220,19 @@ fn a_closed_stdout_ends_tracing_quietly_and_the_recording_keeps_its_end() {
     let dir = std::env::temp_dir().join(format!("tcptrace-test-closed-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let recording = dir.join("session.jsonl");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tcptrace"))
-        .args([
-            "--json",
-            "--port",
-            &addr.port().to_string(),
-            "--record",
-            recording.to_str().unwrap(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = support::spawn(
+        Command::new(env!("CARGO_BIN_EXE_tcptrace"))
+            .args([
+                "--json",
+                "--port",
+                &addr.port().to_string(),
+                "--record",
+                recording.to_str().unwrap(),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    )
+    .unwrap();
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let mut line = String::new();
     while !line.contains("tracing TCP state transitions") {
@@ -265,11 +266,15 @@ fn a_closed_stdout_ends_tracing_quietly_and_the_recording_keeps_its_end() {
 #[test]
 fn a_full_recording_is_named_in_the_error() {
     support::require_root();
-    let output = Command::new(env!("CARGO_BIN_EXE_tcptrace"))
-        .args(["--port", "9", "--duration", "3", "--record", "/dev/full"])
-        .stdout(Stdio::null())
-        .output()
-        .unwrap();
+    let output = support::output(Command::new(env!("CARGO_BIN_EXE_tcptrace")).args([
+        "--port",
+        "9",
+        "--duration",
+        "3",
+        "--record",
+        "/dev/full",
+    ]))
+    .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(

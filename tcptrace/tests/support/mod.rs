@@ -5,13 +5,43 @@ use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{Shutdown, SocketAddr, TcpListener, TcpStream},
     path::Path,
-    process::{Child, ChildStdin, Command, Stdio},
-    sync::mpsc::{Receiver, channel},
+    process::{Child, ChildStdin, Command, Output, Stdio},
+    sync::{
+        Mutex, MutexGuard, PoisonError,
+        mpsc::{Receiver, channel},
+    },
     thread,
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
+
+/// Held while a thread of the test process starts a program, or closes a socket whose
+/// closing process a test checks: a child copies every open socket when it is forked, and
+/// holds it until it has started the program, so a close meanwhile would be the child's.
+static FORKING: Mutex<()> = Mutex::new(());
+
+fn forking() -> MutexGuard<'static, ()> {
+    FORKING.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Starts a program; see [`FORKING`]. (`spawn` returns once the program runs.)
+pub fn spawn(command: &mut Command) -> std::io::Result<Child> {
+    let _forking = forking();
+    command.spawn()
+}
+
+/// Runs a program to its end, its output taken, as [`Command::output`] does.
+pub fn output(command: &mut Command) -> std::io::Result<Output> {
+    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    spawn(command)?.wait_with_output()
+}
+
+/// Closes a socket while no other thread starts a program: the close is this process's.
+pub fn close_alone(socket: TcpStream) {
+    let _forking = forking();
+    drop(socket);
+}
 
 /// The scheduling policy of thread `tid`.
 pub fn policy(tid: libc::pid_t) -> i32 {
@@ -103,14 +133,15 @@ impl Tracer {
     /// Starts tcptrace and waits until it has attached.
     pub fn start(args: &[&str]) -> Tracer {
         require_root();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tcptrace"))
-            .arg("--json")
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn tcptrace");
+        let mut child = spawn(
+            Command::new(env!("CARGO_BIN_EXE_tcptrace"))
+                .arg("--json")
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped()),
+        )
+        .expect("spawn tcptrace");
         let stderr = child.stderr.take().unwrap();
         let (sender, stderr_lines) = channel();
         thread::spawn(move || {
@@ -206,13 +237,14 @@ pub struct Peer {
 impl Peer {
     pub fn start(family: &str, mode: &str) -> Peer {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/peer.py");
-        let mut child = Command::new("python3")
-            .arg(script)
-            .args([family, mode])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn python3 (needed by the kernel tests)");
+        let mut child = spawn(
+            Command::new("python3")
+                .arg(script)
+                .args([family, mode])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped()),
+        )
+        .expect("spawn python3 (needed by the kernel tests)");
         let stdin = child.stdin.take().unwrap();
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
@@ -305,7 +337,7 @@ pub fn json_lines(output: &std::process::Output) -> Vec<Value> {
 /// Runs a command, failing the test with its output if it fails.
 pub fn run(program: &str, args: &[&str]) -> String {
     let output =
-        Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{program}: {e}"));
+        output(Command::new(program).args(args)).unwrap_or_else(|e| panic!("{program}: {e}"));
     assert!(
         output.status.success(),
         "{program} {args:?} failed: {}{}",
@@ -323,7 +355,7 @@ pub struct Netns {
 impl Netns {
     pub fn new(tag: &str) -> Netns {
         let name = format!("tcptrace-{tag}-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        let _ = output(Command::new("ip").args(["netns", "del", &name]));
         run("ip", &["netns", "add", &name]);
         let netns = Netns { name };
         netns.exec(&["ip", "link", "set", "lo", "up"]);
@@ -343,17 +375,18 @@ impl Netns {
     }
 
     pub fn spawn(&self, command: &[&str]) -> Child {
-        Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .args(command)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn ip netns exec")
+        spawn(
+            Command::new("ip")
+                .args(["netns", "exec", &self.name])
+                .args(command)
+                .stdout(Stdio::piped()),
+        )
+        .expect("spawn ip netns exec")
     }
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = output(Command::new("ip").args(["netns", "del", &self.name]));
     }
 }
