@@ -59,6 +59,7 @@ impl IdleCgroup {
             .with_context(|| format!("cannot move thread {} into {}", self.tid, self.dir.display()))
     }
 
+    /// Makes the cgroup idle (`cpu.idle` 1), or not (0).
     pub fn set_idle(&self, idle: bool) -> Result<()> {
         self.idle
             .write_all_at(if idle { b"1" } else { b"0" }, 0)

@@ -121,7 +121,7 @@ struct Shared {
     starved_after_ns: AtomicU64,
     /// When the watchdog last stopped the tracer yielding (ns; 0 for never).
     starved_ns: AtomicU64,
-    /// Whether it is `SCHED_IDLE` now.
+    /// Whether it is `SCHED_IDLE` now (and its cgroup idle).
     idle: AtomicBool,
     /// Held while it moves in or out, by the draining thread or the watchdog.
     switching: Mutex<()>,
