@@ -10,6 +10,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use tcptrace::yielding::idle_cgroup;
+
 /// A tmux server of the test's own, with one window of `columns`×`rows`.
 struct Tmux {
     socket: String,
@@ -136,8 +138,8 @@ fn top_shows_live_time_waits_and_close_waits_and_gives_the_terminal_back() {
         "top's draining thread becomes an idle task (SCHED_IDLE)"
     );
     // In tmux's session, not the traced programs': it yields in an idle cgroup of its own.
-    let home = tcptrace::yielding::idle_cgroup::cpu_cgroup(format!("/proc/{top}/cgroup")).unwrap();
-    assert!(home.ends_with(format!("tcptrace-{top}")), "{}", home.display());
+    let home = idle_cgroup::cpu_cgroup(format!("/proc/{top}/cgroup")).unwrap();
+    assert!(home.ends_with(format!("{}{top}", idle_cgroup::PREFIX)), "{}", home.display());
     let idle = std::fs::read_to_string(home.join("cpu.idle")).unwrap();
     assert_eq!(idle.trim(), "1", "top's cgroup is idle while it yields");
     let mut peer = peer(port, 3, 2);

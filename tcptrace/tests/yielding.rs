@@ -1,8 +1,8 @@
 //! The live tracer yields the CPU to the traced programs while it keeps up, on the real
 //! kernel: with every core kept busy it stops yielding before anything is lost, and without
 //! `CAP_SYS_NICE` it never starts. Its draining thread yields in a cpu cgroup of its own,
-//! idle while it yields, which it leaves no trace of. A test binary of its own: keeping every core busy would
-//! slow the tests that run beside it.
+//! idle while it yields, which it leaves no trace of. A test binary of its own: keeping
+//! every core busy would slow the tests that run beside it.
 
 mod support;
 
