@@ -35,9 +35,9 @@ pub struct IdleCgroup {
 }
 
 impl IdleCgroup {
-    /// Makes the cgroup for thread `tid`, not idle yet, below the tracer's own in the
-    /// cgroup-v1 cpu hierarchy.
-    pub fn make(tid: libc::pid_t) -> Result<IdleCgroup> {
+    /// Makes the cgroup, not idle yet, below the tracer's own in the cgroup-v1 cpu
+    /// hierarchy, and moves thread `tid` into it. The threads it starts after are born there.
+    pub fn enter(tid: libc::pid_t) -> Result<IdleCgroup> {
         let parent = cpu_cgroup("/proc/self/cgroup")?;
         remove_stale(&parent);
         let dir = parent.join(format!("{PREFIX}{}", std::process::id()));
@@ -50,13 +50,11 @@ impl IdleCgroup {
                 return Err(error).context("this kernel's cpu cgroups have no cpu.idle");
             }
         };
-        Ok(IdleCgroup { dir, tid, idle })
-    }
-
-    /// Moves the thread into the cgroup. The threads it starts after are born there.
-    pub fn enter(&self) -> Result<()> {
-        fs::write(self.dir.join("tasks"), self.tid.to_string())
-            .with_context(|| format!("cannot move thread {} into {}", self.tid, self.dir.display()))
+        // From here on, a failure drops it: it moves the thread back and removes the cgroup.
+        let group = IdleCgroup { dir, tid, idle };
+        fs::write(group.dir.join("tasks"), tid.to_string())
+            .with_context(|| format!("cannot move thread {tid} into {}", group.dir.display()))?;
+        Ok(group)
     }
 
     /// Makes the cgroup idle (`cpu.idle` 1), or not (0).

@@ -19,7 +19,7 @@ pub mod idle_cgroup;
 use std::{
     io,
     sync::{
-        Arc, Mutex, PoisonError,
+        Arc, Mutex, OnceLock, PoisonError,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::{self, JoinHandle},
@@ -121,12 +121,11 @@ struct Shared {
     starved_after_ns: AtomicU64,
     /// When the watchdog last stopped the tracer yielding (ns; 0 for never).
     starved_ns: AtomicU64,
-    /// Whether it is `SCHED_IDLE` now (and its cgroup idle).
-    idle: AtomicBool,
-    /// Held while it moves in or out, by the draining thread or the watchdog.
-    switching: Mutex<()>,
-    /// Its cgroup, idle while it is; `None` where the host has none to give.
-    group: Option<IdleCgroup>,
+    /// Whether it is `SCHED_IDLE` now (and its cgroup idle); held while it moves in or out,
+    /// by the draining thread or the watchdog.
+    idle: Mutex<bool>,
+    /// Its cgroup, idle while it is; unset where the host has none to give.
+    group: OnceLock<IdleCgroup>,
     stop: AtomicBool,
 }
 
@@ -157,18 +156,16 @@ impl Shared {
     /// Moves the draining thread to `SCHED_IDLE` and its cgroup to idle (or both back), if
     /// it is not there already; whether it moved.
     fn set_yielding(&self, idle: bool) -> bool {
-        if self.idle.load(Ordering::Acquire) == idle {
+        let mut now_idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if *now_idle == idle {
             return false;
         }
-        let _switching = self.switching.lock().unwrap_or_else(PoisonError::into_inner);
-        if self.idle.swap(idle, Ordering::AcqRel) == idle {
-            return false;
-        }
+        *now_idle = idle;
         let policy = if idle { libc::SCHED_IDLE } else { libc::SCHED_BATCH };
         if let Err(error) = set_policy(self.tid, policy) {
             crate::debug(format_args!("scheduling policy {policy} refused: {error}"));
         }
-        if let Some(Err(error)) = self.group.as_ref().map(|group| group.set_idle(idle)) {
+        if let Some(Err(error)) = self.group.get().map(|group| group.set_idle(idle)) {
             crate::debug(format_args!("{error:#}"));
         }
         true
@@ -205,21 +202,13 @@ impl Yielding {
     /// the thread could not stop yielding again, it never yields.
     pub fn start(ring_size: u64) -> io::Result<Yielding> {
         let tid = gettid();
-        let can_yield = can_stop_yielding();
-        let group = can_yield.then(|| IdleCgroup::make(tid)).and_then(|made| {
-            made.inspect_err(|error| {
-                crate::debug(format_args!("yielding within its scheduling group: {error:#}"))
-            })
-            .ok()
-        });
         let shared = Arc::new(Shared {
             tid,
             last_drain_ns: AtomicU64::new(monotonic_now_ns()),
             starved_after_ns: AtomicU64::new(LONGEST_STARVED.as_nanos() as u64),
             starved_ns: AtomicU64::new(0),
-            idle: AtomicBool::new(false),
-            switching: Mutex::new(()),
-            group,
+            idle: Mutex::new(false),
+            group: OnceLock::new(),
             stop: AtomicBool::new(false),
         });
         let mut yielding = Yielding {
@@ -231,7 +220,7 @@ impl Yielding {
             backoff: Backoff::default(),
             watchdog: None,
         };
-        if !can_yield {
+        if !can_stop_yielding() {
             return Ok(yielding);
         }
         let watched = shared;
@@ -259,8 +248,11 @@ impl Yielding {
         })?;
         yielding.watchdog = Some(watchdog);
         // After the watchdog is started: it must not be born in the idle cgroup.
-        if let Some(Err(error)) = yielding.shared.group.as_ref().map(IdleCgroup::enter) {
-            crate::debug(format_args!("yielding within its scheduling group: {error:#}"));
+        match IdleCgroup::enter(tid) {
+            Ok(group) => _ = yielding.shared.group.set(group),
+            Err(error) => {
+                crate::debug(format_args!("yielding within its scheduling group: {error:#}"))
+            }
         }
         Ok(yielding)
     }
